@@ -1,0 +1,252 @@
+"""The ``cutpaste`` command: train, evaluate, predict, config and data tools.
+
+Flags override fields of the chosen preset; ``--set key=value`` reaches any other field
+(``--set augment.area_ratio=0.02,0.1``). Bad input ends with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cutpaste.errors import ConfigError, CutPasteError
+
+# Flag -> config field; every flag here is a field of TrainConfig.
+_FIELD_FLAGS: dict[str, tuple[str, type]] = {
+    "seed": ("seed", int),
+    "steps": ("steps", int),
+    "size": ("image_size", int),
+    "batch_size": ("batch_size", int),
+    "variant": ("variant", str),
+    "backbone": ("backbone", str),
+    "pretrained": ("pretrained", str),
+    "lr": ("learning_rate", float),
+    "head_depth": ("head_depth", int),
+    "checkpoint_every": ("checkpoint_every", int),
+}
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        value: Any
+        if "," in raw:
+            value = [json.loads(v) if _is_json(v) else v for v in raw.split(",")]
+        else:
+            value = json.loads(raw) if _is_json(raw) else raw
+        out[key.strip()] = value
+    return out
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def build_config(args: argparse.Namespace):
+    """Preset (or --config file), then explicit flags, then --set overrides."""
+    from cutpaste.config import load_config, preset
+
+    config = load_config(args.config, base=preset(args.preset)) if args.config else preset(args.preset)
+    changes = {
+        field: kind(getattr(args, flag))
+        for flag, (field, kind) in _FIELD_FLAGS.items()
+        if getattr(args, flag) is not None
+    }
+    changes.update(_parse_set(args.set or []))
+    return config.override(changes, source="command line") if changes else config.validate()
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="demo", help="named config: paper, demo, ci (default: demo)")
+    parser.add_argument("--config", help="JSON file: a short difference from a preset")
+    for flag, (field, kind) in _FIELD_FLAGS.items():
+        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=f"config field {field}")
+    parser.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="any config field, e.g. augment.pre_jitter=0.2"
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from cutpaste.workflow import evaluate_category, train_category
+
+    config = build_config(args)
+    run = train_category(
+        config,
+        args.data,
+        args.category,
+        args.out,
+        device=args.device,
+        restart=args.restart,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    meta = run.detector.meta
+    print(
+        f"trained {args.category}: {run.training.steps_done} steps in {meta['train_wall_s']:.1f}s, "
+        f"final loss {meta['final_loss']:.4f}, accuracy {meta['final_accuracy']:.3f}; "
+        f"threshold {run.detector.threshold:.4f}; saved {run.out_dir}"
+    )
+    if args.evaluate:
+        _print_evaluation(evaluate_category(run.detector, args.data, args.category).to_dict())
+    return 0
+
+
+def _print_evaluation(report: dict[str, Any]) -> None:
+    print(
+        f"image AUROC {report['image_auroc']:.4f}  AUPR {report['aupr']:.4f}  F1-max {report['f1_max']:.4f}  "
+        f"({report['num_good']} good, {report['num_defective']} defective)"
+    )
+    for defect, auroc in report["per_defect_auroc"].items():
+        print(f"  {defect:<24} AUROC {auroc:.4f}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from cutpaste.atomic import atomic_write_text
+    from cutpaste.detector import Detector
+    from cutpaste.train import resolve_device
+    from cutpaste.workflow import evaluate_category
+
+    detector = Detector.load(args.model, device=resolve_device(args.device))
+    report = evaluate_category(detector, args.data, args.category).to_dict()
+    report["category"] = args.category or detector.category
+    report["model"] = str(args.model)
+    _print_evaluation(report)
+    if args.json:
+        atomic_write_text(json.dumps(report, indent=2), Path(args.json))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from cutpaste.data.images import load_image
+    from cutpaste.detector import Detector
+    from cutpaste.train import resolve_device
+
+    detector = Detector.load(args.model, device=resolve_device(args.device))
+    threshold = detector.threshold if args.threshold is None else args.threshold
+    size = detector.config.image_size
+    rows: list[dict[str, Any]] = []
+    images, ok = [], []
+    for path in args.images:
+        try:
+            images.append(load_image(path, size))
+            ok.append(path)
+        except CutPasteError as exc:
+            rows.append({"path": path, "error": str(exc)})
+    if images:
+        scores = detector.score(torch.stack(images)).tolist()
+        rows += [
+            {"path": p, "score": s, "threshold": threshold, "anomalous": s >= threshold}
+            for p, s in zip(ok, scores, strict=True)
+        ]
+    order = {p: i for i, p in enumerate(args.images)}
+    rows.sort(key=lambda r: order[r["path"]])
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max(len(r["path"]) for r in rows)
+        print(f"{'image':<{width}}  {'score':>10}  verdict (threshold {threshold:.4f})")
+        for r in rows:
+            if "error" in r:
+                print(f"{r['path']:<{width}}  {'-':>10}  error: {r['error']}")
+            else:
+                print(f"{r['path']:<{width}}  {r['score']:>10.4f}  {'ANOMALOUS' if r['anomalous'] else 'normal'}")
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        print(f"cutpaste: error: {len(failed)} of {len(rows)} images could not be read", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    print(build_config(args).to_json())
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from cutpaste.data.synth import generate_dataset
+
+    names = generate_dataset(args.out, categories=args.categories, size=args.size, seed=args.seed, progress=True)
+    print(f"wrote {len(names)} categories to {args.out}: {', '.join(names)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cutpaste", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a detector on one category")
+    train.add_argument("--data", required=True, help="dataset root in MVTec AD layout")
+    train.add_argument("--category", required=True)
+    train.add_argument("--out", required=True, help="model directory (resumes an unfinished run there)")
+    _add_config_flags(train)
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    train.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out and start over")
+    train.add_argument("--overwrite", action="store_true", help="replace a finished detector in --out")
+    train.add_argument("--evaluate", action="store_true", help="evaluate on the test split afterwards")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="image metrics of a detector on a category's test split")
+    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--category", help="default: the category the detector was trained on")
+    evaluate.add_argument("--json", help="write metrics and per-image scores to this file")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+    predict = sub.add_parser("predict", help="score images and give a normal/anomalous verdict")
+    predict.add_argument("--model", required=True)
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--threshold", type=float, help="override the detector's calibrated threshold")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.add_argument("--device", default="auto")
+    predict.set_defaults(func=_cmd_predict)
+
+    config = sub.add_parser("config", help="print the resolved config (preset + flags) as JSON")
+    _add_config_flags(config)
+    config.set_defaults(func=_cmd_config)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    synth = data.add_parser("synth", help="write synthetic MVTec-layout categories")
+    synth.add_argument("out")
+    synth.add_argument("--categories", type=int, default=4)
+    synth.add_argument("--size", type=int, default=128)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=_cmd_synth)
+    return parser
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
+    return f"cutpaste: warning: {message}\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warning
+    try:
+        return args.func(args)
+    except CutPasteError as exc:
+        print(f"cutpaste: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cutpaste: interrupted; an unfinished training run resumes from its last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Decode images and masks of any size and mode into fixed-size uint8 tensors.
+
+A category is decoded once (threads: PIL releases the GIL while decoding) and kept as one
+``(N, 3, S, S)`` uint8 tensor, which the training loop moves to the device in one copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from cutpaste.data.layout import Sample
+from cutpaste.errors import DataError
+
+# Refuse decompression bombs early: 20000 x 20000 = 4e8 px. MVTec images are at most 1024 x 1024.
+MAX_PIXELS = 100_000_000
+_DECODE_THREADS = 8
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise DataError(f"image too large: {path} is {width}x{height} (limit {MAX_PIXELS} px)")
+            img.load()
+            return img.copy() if img.mode != "P" else img.convert("RGBA")
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot decode image {path}: {exc}") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB of any mode; 16/32-bit greyscale is scaled by its actual range rather than clipped."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA"):
+        # Composite on black so transparent areas do not carry arbitrary hidden colour.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(path: str | Path, size: int) -> torch.Tensor:
+    """``(3, size, size)`` uint8, resized with antialiased bilinear filtering."""
+    img = _to_rgb(_open(Path(path)))
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def load_mask(path: str | Path, size: int, *, image_path: str | Path | None = None) -> torch.Tensor:
+    """``(size, size)`` bool, resized with nearest neighbour so it stays binary.
+
+    With ``image_path`` the mask's original size must match the image's (MVTec masks always do).
+    """
+    mask = _open(Path(path))
+    if image_path is not None:
+        with Image.open(image_path) as img:
+            if img.size != mask.size:
+                raise DataError(
+                    f"mask {path} is {mask.size[0]}x{mask.size[1]} but its image {image_path} is "
+                    f"{img.size[0]}x{img.size[1]}"
+                )
+    arr = np.asarray(mask.convert("L").resize((size, size), Image.Resampling.NEAREST))
+    return torch.from_numpy(arr > 127)
+
+
+def load_images(paths: Sequence[str | Path], size: int) -> torch.Tensor:
+    """``(N, 3, size, size)`` uint8 of all paths, decoded in parallel threads."""
+    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    if not paths:
+        return out
+
+    def fill(i: int) -> None:
+        out[i] = load_image(paths[i], size)
+
+    with ThreadPoolExecutor(max_workers=min(_DECODE_THREADS, len(paths))) as pool:
+        list(pool.map(fill, range(len(paths))))
+    return out
+
+
+def load_masks(samples: Sequence[Sample], size: int) -> torch.Tensor | None:
+    """``(N, size, size)`` bool; good images are all False. None when no defective sample has a mask."""
+    if not any(s.mask_path is not None for s in samples):
+        return None
+    out = torch.zeros((len(samples), size, size), dtype=torch.bool)
+
+    def fill(i: int) -> None:
+        sample = samples[i]
+        if sample.mask_path is not None:
+            out[i] = load_mask(sample.mask_path, size, image_path=sample.path)
+
+    with ThreadPoolExecutor(max_workers=min(_DECODE_THREADS, len(samples))) as pool:
+        list(pool.map(fill, range(len(samples))))
+    return out

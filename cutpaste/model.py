@@ -1,0 +1,144 @@
+"""The CutPaste network: a torchvision backbone, an MLP projection head and a linear classifier.
+
+Density estimation uses :meth:`CutPasteNet.embed` (the average-pooled backbone features, 512-d for
+ResNet-18), as in the paper; the head and classifier exist only to learn the proxy task.
+Inputs are RGB in [0, 1]; ImageNet normalisation happens inside, so a served model takes raw images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models
+
+from cutpaste.config import TrainConfig
+from cutpaste.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    build: Callable[[], nn.Module]
+    feature_dim: int
+    weights: models.WeightsEnum
+    # Name of the final classifier attribute that is replaced by Identity.
+    classifier: str
+
+
+BACKBONES: dict[str, Backbone] = {
+    "resnet18": Backbone(lambda: models.resnet18(weights=None), 512, models.ResNet18_Weights.IMAGENET1K_V1, "fc"),
+    "resnet50": Backbone(lambda: models.resnet50(weights=None), 2048, models.ResNet50_Weights.IMAGENET1K_V1, "fc"),
+    "efficientnet_b0": Backbone(
+        lambda: models.efficientnet_b0(weights=None), 1280, models.EfficientNet_B0_Weights.IMAGENET1K_V1, "classifier"
+    ),
+    "efficientnet_b1": Backbone(
+        lambda: models.efficientnet_b1(weights=None), 1280, models.EfficientNet_B1_Weights.IMAGENET1K_V1, "classifier"
+    ),
+    "efficientnet_b2": Backbone(
+        lambda: models.efficientnet_b2(weights=None), 1408, models.EfficientNet_B2_Weights.IMAGENET1K_V1, "classifier"
+    ),
+    "efficientnet_b3": Backbone(
+        lambda: models.efficientnet_b3(weights=None), 1536, models.EfficientNet_B3_Weights.IMAGENET1K_V1, "classifier"
+    ),
+    "efficientnet_b4": Backbone(
+        lambda: models.efficientnet_b4(weights=None), 1792, models.EfficientNet_B4_Weights.IMAGENET1K_V1, "classifier"
+    ),
+}
+
+
+def pretrained_weights_path(backbone: str, pretrained: str) -> Path:
+    """Where the ImageNet weights for ``backbone`` are read from; never downloads.
+
+    ``"imagenet"`` means torchvision's cache (``$TORCH_HOME/hub/checkpoints``); anything else is a path.
+    """
+    if pretrained != "imagenet":
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"pretrained: weights file not found: {path}")
+        return path
+    url = BACKBONES[backbone].weights.url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if not path.is_file():
+        raise ConfigError(
+            f"pretrained: ImageNet weights for {backbone} not found at {path}; nothing is downloaded. "
+            f"Copy {Path(url).name} there (from {url}) or pass --pretrained /path/to/weights.pth"
+        )
+    return path
+
+
+def _load_pretrained(encoder: nn.Module, backbone: str, pretrained: str) -> None:
+    path = pretrained_weights_path(backbone, pretrained)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"pretrained: cannot read weights file {path}: {exc}") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    head = BACKBONES[backbone].classifier + "."
+    state = {k: v for k, v in state.items() if not k.startswith(head)}
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConfigError(
+            f"pretrained: {path} does not fit {backbone} "
+            f"(missing {len(missing)} keys, e.g. {missing[:2]}; unexpected {len(unexpected)}, e.g. {unexpected[:2]})"
+        )
+
+
+def build_encoder(backbone: str, pretrained: str | None = None) -> tuple[nn.Module, int]:
+    """The backbone with its classifier removed, and the width of its pooled features."""
+    if backbone not in BACKBONES:
+        raise ConfigError(f"backbone: unknown {backbone!r}; choose one of {', '.join(BACKBONES)}")
+    spec = BACKBONES[backbone]
+    encoder = spec.build()
+    setattr(encoder, spec.classifier, nn.Identity())
+    if pretrained:
+        _load_pretrained(encoder, backbone, pretrained)
+    return encoder, spec.feature_dim
+
+
+class CutPasteNet(nn.Module):
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        *,
+        head_depth: int = 2,
+        head_width: int = 512,
+        num_classes: int = 3,
+        pretrained: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.encoder, self.feature_dim = build_encoder(backbone, pretrained)
+        layers: list[nn.Module] = []
+        width = self.feature_dim
+        for _ in range(head_depth):
+            layers += [nn.Linear(width, head_width), nn.BatchNorm1d(head_width), nn.ReLU(inplace=True)]
+            width = head_width
+        self.head = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width, num_classes)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` in [0, 1] -> ``(B, feature_dim)`` pooled backbone features."""
+        return self.encoder((images - self.mean) / self.std)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(embeddings (B, feature_dim), logits (B, num_classes))``."""
+        features = self.embed(images)
+        return features, self.classifier(self.head(features))
+
+
+def build_model(config: TrainConfig) -> CutPasteNet:
+    return CutPasteNet(
+        config.backbone,
+        head_depth=config.head_depth,
+        head_width=config.head_width,
+        num_classes=config.num_classes,
+        pretrained=config.pretrained,
+    )

@@ -1,0 +1,229 @@
+"""The training loop: the whole category lives on the device, CutPaste runs there, nothing waits on a loader.
+
+One loop serves the CLI, the benchmarks and Ray Train: callers plug in through :class:`TrainHooks`
+(progress records, checkpoint notifications, DDP wrapping) instead of copying the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from cutpaste.atomic import atomic_torch_save, atomic_write_text
+from cutpaste.augment import make_views
+from cutpaste.config import TrainConfig
+from cutpaste.errors import ConfigError, ModelBundleError
+from cutpaste.model import CutPasteNet, build_model
+
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_NAME = "last.pt"
+# Fields that change how a run reports, not what it computes: a resumed run may differ in these.
+_NON_TRAINING_FIELDS = frozenset({"checkpoint_every", "log_every", "eval_batch_size", "preset", "threshold_quantile"})
+
+
+@dataclass
+class TrainHooks:
+    """Optional callbacks; each runs on every worker (check ``rank`` yourself where that matters)."""
+
+    # Called every ``log_every`` steps and at the end with {"step", "loss", "accuracy", "lr", "img_s"}.
+    on_log: Callable[[dict[str, float]], None] | None = None
+    # Called after a checkpoint has been written completely (atomic rename done).
+    on_checkpoint: Callable[[int, Path], None] | None = None
+    # E.g. DistributedDataParallel wrapping; the loop keeps the bare module for checkpoints.
+    wrap_model: Callable[[nn.Module], nn.Module] | None = None
+    rank: int = 0
+
+
+@dataclass
+class TrainResult:
+    model: CutPasteNet
+    config: TrainConfig
+    steps_done: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    wall_s: float = 0.0
+    resumed_from_step: int = 0
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: CUDA was requested but no GPU is visible")
+    return device
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ModelBundleError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ModelBundleError(f"checkpoint {path} has format {found!r}, this version reads {CHECKPOINT_FORMAT}")
+    return state
+
+
+def _check_same_run(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    mine = {k: v for k, v in _flat(config.to_dict()).items() if k.split(".")[0] not in _NON_TRAINING_FIELDS}
+    theirs = {k: v for k, v in _flat(saved).items() if k.split(".")[0] not in _NON_TRAINING_FIELDS}
+    differ = sorted(k for k in mine.keys() | theirs.keys() if _norm(mine.get(k)) != _norm(theirs.get(k)))
+    if differ:
+        detail = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in differ[:5])
+        raise ConfigError(
+            f"checkpoint {path} belongs to a run with another config ({detail}); "
+            "use a new output directory or start over with --restart"
+        )
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _norm(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def train_model(
+    config: TrainConfig,
+    train_images: torch.Tensor,
+    *,
+    device: str | torch.device = "auto",
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    hooks: TrainHooks | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Trains the CutPaste proxy classifier on ``train_images`` ``(N, 3, S, S)`` uint8 (S = image_size).
+
+    With ``checkpoint_dir`` a checkpoint is written every ``checkpoint_every`` steps; when one is
+    there and ``resume`` is true, training continues from it and ends exactly where an uninterrupted
+    run with the same seed ends (RNG state, optimiser and schedule are all restored).
+    """
+    hooks = hooks or TrainHooks()
+    config.validate()
+    device = resolve_device(device)
+    if train_images.ndim != 4 or train_images.shape[1:] != (3, config.image_size, config.image_size):
+        raise ValueError(
+            f"train_images must be (N, 3, {config.image_size}, {config.image_size}), got {tuple(train_images.shape)}"
+        )
+    if train_images.shape[0] < 2:
+        raise ValueError(f"need at least 2 training images, got {train_images.shape[0]}")
+    on_cuda = device.type == "cuda"
+    torch.manual_seed(config.seed)
+    model = build_model(config).to(device)
+    if config.channels_last and on_cuda:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
+    generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + hooks.rank)
+    start, history = 0, []
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if ckpt_path is not None and resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        _check_same_run(state["config"], config, ckpt_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        start, history = int(state["step"]), list(state["history"])
+    resumed_from = start
+
+    images = train_images.to(device, non_blocking=True)
+    runner = hooks.wrap_model(model) if hooks.wrap_model else model
+    runner.train()
+    num_images = images.shape[0]
+    per_step = config.batch_size * config.num_classes
+    # Running sums stay on the device; the host reads them once per log interval, not every step.
+    loss_sum = torch.zeros((), device=device)
+    correct_sum = torch.zeros((), device=device)
+    window_steps, window_start = 0, time.perf_counter()
+    began = time.perf_counter()
+    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="train", unit="step", leave=False)
+
+    def save(step: int) -> None:
+        if ckpt_path is None or hooks.rank != 0:
+            return
+        atomic_torch_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "config": config.to_dict(),
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+                "history": history,
+            },
+            ckpt_path,
+        )
+        if hooks.on_checkpoint:
+            hooks.on_checkpoint(step, ckpt_path)
+
+    for step in range(start, config.steps):
+        index = torch.randint(num_images, (config.batch_size,), device=device, generator=generator)
+        batch = images[index].float().div_(255)
+        views, labels = make_views(batch, variant=config.variant, config=config.augment, generator=generator)
+        if config.channels_last and on_cuda:
+            views = views.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and on_cuda):
+            _, logits = runner(views)
+            loss = F.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach()
+        correct_sum += (logits.detach().argmax(1) == labels).float().mean()
+        window_steps += 1
+        done = step + 1
+        bar.update(1)
+        if done % config.log_every == 0 or done == config.steps:
+            elapsed = time.perf_counter() - window_start
+            record = {
+                "step": float(done),
+                "loss": float(loss_sum) / window_steps,
+                "accuracy": float(correct_sum) / window_steps,
+                "lr": float(scheduler.get_last_lr()[0]),
+                "img_s": window_steps * per_step / max(elapsed, 1e-9),
+            }
+            history.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
+            if hooks.on_log:
+                hooks.on_log(record)
+            loss_sum.zero_()
+            correct_sum.zero_()
+            window_steps, window_start = 0, time.perf_counter()
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            save(done)
+    bar.close()
+    model.eval()
+    return TrainResult(
+        model=model,
+        config=config,
+        steps_done=config.steps,
+        history=history,
+        wall_s=time.perf_counter() - began,
+        resumed_from_step=resumed_from,
+    )
+
+
+def write_history(history: list[dict[str, float]], path: Path) -> None:
+    atomic_write_text("".join(json.dumps(r) + "\n" for r in history), path)

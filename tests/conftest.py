@@ -1,0 +1,41 @@
+"""Fixtures: small MVTec-layout datasets written by the tests themselves (never ../shared)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def write_tiny_category(root: Path, category: str = "widget", *, size: int = 48, train: int = 6, seed: int = 0) -> Path:
+    """A minimal category: random smooth images, one defect type with masks. For layout/IO tests."""
+    rng = np.random.default_rng(seed)
+    base = root / category
+
+    def image() -> Image.Image:
+        arr = rng.integers(80, 160, size=(size, size, 3), dtype=np.uint8)
+        return Image.fromarray(arr)
+
+    for split, defect, count in (("train", "good", train), ("test", "good", 3), ("test", "crack", 3)):
+        folder = base / split / defect
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            img = image()
+            if defect != "good":
+                arr = np.asarray(img).copy()
+                arr[10:20, 10:30] = 0
+                img = Image.fromarray(arr)
+                mask = np.zeros((size, size), np.uint8)
+                mask[10:20, 10:30] = 255
+                (base / "ground_truth" / defect).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(mask).save(base / "ground_truth" / defect / f"{i:03d}_mask.png")
+            img.save(folder / f"{i:03d}.png")
+    return base
+
+
+@pytest.fixture
+def tiny_root(tmp_path: Path) -> Path:
+    write_tiny_category(tmp_path / "data")
+    return tmp_path / "data"

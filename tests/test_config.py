@@ -1,0 +1,72 @@
+import json
+
+import pytest
+
+from cutpaste.config import PRESETS, TrainConfig, flatten, load_config, preset
+from cutpaste.errors import ConfigError
+
+
+def test_paper_preset_matches_the_paper():
+    config = preset("paper")
+    assert config.steps == 256 * 256
+    assert config.batch_size * config.num_classes == 96
+    assert (config.learning_rate, config.momentum, config.weight_decay) == (0.03, 0.9, 3e-5)
+    assert config.image_size == 256 and config.backbone == "resnet18" and config.pretrained is None
+    assert config.augment.area_ratio == (0.02, 0.15)
+    assert config.augment.scar_width == (2.0, 16.0) and config.augment.scar_length == (10.0, 25.0)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_validate_and_round_trip(name):
+    config = preset(name).validate()
+    assert TrainConfig.from_dict(json.loads(config.to_json())) == config
+
+
+def test_override_accepts_dotted_and_nested_keys():
+    config = preset("ci").override({"augment.area_ratio": [0.05, 0.1], "steps": "12"})
+    assert config.augment.area_ratio == (0.05, 0.1) and config.steps == 12
+    again = preset("ci").override({"augment": {"scar_rotation": 10}})
+    assert again.augment.scar_rotation == 10.0
+
+
+@pytest.mark.parametrize(
+    ("changes", "names"),
+    [
+        ({"stepz": 3}, "stepz"),
+        ({"augment.area": [0.1, 0.2]}, "area"),
+        ({"variant": "4way"}, "variant"),
+        ({"backbone": "vgg"}, "backbone"),
+        ({"augment.area_ratio": [0.2, 0.1]}, "area_ratio"),
+        ({"augment.area_ratio": [0.1, 1.5]}, "area_ratio"),
+        ({"steps": 0}, "steps"),
+        ({"steps": "many"}, "steps"),
+        ({"amp": "perhaps"}, "amp"),
+    ],
+)
+def test_invalid_values_name_the_key(changes, names):
+    with pytest.raises(ConfigError, match=names):
+        preset("ci").override(changes)
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown preset 'fast'"):
+        preset("fast")
+
+
+def test_config_file_is_a_difference_from_a_preset(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"preset": "ci", "steps": 7, "augment": {"pre_jitter": 0.2}}))
+    config = load_config(path)
+    assert config.preset == "ci" and config.steps == 7 and config.augment.pre_jitter == 0.2
+    assert config.image_size == preset("ci").image_size
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match=str(path)):
+        load_config(path)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.json")
+
+
+def test_flatten_has_dotted_keys():
+    flat = flatten(preset("paper"))
+    assert flat["augment.area_ratio"] == (0.02, 0.15)
+    assert flat["steps"] == 65536
