@@ -231,15 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
-    return f"cutpaste: warning: {message}\n"
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"cutpaste: warning: {message}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    warnings.formatwarning = _one_line_warning
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = _print_warning
+            return args.func(args)
     except CutPasteError as exc:
         print(f"cutpaste: error: {exc}", file=sys.stderr)
         return 2

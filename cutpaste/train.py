@@ -36,8 +36,9 @@ class TrainHooks:
 
     # Called every ``log_every`` steps and at the end with {"step", "loss", "accuracy", "lr", "img_s"}.
     on_log: Callable[[dict[str, float]], None] | None = None
-    # Called after a checkpoint has been written completely (atomic rename done).
-    on_checkpoint: Callable[[int, Path], None] | None = None
+    # Called at every checkpoint step on every rank, with the file once it is complete (atomic rename
+    # done) on rank 0 and None elsewhere.
+    on_checkpoint: Callable[[int, Path | None], None] | None = None
     # E.g. DistributedDataParallel wrapping; the loop keeps the bare module for checkpoints.
     wrap_model: Callable[[nn.Module], nn.Module] | None = None
     rank: int = 0
@@ -159,23 +160,25 @@ def train_model(
     bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="train", unit="step", leave=False)
 
     def save(step: int) -> None:
-        if ckpt_path is None or hooks.rank != 0:
-            return
-        atomic_torch_save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "config": config.to_dict(),
-                "step": step,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(),
-                "history": history,
-            },
-            ckpt_path,
-        )
+        written = None
+        if ckpt_path is not None and hooks.rank == 0:
+            atomic_torch_save(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "config": config.to_dict(),
+                    "step": step,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "generator": generator.get_state(),
+                    "history": history,
+                },
+                ckpt_path,
+            )
+            written = ckpt_path
+        # Every rank is told, so a distributed caller can keep its collective calls in step.
         if hooks.on_checkpoint:
-            hooks.on_checkpoint(step, ckpt_path)
+            hooks.on_checkpoint(step, written)
 
     for step in range(start, config.steps):
         index = torch.randint(num_images, (config.batch_size,), device=device, generator=generator)

@@ -1,0 +1,287 @@
+"""Throughput of batched CutPaste-3way views against the per-image PIL pipeline of public reimplementations.
+
+One training step of the paper's 3-way preset sees ``--batch`` (96) images: ``--batch // 3`` (32) normal
+images and their CutPaste and scar versions. Both paths produce exactly that from the same uint8 images:
+
+* batched: ``uint8 (32, 3, S, S)`` on the device -> float -> :func:`cutpaste.augment.make_views`
+  (translation, whole-image colour jitter, CutPaste, scar, all vectorised) -> ImageNet normalisation;
+* PIL: per image, ``RandomCrop(padding, reflect)`` + ``ColorJitter`` as pre-augmentation, CutPaste by
+  crop / ``ColorJitter`` / paste, scar by crop / ``ColorJitter`` / ``rotate(expand=True)`` / paste with
+  the alpha mask, then ``ToTensor`` + ``Normalize`` of the three views and one ``torch.stack``.
+
+Throughput is counted in training views (``--batch`` per step) per second, median over ``--repeats``
+after warm-up; the two paths alternate so that load from other processes hits both alike. The PIL path
+runs with one torch thread, as in a DataLoader worker (it gets slower, not faster, with more threads on
+single-image tensors). On CUDA the script also reports ``cuda_aug_fraction``: the time of the batched
+augmentation divided by the time of one paper-preset training step (ResNet-18, batch 96, AMP bf16,
+channels_last, SGD).
+
+    python bench/augment.py --device auto --repeats 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import transforms
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cutpaste.augment import IMAGENET_MEAN, IMAGENET_STD, make_views  # noqa: E402
+from cutpaste.config import AugmentConfig  # noqa: E402
+
+# --------------------------------------------------------------------------- PIL reference
+
+
+class PILCutPaste3Way:
+    """The per-image PIL pipeline of the public reimplementations, with the paper's parameters."""
+
+    def __init__(self, size: int, config: AugmentConfig) -> None:
+        scale = size / 256.0
+        jitter = config.pre_jitter
+        self.config = config
+        self.scale = scale
+        self.pre = transforms.Compose(
+            [
+                transforms.RandomCrop(size, padding=round(config.pre_translate * scale), padding_mode="reflect"),
+                transforms.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=jitter),
+            ]
+        )
+        j = config.patch_jitter
+        self.patch_jitter = transforms.ColorJitter(brightness=j, contrast=j, saturation=j, hue=j)
+        self.to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def cutpaste(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        area = random.uniform(*self.config.area_ratio) * width * height
+        lo, hi = self.config.aspect_ratio
+        aspect = math.exp(
+            random.uniform(math.log(lo), 0.0) if random.random() < 0.5 else random.uniform(0.0, math.log(hi))
+        )
+        cut_h = min(height, max(1, round(math.sqrt(area * aspect))))
+        cut_w = min(width, max(1, round(math.sqrt(area / aspect))))
+        x0, y0 = random.randint(0, width - cut_w), random.randint(0, height - cut_h)
+        patch = self.patch_jitter(image.crop((x0, y0, x0 + cut_w, y0 + cut_h)))
+        x1, y1 = random.randint(0, width - cut_w), random.randint(0, height - cut_h)
+        out = image.copy()
+        out.paste(patch, (x1, y1))
+        return out
+
+    def scar(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        cut_w = max(1, round(random.uniform(*self.config.scar_width) * self.scale))
+        cut_h = max(1, round(random.uniform(*self.config.scar_length) * self.scale))
+        x0, y0 = random.randint(0, width - cut_w), random.randint(0, height - cut_h)
+        patch = self.patch_jitter(image.crop((x0, y0, x0 + cut_w, y0 + cut_h)))
+        angle = random.uniform(-self.config.scar_rotation, self.config.scar_rotation)
+        patch = patch.convert("RGBA").rotate(angle, expand=True)
+        x1 = random.randint(0, max(0, width - patch.size[0]))
+        y1 = random.randint(0, max(0, height - patch.size[1]))
+        mask = patch.split()[-1]
+        out = image.copy()
+        out.paste(patch.convert("RGB"), (x1, y1), mask=mask)
+        return out
+
+    def __call__(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        views: list[torch.Tensor] = [[], [], []]
+        for image in images:
+            base = self.pre(image)
+            views[0].append(self.to_tensor(base))
+            views[1].append(self.to_tensor(self.cutpaste(base)))
+            views[2].append(self.to_tensor(self.scar(base)))
+        labels = torch.arange(3).repeat_interleave(len(images))
+        return torch.stack(views[0] + views[1] + views[2]), labels
+
+
+# --------------------------------------------------------------------------- batched path
+
+
+def batched_step(
+    images_u8: torch.Tensor, config: AugmentConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 ``(B, 3, S, S)`` -> normalised views ``(3B, 3, S, S)`` and labels ``(3B,)``."""
+    images = images_u8.float().div_(255.0)
+    views, labels = make_views(images, variant="3way", config=config, generator=generator)
+    mean = torch.tensor(IMAGENET_MEAN, device=views.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=views.device).view(1, 3, 1, 1)
+    return views.sub_(mean).div_(std), labels
+
+
+def synthetic_images(count: int, size: int, seed: int = 0) -> np.ndarray:
+    """``(count, S, S, 3)`` uint8: smooth colour gradients, blobs and noise (content barely matters)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    out = np.empty((count, size, size, 3), dtype=np.uint8)
+    for i in range(count):
+        base = np.stack([np.sin(6 * xx * rng.uniform(0.5, 2) + c) * 0.3 + 0.5 for c in range(3)], axis=-1)
+        cy, cx, radius = rng.uniform(0.2, 0.8, 3)
+        blob = ((yy - cy) ** 2 + (xx - cx) ** 2 < (radius / 3) ** 2)[..., None] * rng.uniform(-0.3, 0.3, 3)
+        noise = rng.normal(0, 0.03, (size, size, 3))
+        out[i] = (np.clip(base + blob + noise, 0, 1) * 255).astype(np.uint8)
+    return out
+
+
+def _timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def _with_threads(threads: int, fn: Callable[[], object]) -> Callable[[], object]:
+    def run() -> object:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(before)
+
+    return run
+
+
+def train_step_seconds(batch: int, size: int, repeats: int, warmup: int) -> float:
+    """Median time of one paper-preset step: ResNet-18 fwd+bwd+SGD, AMP bf16, channels_last."""
+    import torch.nn.functional as F
+    import torchvision
+
+    device = torch.device("cuda")
+    model = torchvision.models.resnet18(num_classes=3).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9, weight_decay=3e-5)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 3, (batch,), device=device)
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    return statistics.median(_timed(step, torch.cuda.synchronize) for _ in range(repeats))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    parser.add_argument("--batch", type=int, default=96, help="training views per step (3 per input image)")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for the batched path (0: default)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/augment.json"))
+    args = parser.parse_args(argv)
+    if args.batch < 3 or args.repeats < 1:
+        parser.error("--batch must be >= 3 and --repeats >= 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = ["cpu", "cuda"] if args.device == "auto" and torch.cuda.is_available() else [args.device]
+    devices = ["cpu" if d == "auto" else d for d in devices]
+
+    inputs = args.batch // 3
+    views_per_step = 3 * inputs
+    config = AugmentConfig()
+    arrays = synthetic_images(inputs, args.size, args.seed)
+    pil_images = [Image.fromarray(a) for a in arrays]
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    pil = PILCutPaste3Way(args.size, config)
+    pil_run = _with_threads(1, lambda: pil(pil_images))
+
+    def no_sync() -> None:
+        pass
+
+    results: dict[str, dict] = {}
+    pil_times: list[float] = []
+    for device_name in devices:
+        device = torch.device(device_name)
+        sync = torch.cuda.synchronize if device.type == "cuda" else no_sync
+        images_u8 = torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous().to(device)
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+        batched = lambda: batched_step(images_u8, config, generator)  # noqa: E731
+        views, labels = batched()
+        assert views.shape == (views_per_step, 3, args.size, args.size) and labels.shape == (views_per_step,)
+        for _ in range(args.warmup):
+            batched()
+            if device.type == "cpu":
+                pil_run()
+        times: list[float] = []
+        for _ in range(args.repeats):
+            times.append(_timed(batched, sync))
+            if device.type == "cpu":  # alternate so that background load hits both paths alike
+                pil_times.append(_timed(pil_run, no_sync))
+        entry = {"batched_img_s": views_per_step / statistics.median(times), "batched_s_per_step": times}
+        if device.type == "cuda":
+            step_s = train_step_seconds(views_per_step, args.size, args.repeats, args.warmup)
+            entry["train_step_s"] = step_s
+            entry["cuda_aug_fraction"] = statistics.median(times) / step_s
+            entry["device_name"] = torch.cuda.get_device_name(device)
+        results[device_name] = entry
+
+    if not pil_times:
+        for _ in range(args.warmup):
+            pil_run()
+        pil_times = [_timed(pil_run, no_sync) for _ in range(args.repeats)]
+    pil_img_s = views_per_step / statistics.median(pil_times)
+    for entry in results.values():
+        entry["speedup"] = entry["batched_img_s"] / pil_img_s
+
+    main_device = devices[-1]
+    report = {
+        "benchmark": "CutPaste-3way training views: batched make_views vs per-image PIL",
+        "device": main_device,
+        "batched_img_s": results[main_device]["batched_img_s"],
+        "pil_img_s": pil_img_s,
+        "speedup": results[main_device]["speedup"],
+        "per_device": results,
+        "pil_s_per_step": pil_times,
+        "unit": "training views per second (3 per input image)",
+        "batch": views_per_step,
+        "inputs_per_step": inputs,
+        "size": args.size,
+        "repeats": args.repeats,
+        "statistic": "median",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "pil_threads": 1,
+        "cpu_count": os.cpu_count(),
+    }
+    if "cuda_aug_fraction" in results[main_device]:
+        report["cuda_aug_fraction"] = results[main_device]["cuda_aug_fraction"]
+
+    print(f"CutPaste-3way, {views_per_step} views of {args.size} px per step, median of {args.repeats}")
+    print(f"{'path':<14}{'device':<8}{'img/s':>10}{'speedup':>10}")
+    print(f"{'PIL':<14}{'cpu':<8}{pil_img_s:>10.1f}{1.0:>10.2f}")
+    for name, entry in results.items():
+        print(f"{'make_views':<14}{name:<8}{entry['batched_img_s']:>10.1f}{entry['speedup']:>10.2f}")
+        if "cuda_aug_fraction" in entry:
+            print(f"  cuda_aug_fraction {entry['cuda_aug_fraction']:.3f} (train step {entry['train_step_s']:.4f} s)")
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

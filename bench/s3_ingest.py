@@ -1,0 +1,208 @@
+"""S3 ingest benchmark against a local moto server: parallel cold download vs sequential GETs, warm cache vs disk.
+
+    python bench/s3_ingest.py [--data DIR] [--workers 16] [--repeats 3]
+
+Writes bench/results/s3_ingest.json (atomically) with ``parallel_mb_s``, ``sequential_mb_s``, ``speedup`` and
+``warm_vs_local``. The data is one synthetic category written here (200 train PNGs of 256x256 plus its test
+split and masks), uploaded with ``cutpaste data upload``'s code path.
+
+- cold, parallel: ``localize`` into an empty cache (manifest, listing check, parallel GETs, view), MB/s of
+  the category's bytes.
+- cold, sequential: one ``get_object`` after another on one boto3 client, each body written to a file.
+- warm: ``localize`` on a warm cache and then reading every file of the returned tree (``warm_read_s``),
+  against reading the same files from the local source directory (``local_read_s``);
+  ``warm_vs_local = local_read_s / warm_read_s``. ``warm_vs_local_decoded`` repeats this with the images
+  decoded to tensors (``load_images``), which is what a training run does with them.
+
+The moto server runs in its own process (so client and server do not share one GIL) at 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "bench" / "results" / "s3_ingest.json"
+CATEGORY = "synth_weave"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_moto(port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("moto server did not start")
+
+
+def _files(root: Path, category: str) -> list[Path]:
+    return sorted(p for p in (root / category).rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def _read_all(paths: list[Path]) -> int:
+    total = 0
+    for path in paths:
+        with open(path, "rb") as handle:
+            total += len(handle.read())
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, help="reuse a dataset written by an earlier run")
+    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import boto3
+
+    from cutpaste.atomic import atomic_write_text
+    from cutpaste.data.images import load_images
+    from cutpaste.data.layout import list_samples
+    from cutpaste.data.synth import generate_dataset
+    from cutpaste.storage import localize, upload
+    from cutpaste.storage.manifest import read_manifest
+    from cutpaste.storage.s3 import S3Connection, parse_s3_uri
+
+    work = Path(tempfile.mkdtemp(prefix="s3-ingest-"))
+    data = args.data or work / "data"
+    started = time.perf_counter()
+    generate_dataset(data, categories=[CATEGORY], size=256, train_count=200)
+    print(f"data ready in {time.perf_counter() - started:.1f}s: {data}", file=sys.stderr)
+
+    port = _free_port()
+    server = start_moto(port)
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+        }
+    )
+    try:
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="bench")
+        uri = "s3://bench/mvtec"
+        t0 = time.perf_counter()
+        report, _ = upload(data, uri, workers=8)
+        upload_s = time.perf_counter() - t0
+        objects = read_manifest(S3Connection(), parse_s3_uri(uri)).objects([CATEGORY])
+        total = sum(o.size for o in objects)
+        mb = total / 1e6
+
+        parallel, sequential = [], []
+        for rep in range(args.repeats):
+            cache = work / f"cache-{rep}"
+            t0 = time.perf_counter()
+            localize(uri, [CATEGORY], cache_dir=cache, workers=args.workers)
+            parallel.append(time.perf_counter() - t0)
+
+            out = work / f"seq-{rep}"
+            out.mkdir()
+            t0 = time.perf_counter()
+            for i, obj in enumerate(objects):
+                body = client.get_object(Bucket="bench", Key=obj.key)["Body"].read()
+                (out / f"{i}.bin").write_bytes(body)
+            sequential.append(time.perf_counter() - t0)
+            shutil.rmtree(out)
+
+        warm_cache = work / "cache-0"
+        local_files = _files(data, CATEGORY)
+        train = [s.path for s in list_samples(data, CATEGORY, "train")]
+        timings: dict[str, list[float]] = {k: [] for k in ("local", "warm", "warm_checked", "local_dec", "warm_dec")}
+
+        def timed(key: str, fn) -> None:
+            t0 = time.perf_counter()
+            fn()
+            timings[key].append(time.perf_counter() - t0)
+
+        def warm_read(ttl: float | None) -> None:
+            _read_all(_files(localize(uri, [CATEGORY], cache_dir=warm_cache, verify_ttl=ttl), CATEGORY))
+
+        def warm_decode() -> None:
+            root = localize(uri, [CATEGORY], cache_dir=warm_cache)
+            load_images([s.path for s in list_samples(root, CATEGORY, "train")], 256)
+
+        for _ in range(args.repeats):
+            timed("local", lambda: _read_all(local_files))
+            timed("warm", lambda: warm_read(None))  # default: checked by the cold run moments ago
+            timed("warm_checked", lambda: warm_read(0))  # manifest + listing checked on this call
+            timed("local_dec", lambda: load_images(train, 256))
+            timed("warm_dec", warm_decode)
+        root = localize(uri, [CATEGORY], cache_dir=warm_cache)
+        assert _read_all(_files(root, CATEGORY)) == _read_all(local_files)
+    finally:
+        server.terminate()
+        server.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+
+    par, seq = statistics.median(parallel), statistics.median(sequential)
+
+    def med(key: str) -> float:
+        return statistics.median(timings[key])
+
+    result = {
+        "parallel_mb_s": round(mb / par, 2),
+        "sequential_mb_s": round(mb / seq, 2),
+        "speedup": round(seq / par, 2),
+        "warm_vs_local": round(med("local") / med("warm"), 3),
+        "warm_vs_local_checked": round(med("local") / med("warm_checked"), 3),
+        "warm_vs_local_decoded": round(med("local_dec") / med("warm_dec"), 3),
+        "targets": {"speedup": 3.0, "warm_vs_local": 0.9},
+        "detail": {
+            "category": CATEGORY,
+            "objects": len(objects),
+            "megabytes": round(mb, 2),
+            "workers": args.workers,
+            "repeats": args.repeats,
+            "parallel_s": [round(x, 3) for x in parallel],
+            "sequential_s": [round(x, 3) for x in sequential],
+            "local_read_s": [round(x, 4) for x in timings["local"]],
+            "warm_localize_and_read_s": [round(x, 4) for x in timings["warm"]],
+            "warm_checked_localize_and_read_s": [round(x, 4) for x in timings["warm_checked"]],
+            "local_decode_s": [round(x, 3) for x in timings["local_dec"]],
+            "warm_localize_and_decode_s": [round(x, 3) for x in timings["warm_dec"]],
+            "upload_s": round(upload_s, 2),
+            "uploaded_files": report.uploaded,
+            "server": "moto.server subprocess on 127.0.0.1",
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(result, indent=2) + "\n", RESULTS)
+    print(json.dumps({k: v for k, v in result.items() if k != "detail"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Ray Train / Ray Tune / MLflow entry points around the ``cutpaste`` library."""

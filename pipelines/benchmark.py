@@ -1,0 +1,325 @@
+"""The benchmark driver: one Ray Train run per (category, seed), tracked in MLflow, summarised as a table.
+
+Runs are Ray tasks that each call ``TorchTrainer.fit()``, so as many train at once as the cluster has
+room for. A benchmark id names everything it writes (Ray run names, MLflow runs, results), so running
+the same id again skips finished runs and resumes unfinished ones from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import ray
+from mlflow import MlflowClient
+
+from cutpaste.config import TrainConfig, flatten
+from cutpaste.density import GaussianDensity
+from cutpaste.errors import CutPasteError
+from cutpaste.report import RunRecord, summarise, to_markdown, write_results
+from pipelines import figures, tracking
+from pipelines.pyfunc_model import log_detector_model
+from pipelines.status import StatusBoard, StatusPrinter
+from pipelines.train_run import RunSpec, build_trainer, fetch_result_files
+
+EXPERIMENT = "cutpaste-benchmark"
+
+
+class BenchmarkError(CutPasteError):
+    """The benchmark cannot start: bad flags, unknown categories, missing resources."""
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """Where and how a benchmark runs. No credentials: those come from the environment."""
+
+    benchmark_id: str
+    data: str
+    categories: tuple[str, ...]
+    seeds: int
+    mlflow_uri: str
+    out: str
+    storage: str
+    experiment: str = EXPERIMENT
+    gpus_per_run: float = 0.0
+    workers_per_run: int = 1
+    cpus_per_worker: float = 1.0
+    max_failures: int = 1
+    s3_endpoint: str | None = None
+    register_models: bool = True
+    artifact_root: str | None = None
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def gpus_per_worker(self) -> float:
+        return self.gpus_per_run / self.workers_per_run
+
+    def run_name(self, category: str, seed: int) -> str:
+        return f"{self.benchmark_id}-{category}-seed{seed}"
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def execute_run(spec: RunSpec, bench: BenchmarkConfig, board: Any) -> dict[str, Any]:
+    """Trains and evaluates one run on Ray Train. Never raises: a failure comes back as a reason.
+
+    It does not touch MLflow: the driver is the only writer, which keeps a sqlite store consistent and
+    puts tracking outages in one place.
+    """
+    try:
+        trainer = build_trainer(
+            spec,
+            storage_path=bench.storage,
+            workers=bench.workers_per_run,
+            gpus_per_worker=bench.gpus_per_worker,
+            cpus_per_worker=bench.cpus_per_worker,
+            max_failures=bench.max_failures,
+            status_board=board,
+        )
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        return {"status": "finished", "checkpoint": result.checkpoint, "metrics": dict(result.metrics or {})}
+    except Exception as exc:
+        reason = _reason(exc)
+        board.update.remote(spec.name, "failed", detail=reason)
+        return {"status": "failed", "error": reason}
+
+
+def _reason(exc: BaseException) -> str:
+    # Ray wraps worker errors; the innermost message is the one a user can act on.
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"[:500]
+
+
+def _log_finished_run(
+    client: MlflowClient, spec: RunSpec, run_id: str, files: Path, bench: BenchmarkConfig
+) -> dict[str, Any]:
+    import torch
+
+    evaluation = json.loads((files / "evaluation.json").read_text())
+    bundle = torch.load(files / "detector.pt", map_location="cpu", weights_only=False)
+    density = GaussianDensity.from_state_dict(bundle["density"])
+    final = {
+        "image_auroc": evaluation["image_auroc"],
+        "aupr": evaluation["aupr"],
+        "f1_max": evaluation["f1_max"],
+        "threshold": bundle["threshold"],
+        "accuracy_at_threshold": evaluation["accuracy_at_threshold"],
+        **{f"auroc_{k}": v for k, v in evaluation["per_defect_auroc"].items()},
+        **density.summary(),
+    }
+    log = tracking.MetricBuffer(bench.mlflow_uri, run_id)
+    log.log(final, step=int(bundle["meta"].get("steps", 0)))
+    log.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        density_path = Path(tmp) / "density.pt"
+        torch.save(density.state_dict(), density_path)
+        client.log_artifact(run_id, str(density_path), "density")
+    tracking.log_json_artifact(client, run_id, density.summary(), "density_summary.json", "density")
+    for name in ("evaluation.json", "train_log.jsonl", "detector.json"):
+        client.log_artifact(run_id, str(files / name), "results")
+    # The model goes last, then the run is marked finished: a FINISHED run always has complete artifacts.
+    model_uri = log_detector_model(files, run_id=run_id)
+    tracking.finish_run(client, run_id)
+    record = asdict(
+        RunRecord(spec.category, spec.seed, "finished", image_auroc=final["image_auroc"], run_name=spec.name)
+    )
+    samples = evaluation["samples"]
+    record.update(
+        mlflow_run_id=run_id,
+        model_uri=model_uri,
+        scores=[x["score"] for x in samples],
+        labels=[x["label"] for x in samples],
+    )
+    return record
+
+
+def _record_from_mlflow(client: MlflowClient, run_id: str, spec: RunSpec) -> dict[str, Any] | None:
+    run = client.get_run(run_id)
+    if run.info.status != "FINISHED" or "image_auroc" not in run.data.metrics:
+        return None
+    record = asdict(
+        RunRecord(spec.category, spec.seed, "finished", image_auroc=run.data.metrics["image_auroc"], run_name=spec.name)
+    )
+    record.update(mlflow_run_id=run_id, model_uri=f"runs:/{run_id}/model", skipped=True)
+    return record
+
+
+def run_benchmark(bench: BenchmarkConfig, train_config: TrainConfig) -> tuple[list[dict[str, Any]], dict[str, Path]]:
+    """Runs (or resumes) the whole benchmark; returns the run records and the results files."""
+    mlflow.set_tracking_uri(bench.mlflow_uri)  # the fluent API (model logging) uses it
+    client = MlflowClient(bench.mlflow_uri)
+    artifact_root = Path(bench.artifact_root) if bench.artifact_root else None
+    experiment_id = tracking.ensure_experiment(client, bench.experiment, artifact_root)
+    parent_id, created = tracking.find_or_create_run(
+        client,
+        experiment_id,
+        name=bench.benchmark_id,
+        tags={tracking.TAG_BENCHMARK: bench.benchmark_id, tracking.TAG_ROLE: "benchmark"},
+    )
+    if not created:
+        print(f"resuming benchmark {bench.benchmark_id} (MLflow run {parent_id})", flush=True)
+        client.update_run(parent_id, status="RUNNING")
+    bench_params = {f"benchmark.{k}": v for k, v in asdict(bench).items() if k not in ("extra_tags",)}
+    tracking.log_params(client, parent_id, {**bench_params, **flatten(train_config)})
+
+    board = StatusBoard.remote()
+    printer = StatusPrinter(board)
+    records: list[dict[str, Any]] = []
+    pending: dict[Any, tuple[RunSpec, str]] = {}
+    buffers: dict[str, tracking.MetricBuffer] = {}
+    for category in bench.categories:
+        for seed in range(bench.seeds):
+            config = train_config.override({"seed": train_config.seed + seed})
+            name = bench.run_name(category, seed)
+            run_id, _ = tracking.find_or_create_run(
+                client,
+                experiment_id,
+                name=name,
+                tags={tracking.TAG_BENCHMARK: bench.benchmark_id, tracking.TAG_RUN_KEY: name, tracking.TAG_ROLE: "run"},
+                parent_run_id=parent_id,
+            )
+            spec = RunSpec(
+                name=name,
+                category=category,
+                seed=config.seed,
+                data=bench.data,
+                train_config=config.to_dict(),
+                s3_endpoint=bench.s3_endpoint,
+            )
+            done = _record_from_mlflow(client, run_id, spec)
+            if done is not None:
+                board.update.remote(
+                    name, "skipped", detail=f"finished earlier, image AUROC {100 * done['image_auroc']:.1f}"
+                )
+                records.append(done)
+                continue
+            tracking.log_params(client, run_id, {**flatten(config), "category": category, "data": bench.data})
+            client.update_run(run_id, status="RUNNING")
+            board.update.remote(name, "queued")
+            buffers[name] = tracking.MetricBuffer(bench.mlflow_uri, run_id)
+            pending[execute_run.remote(spec, bench, board)] = (spec, run_id)
+    printer.poll(force=True)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
+        _forward_metrics(board, buffers)
+        for ref in ready:
+            spec, run_id = pending.pop(ref)
+            records.append(_finish(client, spec, run_id, ray.get(ref), bench, board, buffers[spec.name]))
+        printer.poll()
+    printer.poll(force=True)
+
+    if bench.register_models:
+        _register_champions(client, records)
+    out = Path(bench.out)
+    paths = write_results([_to_record(r) for r in records], out)
+    _log_parent(client, parent_id, records, paths, bench)
+    any_failed = any(r["status"] != "finished" for r in records)
+    tracking.finish_run(client, parent_id, failed=any_failed)
+    return records, paths
+
+
+def _forward_metrics(board: Any, buffers: dict[str, tracking.MetricBuffer]) -> None:
+    for name, rows in ray.get(board.drain_metrics.remote()).items():
+        for row in rows:
+            buffers[name].log({k: v for k, v in row.items() if k != "step"}, int(row["step"]), flush=False)
+        buffers[name].flush()
+
+
+def _finish(
+    client: MlflowClient,
+    spec: RunSpec,
+    run_id: str,
+    outcome: dict[str, Any],
+    bench: BenchmarkConfig,
+    board: Any,
+    buffer: tracking.MetricBuffer,
+) -> dict[str, Any]:
+    """Logs a run's results to MLflow; a tracking failure turns into a failed record, never a crash."""
+    _forward_metrics(board, {spec.name: buffer})
+    try:
+        buffer.close()
+        if outcome["status"] != "finished":
+            tracking.set_tags(client, run_id, {"cutpaste.error": outcome["error"][:5000]})
+            tracking.finish_run(client, run_id, failed=True)
+            return asdict(RunRecord(spec.category, spec.seed, "failed", error=outcome["error"], run_name=spec.name))
+        board.update.remote(spec.name, "logging")
+        with tempfile.TemporaryDirectory(prefix="cutpaste-result-") as tmp:
+            files = fetch_result_files(outcome["checkpoint"], Path(tmp))
+            record = _log_finished_run(client, spec, run_id, files, bench)
+        board.update.remote(spec.name, "done", detail=f"image AUROC {100 * record['image_auroc']:.1f}")
+        return record
+    except Exception as exc:
+        reason = f"logging to MLflow failed: {_reason(exc)}"
+        board.update.remote(spec.name, "failed", detail=reason)
+        traceback.print_exc()
+        return asdict(RunRecord(spec.category, spec.seed, "failed", error=reason, run_name=spec.name))
+
+
+def _to_record(data: dict[str, Any]) -> RunRecord:
+    return RunRecord(**{k: data.get(k) for k in RunRecord.__dataclass_fields__ if k in data})
+
+
+def _register_champions(client: MlflowClient, records: list[dict[str, Any]]) -> None:
+    """Registers the best seed of each category as ``cutpaste-<category>@champion``."""
+    best: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r["status"] == "finished" and (
+            r["category"] not in best or r["image_auroc"] > best[r["category"]]["image_auroc"]
+        ):
+            best[r["category"]] = r
+    for category, r in sorted(best.items()):
+        version = tracking.register_champion(
+            client, f"cutpaste-{category}", r["mlflow_run_id"], model_uri=r["model_uri"], aliases=("champion",)
+        )
+        r["registered_version"] = version
+        print(f"registered cutpaste-{category} version {version} as @champion ({r['run_name']})", flush=True)
+
+
+def _log_parent(
+    client: MlflowClient, parent_id: str, records: list[dict[str, Any]], paths: dict[str, Path], bench: BenchmarkConfig
+) -> None:
+    rows = summarise([_to_record(r) for r in records])
+    table = {key: [getattr(row, key) for row in rows] for key in rows[0].__dataclass_fields__} if rows else {}
+    if table:
+        client.log_table(parent_id, data=table, artifact_file="results_table.json")
+    for path in paths.values():
+        client.log_artifact(parent_id, str(path), "results")
+    summary = next((r for r in rows if r.category == "mean"), None)
+    if summary and summary.image_auroc_mean is not None:
+        tracking.MetricBuffer(bench.mlflow_uri, parent_id).log({"mean_image_auroc": summary.image_auroc_mean}, 0)
+    for row in rows:
+        if row.kind != "average" and row.image_auroc_mean is not None:
+            client.log_metric(parent_id, f"image_auroc.{row.category}", row.image_auroc_mean)
+    try:
+        for name, figure in figures.benchmark_figures(client, records).items():
+            client.log_figure(parent_id, figure, f"figures/{name}.png")
+            figures.close(figure)
+    except Exception:
+        # Figures are a convenience: a plotting problem must not fail a finished benchmark.
+        traceback.print_exc()
+    tracking.set_tags(client, parent_id, {"cutpaste.results": to_markdown(rows)[:4900]})
+
+
+def wait_for_resources(gpus_needed: float, cpus_needed: float, timeout_s: float) -> None:
+    """Fails with a clear message (instead of hanging) when the cluster cannot hold even one run."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        total = ray.cluster_resources()
+        gpus, cpus = total.get("GPU", 0.0), total.get("CPU", 0.0)
+        if gpus >= gpus_needed and cpus >= cpus_needed:
+            return
+        if time.monotonic() >= deadline:
+            raise BenchmarkError(
+                f"one run needs {gpus_needed:g} GPU and {cpus_needed:g} CPU but the cluster has {gpus:g} GPU and "
+                f"{cpus:g} CPU; lower --gpus-per-run/--workers-per-run, add nodes, or pass --wait-for-resources"
+            )
+        time.sleep(2.0)

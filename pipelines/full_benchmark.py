@@ -1,0 +1,146 @@
+"""The paper's Table 1 protocol on Ray: every category x N seeds, evaluated, tracked in MLflow.
+
+    python pipelines/full_benchmark.py                  # embedded default: local Ray, synthetic data, sqlite MLflow
+    ray job submit --address http://HEAD:8265 --working-dir . -- \\
+        .venv/bin/python pipelines/full_benchmark.py --data s3://bucket/mvtec --preset paper --seeds 5 \\
+        --gpus-per-run 0.25 --mlflow-uri http://mlflow:5000 --storage s3://bucket/checkpoints --benchmark-id b1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+# `python pipelines/full_benchmark.py` puts pipelines/ on sys.path, not the repository root.
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from cutpaste.config import load_config, preset  # noqa: E402
+from cutpaste.errors import CutPasteError  # noqa: E402
+
+DEFAULT_RUNS_DIR = Path("runs")
+DEMO_CATEGORIES = 4
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="dataset root (local path or s3://bucket/prefix); default: synthetic demo data")
+    parser.add_argument("--categories", nargs="+", help="default: every category found under --data")
+    parser.add_argument("--seeds", type=int, default=1, help="runs per category, seeds base..base+N-1 (paper: 5)")
+    parser.add_argument("--preset", default="demo", help="paper, demo or ci (default: demo)")
+    parser.add_argument("--config", help="JSON config file: a short difference from a preset")
+    parser.add_argument("--benchmark-id", help="names this benchmark; the same id again resumes it")
+    parser.add_argument("--mlflow-uri", help="tracking URI; default $MLFLOW_TRACKING_URI or a sqlite store in runs/")
+    parser.add_argument("--experiment", default="cutpaste-benchmark", help="MLflow experiment name")
+    parser.add_argument("--gpus-per-run", type=float, default=None, help="GPUs per run (0.25 shares a GPU by four)")
+    parser.add_argument("--workers-per-run", type=int, default=1, help="DDP workers per run (each its own GPU)")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    parser.add_argument("--out", help="results directory (default runs/<benchmark-id>)")
+    parser.add_argument("--storage", help="Ray checkpoint storage, local path or s3:// (default <out>/ray_storage)")
+    parser.add_argument("--max-failures", type=int, default=1, help="worker failures a run survives")
+    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint (default $AWS_ENDPOINT_URL)")
+    parser.add_argument("--wait-for-resources", type=float, default=0.0, help="seconds to wait for GPUs to join")
+    parser.add_argument("--ray-address", help="default $RAY_ADDRESS, else a local Ray is started")
+    parser.add_argument("--no-register", action="store_true", help="do not register champion models")
+    return parser
+
+
+def _resolve(args: argparse.Namespace):
+    from cutpaste.storage import list_categories
+    from pipelines.benchmark import BenchmarkConfig, BenchmarkError
+    from pipelines.tracking import default_tracking_uri
+
+    if args.seeds < 1:
+        raise BenchmarkError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.workers_per_run < 1:
+        raise BenchmarkError(f"--workers-per-run must be >= 1, got {args.workers_per_run}")
+    train_config = load_config(args.config, base=preset(args.preset)) if args.config else preset(args.preset)
+    benchmark_id = args.benchmark_id or time.strftime("bench-%Y%m%d-%H%M%S")
+    runs_dir = DEFAULT_RUNS_DIR.resolve()
+    data = args.data
+    if data is None:
+        from cutpaste.data.synth import generate_dataset
+
+        data_dir = runs_dir / "demo-data"
+        print(f"no --data: using synthetic demo data in {data_dir}", flush=True)
+        generate_dataset(data_dir, categories=DEMO_CATEGORIES, size=128, seed=0)
+        data = str(data_dir)
+    found = list_categories(data, endpoint_url=args.s3_endpoint)
+    categories = args.categories or found
+    unknown = sorted(set(categories) - set(found))
+    if unknown:
+        raise BenchmarkError(f"--categories: {', '.join(unknown)} not under {data} (found: {', '.join(found)})")
+    uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(runs_dir)
+    out = Path(args.out or runs_dir / benchmark_id).resolve()
+    gpus = args.gpus_per_run
+    if gpus is None:
+        gpus = 0.0
+    if args.workers_per_run > 1 and 0 < gpus / args.workers_per_run < 1:
+        raise BenchmarkError(
+            f"--gpus-per-run {gpus:g} over {args.workers_per_run} workers would make DDP workers share a GPU; "
+            "give each worker at least one GPU"
+        )
+    bench = BenchmarkConfig(
+        benchmark_id=benchmark_id,
+        data=data,
+        categories=tuple(categories),
+        seeds=args.seeds,
+        mlflow_uri=uri,
+        out=str(out),
+        storage=args.storage or str(out / "ray_storage"),
+        experiment=args.experiment,
+        gpus_per_run=gpus,
+        workers_per_run=args.workers_per_run,
+        cpus_per_worker=args.cpus_per_worker,
+        max_failures=args.max_failures,
+        s3_endpoint=args.s3_endpoint,
+        register_models=not args.no_register,
+        artifact_root=str(runs_dir / "mlartifacts") if uri.startswith("sqlite:") else None,
+    )
+    return bench, train_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        import ray
+
+        from pipelines.benchmark import run_benchmark, wait_for_resources
+        from pipelines.tracking import check_reachable
+
+        bench, train_config = _resolve(args)
+        check_reachable(bench.mlflow_uri)
+        address = args.ray_address or os.environ.get("RAY_ADDRESS")
+        # Workers import the library and these pipelines from the repository (or the job's working dir).
+        if address:
+            ray.init(address=address)
+        else:
+            ray.init(runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}}, include_dashboard=False)
+        wait_for_resources(bench.gpus_per_run, bench.cpus_per_worker * bench.workers_per_run, args.wait_for_resources)
+        print(
+            f"benchmark {bench.benchmark_id}: {len(bench.categories)} categories x {bench.seeds} seeds, "
+            f"preset {train_config.preset} ({train_config.steps} steps at {train_config.image_size}px), "
+            f"tracking {bench.mlflow_uri}",
+            flush=True,
+        )
+        records, paths = run_benchmark(bench, train_config)
+    except CutPasteError as exc:
+        print(f"full_benchmark: error: {exc}", file=sys.stderr)
+        return 2
+    print()
+    print(paths["markdown"].read_text())
+    print(f"results: {', '.join(str(p) for p in paths.values())}")
+    if bench.mlflow_uri.startswith("sqlite:"):
+        print(f"open the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {bench.mlflow_uri} --port 5000")
+    else:
+        print(f"MLflow UI: {bench.mlflow_uri}")
+    failed = [r for r in records if r["status"] != "finished"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The detector as an MLflow pyfunc model: images in, anomaly scores and verdicts out.
+
+Input: a uint8 array ``(B, H, W, 3)`` (or one ``(H, W, 3)`` image), any H and W; images are resized to
+the detector's size exactly as ``cutpaste predict`` does. Output: a DataFrame with ``score``,
+``threshold`` and ``anomalous`` per image. The bundle travels as the ``detector`` artifact and the
+library as code, so a served model needs neither Ray nor this repository.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ColSpec, Schema, TensorSpec
+
+import cutpaste
+from cutpaste.detector import BUNDLE_NAME, Detector
+
+PIP_REQUIREMENTS = ["torch", "torchvision", "numpy", "pillow", "scikit-learn", "pandas"]
+
+
+def images_to_tensor(model_input: Any) -> torch.Tensor:
+    """``(B, H, W, 3)`` / ``(H, W, 3)`` uint8 -> ``(B, 3, H, W)`` uint8."""
+    array = np.asarray(model_input)
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise ValueError(f"expected uint8 images shaped (B, H, W, 3), got {array.shape}")
+    if array.dtype != np.uint8:
+        raise ValueError(f"expected uint8 images, got {array.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
+
+
+class CutPasteModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.detector = Detector.load(context.artifacts["detector"], device=device)
+
+    def predict(self, context, model_input, params=None):  # untyped: MLflow reads hints as a schema
+        threshold = float((params or {}).get("threshold") or self.detector.threshold)
+        scores = self.detector.score(images_to_tensor(model_input)).numpy()
+        return pd.DataFrame({"score": scores, "threshold": threshold, "anomalous": scores >= threshold})
+
+
+def signature() -> ModelSignature:
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+        outputs=Schema([ColSpec("double", "score"), ColSpec("double", "threshold"), ColSpec("boolean", "anomalous")]),
+    )
+
+
+def log_detector_model(bundle_dir: Path, *, run_id: str, name: str = "model") -> str:
+    """Logs the bundle in ``bundle_dir`` as a pyfunc model into ``run_id``; returns its ``runs:/`` URI."""
+    if not (bundle_dir / BUNDLE_NAME).is_file():
+        raise FileNotFoundError(f"no {BUNDLE_NAME} in {bundle_dir}")
+    library = Path(cutpaste.__file__).parent
+    with mlflow.start_run(run_id=run_id, nested=True):
+        mlflow.pyfunc.log_model(
+            name=name,
+            python_model=CutPasteModel(),
+            artifacts={"detector": str(bundle_dir / BUNDLE_NAME)},
+            # The class is pickled by reference to pipelines.pyfunc_model: ship that package beside the library.
+            code_paths=[str(library), str(Path(__file__).parent)],
+            signature=signature(),
+            pip_requirements=PIP_REQUIREMENTS,
+        )
+    return f"runs:/{run_id}/{name}"

@@ -1,0 +1,187 @@
+"""MLflow bookkeeping for benchmarks: reachability, parent/child runs, buffered metrics, artifacts, registry.
+
+Everything that talks to MLflow goes through ``MlflowClient`` with explicit run ids, so the driver,
+the per-run Ray tasks and the training workers can all log into the same runs concurrently.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+
+from cutpaste.errors import CutPasteError
+
+TAG_BENCHMARK = "cutpaste.benchmark_id"
+TAG_RUN_KEY = "cutpaste.run_key"
+TAG_ROLE = "cutpaste.role"
+_PARAM_VALUE_LIMIT = 6000
+
+
+class TrackingError(CutPasteError):
+    """The MLflow server is unreachable or refused a request."""
+
+
+def default_tracking_uri(root: Path) -> str:
+    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def check_reachable(uri: str, *, timeout_s: float = 10.0) -> None:
+    """Fails fast, before any training, when an HTTP tracking server does not answer its health check."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    health = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(health, timeout=timeout_s) as response:
+            if response.status != 200:
+                raise TrackingError(f"MLflow server {uri} answered {response.status} on /health")
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(f"MLflow server {uri} is unreachable ({reason}); start it or pass --mlflow-uri") from None
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None = None) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> str | None:
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = client.search_runs([experiment_id], filter_string=query, max_results=1, order_by=["start_time DESC"])
+    return runs[0].info.run_id if runs else None
+
+
+def find_or_create_run(
+    client: MlflowClient, experiment_id: str, *, name: str, tags: dict[str, str], parent_run_id: str | None = None
+) -> tuple[str, bool]:
+    """The run carrying ``tags`` (resumed benchmarks reuse it), else a new one. Returns (run_id, created)."""
+    existing = find_run(client, experiment_id, tags)
+    if existing is not None:
+        return existing, False
+    all_tags = dict(tags)
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    return client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id, True
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Params are immutable in MLflow: re-logging the same value on resume is fine, a new value is not."""
+    existing = client.get_run(run_id).data.params
+    batch = [
+        Param(k, str(v)[:_PARAM_VALUE_LIMIT]) for k, v in sorted(params.items()) if k not in existing and v is not None
+    ]
+    for start in range(0, len(batch), 90):
+        client.log_batch(run_id, params=batch[start : start + 90])
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+class MetricBuffer:
+    """Step metrics that survive a tracking outage: kept in a bounded queue and sent when MLflow answers.
+
+    Training never waits on MLflow for more than one attempt per flush; :meth:`close` retries with
+    backoff and reports what could not be written instead of raising into the training loop.
+    """
+
+    def __init__(self, uri: str, run_id: str, *, max_pending: int = 100_000, prefix: str = "") -> None:
+        self.client = MlflowClient(uri)
+        self.run_id = run_id
+        self.prefix = prefix
+        self.pending: deque[Metric] = deque(maxlen=max_pending)
+        self.dropped = 0
+        self.last_error: str = ""
+
+    def log(self, values: dict[str, float], step: int, *, flush: bool = True) -> None:
+        now = int(time.time() * 1000)
+        for key, value in values.items():
+            if value is None or not math.isfinite(float(value)):
+                continue
+            if len(self.pending) == self.pending.maxlen:
+                self.dropped += 1
+            self.pending.append(Metric(self.prefix + key, float(value), now, int(step)))
+        if flush:
+            self.flush()
+
+    def flush(self) -> bool:
+        while self.pending:
+            batch = [self.pending[i] for i in range(min(500, len(self.pending)))]
+            try:
+                self.client.log_batch(self.run_id, metrics=batch)
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                return False
+            for _ in batch:
+                self.pending.popleft()
+        return True
+
+    def close(self, *, attempts: int = 5, backoff_s: float = 1.0) -> None:
+        for attempt in range(attempts):
+            if self.flush():
+                return
+            time.sleep(backoff_s * 2**attempt)
+        raise TrackingError(
+            f"could not write {len(self.pending)} metrics to MLflow run {self.run_id}: {self.last_error}"
+        )
+
+
+def log_json_artifact(
+    client: MlflowClient, run_id: str, data: Any, name: str, artifact_path: str | None = None
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(json.dumps(data, indent=2, default=str))
+        client.log_artifact(run_id, str(path), artifact_path)
+
+
+def finish_run(client: MlflowClient, run_id: str, *, failed: bool = False) -> None:
+    status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
+    client.set_terminated(run_id, status=status)
+
+
+def register_champion(client: MlflowClient, name: str, run_id: str, *, model_uri: str, aliases: tuple[str, ...]) -> str:
+    """Registers ``model_uri`` as a new version of ``name`` (unless this run already has one) and moves aliases.
+
+    Only called after the run's artifacts are complete, so no version ever points at a partial model.
+    """
+    try:
+        client.get_registered_model(name)
+    except Exception:
+        client.create_registered_model(name, tags={"source": "cutpaste"})
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if versions:
+        version = str(max(int(v.version) for v in versions))
+    else:
+        version = client.create_model_version(name, source=model_uri, run_id=run_id).version
+        for _ in range(60):
+            if client.get_model_version(name, version).status == "READY":
+                break
+            time.sleep(0.5)
+    for alias in aliases:
+        client.set_registered_model_alias(name, alias, version)
+    return str(version)
+
+
+def credentials_free(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a child process needs for MLflow and S3, for passing via Ray's runtime_env.
+
+    Only names and endpoints: credentials are read by each process from its own environment or
+    credential chain and never copied into configs, params or logs.
+    """
+    env = dict(os.environ if env is None else env)
+    keep = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "CUTPASTE_CACHE_DIR")
+    return {k: env[k] for k in keep if k in env}

@@ -1,0 +1,151 @@
+"""One (category, seed) run on Ray Train: a thin adapter around ``cutpaste.workflow``.
+
+``train_loop_per_worker`` runs on each worker: it restores Ray's latest checkpoint into the library's
+checkpoint directory, trains with the library loop (DDP when there are several workers), reports every
+library checkpoint to Ray, then evaluates on rank 0 and reports the finished bundle as the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from cutpaste.atomic import atomic_write_text
+from cutpaste.config import TrainConfig
+from cutpaste.detector import BUNDLE_NAME, SUMMARY_NAME
+from cutpaste.storage import localize
+from cutpaste.train import CHECKPOINT_NAME, TrainHooks
+from cutpaste.workflow import CHECKPOINT_DIR, evaluate_category, train_category
+
+RESULT_FILES = (BUNDLE_NAME, SUMMARY_NAME, "train_log.jsonl", "evaluation.json")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What one run needs; plain values only (it travels to workers as ``train_loop_config``)."""
+
+    name: str
+    category: str
+    seed: int
+    data: str
+    train_config: dict[str, Any]
+    s3_endpoint: str | None = None
+
+
+def _restore_checkpoint(work: Path) -> None:
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return
+    with checkpoint.as_directory() as directory:
+        source = Path(directory) / CHECKPOINT_NAME
+        if source.is_file():
+            target = work / CHECKPOINT_DIR / CHECKPOINT_NAME
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    spec = RunSpec(**loop_config["spec"])
+    board = loop_config.get("status_board")
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    config = TrainConfig.from_dict(spec.train_config, source=f"run {spec.name}")
+    data_root = localize(spec.data, [spec.category], endpoint_url=spec.s3_endpoint)
+    work = Path(tempfile.mkdtemp(prefix=f"cutpaste-{spec.name}-"))
+    _restore_checkpoint(work)
+
+    def on_log(record: dict[str, float]) -> None:
+        if board is not None and rank == 0:
+            board.add_metrics.remote(spec.name, record)
+            board.update.remote(
+                spec.name, "training", step=int(record["step"]), steps=config.steps, loss=record["loss"]
+            )
+
+    def on_checkpoint(step: int, path: Path | None) -> None:
+        checkpoint = Checkpoint.from_directory(str(path.parent)) if path is not None else None
+        ray.train.report({"step": step}, checkpoint=checkpoint)
+
+    hooks = TrainHooks(
+        on_log=on_log,
+        on_checkpoint=on_checkpoint,
+        wrap_model=ray.train.torch.prepare_model if world > 1 else None,
+        rank=rank,
+    )
+    if board is not None and rank == 0:
+        board.update.remote(spec.name, "training", step=0, steps=config.steps)
+    run = train_category(
+        config,
+        data_root,
+        spec.category,
+        work,
+        device=str(ray.train.torch.get_device()),
+        hooks=hooks,
+        progress=False,
+    )
+    if rank != 0:
+        ray.train.report({"done": 1})
+        return
+    if board is not None:
+        board.update.remote(spec.name, "evaluating")
+    evaluation = evaluate_category(run.detector, data_root, spec.category)
+    atomic_write_text(json.dumps(evaluation.to_dict()), work / "evaluation.json")
+    final = work / "final"
+    final.mkdir()
+    for name in RESULT_FILES:
+        shutil.copy2(work / name, final / name)
+    summary = {
+        "done": 1,
+        "image_auroc": evaluation.metrics.image_auroc,
+        "aupr": evaluation.metrics.aupr,
+        "f1_max": evaluation.metrics.f1_max,
+        "threshold": run.detector.threshold,
+    }
+    ray.train.report(summary, checkpoint=Checkpoint.from_directory(str(final)))
+
+
+def build_trainer(
+    spec: RunSpec,
+    *,
+    storage_path: str,
+    workers: int,
+    gpus_per_worker: float,
+    cpus_per_worker: float,
+    max_failures: int,
+    status_board: Any = None,
+) -> TorchTrainer:
+    resources = {"CPU": cpus_per_worker}
+    if gpus_per_worker:
+        resources["GPU"] = gpus_per_worker
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": spec.__dict__, "status_board": status_board},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=spec.name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+
+
+def fetch_result_files(checkpoint: Checkpoint, target: Path) -> Path:
+    """Copies the final bundle files of a finished run out of Ray's checkpoint storage."""
+    target.mkdir(parents=True, exist_ok=True)
+    with checkpoint.as_directory() as directory:
+        for name in RESULT_FILES:
+            source = Path(directory) / name
+            if not source.is_file():
+                raise FileNotFoundError(f"finished checkpoint {checkpoint.path} lacks {name}")
+            shutil.copy2(source, target / name)
+    return target

@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from cutpaste.config import preset
+from cutpaste.errors import ConfigError
+from cutpaste.model import BACKBONES, CutPasteNet, build_model, pretrained_weights_path
+
+
+@pytest.mark.parametrize("variant,classes", [("3way", 3), ("normal", 2), ("union", 2)])
+def test_logits_and_embeddings(variant, classes):
+    model = build_model(preset("ci").override({"variant": variant})).eval()
+    x = torch.rand(2, 3, 64, 64)
+    features, logits = model(x)
+    assert features.shape == (2, 512) and logits.shape == (2, classes)
+    assert torch.equal(model.embed(x), features)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "resnet50"])
+def test_other_backbones_build(name):
+    model = CutPasteNet(name, head_depth=1, num_classes=2).eval()
+    assert model.embed(torch.rand(1, 3, 64, 64)).shape == (1, BACKBONES[name].feature_dim)
+
+
+def test_pretrained_never_downloads_and_names_the_missing_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(ConfigError, match=r"resnet18-f37072fd.pth"):
+        pretrained_weights_path("resnet18", "imagenet")
+    with pytest.raises(ConfigError, match="weights file not found: .*nope.pth"):
+        CutPasteNet(pretrained=str(tmp_path / "nope.pth"))
+
+
+def test_pretrained_from_a_local_file(tmp_path, monkeypatch):
+    # A torchvision-format state dict (with its fc layer) saved where the torchvision cache would be.
+    from torchvision.models import resnet18
+
+    reference = resnet18(weights=None)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    target = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    target.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), target)
+    model = CutPasteNet(pretrained="imagenet")
+    assert torch.equal(model.encoder.conv1.weight, reference.conv1.weight)
+    torch.save({"garbage": torch.zeros(1)}, tmp_path / "wrong.pth")
+    with pytest.raises(ConfigError, match="does not fit resnet18"):
+        CutPasteNet(pretrained=str(tmp_path / "wrong.pth"))
