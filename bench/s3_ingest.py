@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "bench" / "results" / "s3_ingest.json"
 CATEGORY = "synth_weave"
+LATENCY_S = 0.02
 
 
 def _free_port() -> int:
@@ -63,6 +64,55 @@ def start_moto(port: int) -> subprocess.Popen:
     raise RuntimeError("moto server did not start")
 
 
+def latency_proxy(listen_port: int, target_port: int, delay_s: float) -> None:
+    """Forward 127.0.0.1:listen_port to target_port, holding each connection's first response bytes delay_s.
+
+    moto closes every connection after one response, so this adds ``delay_s`` to every request, like the
+    first-byte latency of a real S3 GET (tens of milliseconds), while moto itself stays on loopback.
+    """
+    import asyncio
+
+    async def pipe(src, dst, delay: float) -> None:
+        try:
+            while data := await src.read(65536):
+                if delay:
+                    await asyncio.sleep(delay)
+                    delay = 0.0
+                dst.write(data)
+                await dst.drain()
+        except OSError:
+            pass
+        finally:
+            dst.close()
+
+    async def handle(reader, writer) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
+        await asyncio.gather(pipe(reader, up_writer, 0.0), pipe(up_reader, writer, delay_s))
+
+    async def serve() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", listen_port, backlog=256)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(serve())
+
+
+def start_latency_proxy(target_port: int, delay_s: float) -> tuple[subprocess.Popen, int]:
+    port = _free_port()
+    code = f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import s3_ingest as b; "
+    code += f"b.latency_proxy({port}, {target_port}, {delay_s})"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("latency proxy did not start")
+
+
 def _files(root: Path, category: str) -> list[Path]:
     return sorted(p for p in (root / category).rglob("*") if p.is_file() and not p.name.startswith("."))
 
@@ -78,7 +128,7 @@ def _read_all(paths: list[Path]) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="reuse a dataset written by an earlier run")
-    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--workers", type=int, help="download threads (default: the library's, 4 per CPU)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
@@ -137,7 +187,6 @@ def main() -> None:
             shutil.rmtree(out)
 
         warm_cache = work / "cache-0"
-        local_files = _files(data, CATEGORY)
         train = [s.path for s in list_samples(data, CATEGORY, "train")]
         timings: dict[str, list[float]] = {k: [] for k in ("local", "warm", "warm_checked", "local_dec", "warm_dec")}
 
@@ -153,14 +202,33 @@ def main() -> None:
             root = localize(uri, [CATEGORY], cache_dir=warm_cache)
             load_images([s.path for s in list_samples(root, CATEGORY, "train")], 256)
 
-        for _ in range(args.repeats):
-            timed("local", lambda: _read_all(local_files))
+        for _ in range(3 * args.repeats):  # a few milliseconds each: more repeats against noise
+            timed("local", lambda: _read_all(_files(data, CATEGORY)))
             timed("warm", lambda: warm_read(None))  # default: checked by the cold run moments ago
             timed("warm_checked", lambda: warm_read(0))  # manifest + listing checked on this call
+        for _ in range(args.repeats):
             timed("local_dec", lambda: load_images(train, 256))
             timed("warm_dec", warm_decode)
+
+        # The same cold comparison with 20 ms of first-byte latency per request, as from a node to real S3.
+        proxy, proxy_port = start_latency_proxy(port, LATENCY_S)
+        try:
+            via = f"http://127.0.0.1:{proxy_port}"
+            t0 = time.perf_counter()
+            localize(
+                uri, [CATEGORY], cache_dir=work / "cache-latency", endpoint_url=via, verify_ttl=0, workers=args.workers
+            )
+            latency_parallel = time.perf_counter() - t0
+            slow_client = boto3.client("s3", endpoint_url=via)
+            t0 = time.perf_counter()
+            for obj in objects:
+                slow_client.get_object(Bucket="bench", Key=obj.key)["Body"].read()
+            latency_sequential = time.perf_counter() - t0
+        finally:
+            proxy.terminate()
+            proxy.wait(10)
         root = localize(uri, [CATEGORY], cache_dir=warm_cache)
-        assert _read_all(_files(root, CATEGORY)) == _read_all(local_files)
+        assert [p.read_bytes() for p in _files(root, CATEGORY)] == [p.read_bytes() for p in _files(data, CATEGORY)]
     finally:
         server.terminate()
         server.wait(10)
@@ -179,11 +247,21 @@ def main() -> None:
         "warm_vs_local_checked": round(med("local") / med("warm_checked"), 3),
         "warm_vs_local_decoded": round(med("local_dec") / med("warm_dec"), 3),
         "targets": {"speedup": 3.0, "warm_vs_local": 0.9},
+        "with_20ms_latency": {
+            "parallel_mb_s": round(mb / latency_parallel, 2),
+            "sequential_mb_s": round(mb / latency_sequential, 2),
+            "speedup": round(latency_sequential / latency_parallel, 2),
+        },
         "detail": {
             "category": CATEGORY,
             "objects": len(objects),
             "megabytes": round(mb, 2),
-            "workers": args.workers,
+            "workers": args.workers or "default",
+            "latency_s": {
+                "added_per_request": LATENCY_S,
+                "parallel": round(latency_parallel, 3),
+                "sequential": round(latency_sequential, 3),
+            },
             "repeats": args.repeats,
             "parallel_s": [round(x, 3) for x in parallel],
             "sequential_s": [round(x, 3) for x in sequential],

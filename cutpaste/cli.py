@@ -82,9 +82,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from cutpaste.workflow import evaluate_category, train_category
 
     config = build_config(args)
+    data = _local_data(args, [args.category])
     run = train_category(
         config,
-        args.data,
+        data,
         args.category,
         args.out,
         device=args.device,
@@ -99,8 +100,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"threshold {run.detector.threshold:.4f}; saved {run.out_dir}"
     )
     if args.evaluate:
-        _print_evaluation(evaluate_category(run.detector, args.data, args.category).to_dict())
+        _print_evaluation(evaluate_category(run.detector, data, args.category).to_dict())
     return 0
+
+
+def _local_data(args: argparse.Namespace, categories: list[str] | None) -> str:
+    """A local dataset root: ``s3://`` data is fetched through the per-node cache first."""
+    from cutpaste.storage import localize
+
+    return str(localize(args.data, categories, endpoint_url=args.s3_endpoint, progress=True))
 
 
 def _print_evaluation(report: dict[str, Any]) -> None:
@@ -119,7 +127,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from cutpaste.workflow import evaluate_category
 
     detector = Detector.load(args.model, device=resolve_device(args.device))
-    report = evaluate_category(detector, args.data, args.category).to_dict()
+    category = args.category or detector.category
+    report = evaluate_category(detector, _local_data(args, [category] if category else None), category).to_dict()
     report["category"] = args.category or detector.category
     report["model"] = str(args.model)
     _print_evaluation(report)
@@ -190,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a detector on one category")
-    train.add_argument("--data", required=True, help="dataset root in MVTec AD layout")
+    train.add_argument("--data", required=True, help="dataset root in MVTec AD layout, local or s3://bucket/prefix")
+    train.add_argument("--s3-endpoint", help="S3-compatible endpoint (default $AWS_ENDPOINT_URL)")
     train.add_argument("--category", required=True)
     train.add_argument("--out", required=True, help="model directory (resumes an unfinished run there)")
     _add_config_flags(train)
@@ -203,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="image metrics of a detector on a category's test split")
     evaluate.add_argument("--model", required=True)
-    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--data", required=True, help="dataset root, local or s3://bucket/prefix")
+    evaluate.add_argument("--s3-endpoint", help="S3-compatible endpoint (default $AWS_ENDPOINT_URL)")
     evaluate.add_argument("--category", help="default: the category the detector was trained on")
     evaluate.add_argument("--json", help="write metrics and per-image scores to this file")
     evaluate.add_argument("--device", default="auto")
@@ -228,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--size", type=int, default=128)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_cmd_synth)
+    from cutpaste.storage.cli import add_storage_commands
+
+    add_storage_commands(data)
     return parser
 
 

@@ -29,6 +29,7 @@ from pipelines.status import StatusBoard, StatusPrinter
 from pipelines.train_run import RunSpec, build_trainer, fetch_result_files
 
 EXPERIMENT = "cutpaste-benchmark"
+TAG_MODEL_URI = "cutpaste.model_uri"
 
 
 class BenchmarkError(CutPasteError):
@@ -128,6 +129,7 @@ def _log_finished_run(
         client.log_artifact(run_id, str(files / name), "results")
     # The model goes last, then the run is marked finished: a FINISHED run always has complete artifacts.
     model_uri = log_detector_model(files, run_id=run_id)
+    tracking.set_tags(client, run_id, {TAG_MODEL_URI: model_uri})
     tracking.finish_run(client, run_id)
     record = asdict(
         RunRecord(spec.category, spec.seed, "finished", image_auroc=final["image_auroc"], run_name=spec.name)
@@ -144,12 +146,12 @@ def _log_finished_run(
 
 def _record_from_mlflow(client: MlflowClient, run_id: str, spec: RunSpec) -> dict[str, Any] | None:
     run = client.get_run(run_id)
-    if run.info.status != "FINISHED" or "image_auroc" not in run.data.metrics:
+    if run.info.status != "FINISHED" or "image_auroc" not in run.data.metrics or TAG_MODEL_URI not in run.data.tags:
         return None
     record = asdict(
         RunRecord(spec.category, spec.seed, "finished", image_auroc=run.data.metrics["image_auroc"], run_name=spec.name)
     )
-    record.update(mlflow_run_id=run_id, model_uri=f"runs:/{run_id}/model", skipped=True)
+    record.update(mlflow_run_id=run_id, model_uri=run.data.tags[TAG_MODEL_URI], skipped=True)
     return record
 
 

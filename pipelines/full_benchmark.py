@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         check_reachable(bench.mlflow_uri)
         address = args.ray_address or os.environ.get("RAY_ADDRESS")
         # Workers import the library and these pipelines from the repository (or the job's working dir).
-        if address:
+        if ray.is_initialized():
+            pass
+        elif address:
             ray.init(address=address)
         else:
             ray.init(runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}}, include_dashboard=False)

@@ -55,12 +55,16 @@ def signature() -> ModelSignature:
 
 
 def log_detector_model(bundle_dir: Path, *, run_id: str, name: str = "model") -> str:
-    """Logs the bundle in ``bundle_dir`` as a pyfunc model into ``run_id``; returns its ``runs:/`` URI."""
+    """Logs the bundle in ``bundle_dir`` as a pyfunc model into ``run_id``; returns its ``models:/`` URI.
+
+    MLflow 3 stores a logged model as its own entity, so the URI to register is the one MLflow returns,
+    not a path under the run's artifacts.
+    """
     if not (bundle_dir / BUNDLE_NAME).is_file():
         raise FileNotFoundError(f"no {BUNDLE_NAME} in {bundle_dir}")
     library = Path(cutpaste.__file__).parent
     with mlflow.start_run(run_id=run_id, nested=True):
-        mlflow.pyfunc.log_model(
+        info = mlflow.pyfunc.log_model(
             name=name,
             python_model=CutPasteModel(),
             artifacts={"detector": str(bundle_dir / BUNDLE_NAME)},
@@ -69,4 +73,4 @@ def log_detector_model(bundle_dir: Path, *, run_id: str, name: str = "model") ->
             signature=signature(),
             pip_requirements=PIP_REQUIREMENTS,
         )
-    return f"runs:/{run_id}/{name}"
+    return info.model_uri

@@ -79,7 +79,7 @@ def weave(rng: Rng, size: int) -> Scene:
     over = (np.floor(u) + np.floor(v)) % 2 == 0
     across_u, across_v = np.abs(np.sin(np.pi * u)) ** 0.6, np.abs(np.sin(np.pi * v)) ** 0.6
     height = np.where(over, across_u * (0.55 + 0.45 * across_v), across_v * (0.55 + 0.45 * across_u))
-    fibre = np.where(over, _noise(rng, size, size / 30, 0.7), _noise(rng, size, 0.7, size / 30))
+    fibre = np.where(over, _noise(rng, size, size / 30, size / 180), _noise(rng, size, size / 180, size / 30))
     t = 0.15 + 0.75 * height + 0.06 * fibre
     warp = _mix(t, (0.10, 0.12, 0.20), (0.45, 0.55, 0.80))
     weft = _mix(t, (0.12, 0.14, 0.18), (0.60, 0.62, 0.70))
@@ -92,7 +92,7 @@ def grain(rng: Rng, size: int) -> Scene:
     _, x = _grid(size, 0, 0, rng.uniform(-0.08, 0.08))
     bend = 1.6 * _noise(rng, size, size / 5) + 0.25 * _noise(rng, size, size / 25)
     rings = 0.5 + 0.5 * np.sin(2 * np.pi * (x / (size / rng.uniform(6, 9)) + bend))
-    fibres = _noise(rng, size, size / 8, 0.8)
+    fibres = _noise(rng, size, size / 8, size / 160)
     t = 0.2 + 0.55 * rings**2 + 0.12 * fibres
     return Scene(
         _mix(t, (0.62, 0.40, 0.20), (0.30, 0.16, 0.07)),
@@ -107,7 +107,7 @@ def marble(rng: Rng, size: int) -> Scene:
     turbulence = 0.7 * _noise(rng, size, size / 7) + 0.05 * _noise(rng, size, 0, beta=2.5)
     phase = x / (size / rng.uniform(2.0, 3.0)) + turbulence
     veins = np.exp(-((np.sin(np.pi * phase) / 0.16) ** 2))
-    t = 0.25 + 0.08 * _noise(rng, size, 0, beta=2.8) + 0.04 * _noise(rng, size, 0.8) + 0.55 * veins
+    t = 0.25 + 0.08 * _noise(rng, size, 0, beta=2.8) + 0.04 * _noise(rng, size, size / 160) + 0.55 * veins
     return Scene(
         _mix(t, (0.92, 0.90, 0.86), (0.20, 0.24, 0.30)),
         _flat(size, (0.55, 0.45, 0.38)),
@@ -128,9 +128,9 @@ def disc(rng: Rng, size: int) -> Scene:
     knurl = 0.5 + 0.5 * np.sin(56 * theta)
     grooves = np.exp(-(((r - 0.72) / 0.035) ** 2)) + np.exp(-(((r - 0.42) / 0.03) ** 2))
     hub = np.clip(1 - r / 0.38, 0, 1)
-    mark = (np.abs(y) < 0.05 * radius) & (x > 0.5 * radius) & (x < 0.62 * radius)
+    mark = (np.abs(y) < 0.07 * radius) & (x > 0.5 * radius) & (x < 0.64 * radius)
     t = 0.5 + 0.22 * hub - 0.35 * grooves + 0.12 * (x + y) / radius * (r > 0.85)
-    t = np.where(r > 0.88, 0.35 + 0.35 * knurl, t) - 0.3 * mark + 0.03 * _noise(rng, size, 1.2)
+    t = np.where(r > 0.88, 0.35 + 0.35 * knurl, t) - 0.3 * mark + 0.03 * _noise(rng, size, size / 100)
     body = _mix(t, (0.05, 0.12, 0.10), (0.55, 0.85, 0.75))
     background = _mix(0.22 + 0.04 * _noise(rng, size, 0, beta=1.5), (0, 0, 0), (1, 0.95, 0.9))
     image = body * inside[..., None] + background * (1 - inside[..., None])
@@ -149,11 +149,11 @@ def bolt(rng: Rng, size: int) -> Scene:
     inside = np.clip(outline + 0.5, 0, 1)
     chamfer = np.clip(1 - outline / (0.12 * apothem), 0, 1)
     socket = np.clip(0.3 * apothem - hex_dist + 0.5, 0, 1)
-    brushed = _noise(rng, size, 0.8, size / 10)
+    brushed = _noise(rng, size, size / 160, size / 10)
     t = 0.62 + 0.05 * brushed - 0.12 * (np.abs(r - 0.8 * apothem) < 0.025 * apothem)
     t = t + chamfer * 0.25 * np.cos(theta - angle - 2.3) - socket * (0.45 + 0.1 * y / apothem)
     body = _mix(t, (0.05, 0.05, 0.06), (0.95, 0.92, 0.85))
-    background = _mix(0.3 + 0.03 * _noise(rng, size, 2.0), (0, 0, 0), (0.8, 0.85, 0.9))
+    background = _mix(0.3 + 0.03 * _noise(rng, size, size / 64), (0, 0, 0), (0.8, 0.85, 0.9))
     image = body * inside[..., None] + background * (1 - inside[..., None])
     return Scene(image, background, ((outline > 0.05 * apothem) & (socket < 0.5)).astype(np.float32))
 
@@ -195,13 +195,13 @@ def _contrasting(rng: Rng, scene: Scene, centre: np.ndarray, palette: np.ndarray
 def scratch(rng: Rng, scene: Scene, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A thin curved line, brighter (bare material) or darker than its surroundings."""
     size = scene.image.shape[0]
-    half = rng.uniform(0.13, 0.22) * size
+    half = rng.uniform(0.16, 0.26) * size
     heading = rng.uniform(0, np.pi)
     d = np.array([np.sin(heading), np.cos(heading)])
     bend = rng.uniform(-0.5, 0.5) * half * np.array([d[1], -d[0]])
     s = np.linspace(-1, 1, 24)[:, None]
     points = centre + s * half * d + (1 - s**2) * bend
-    alpha = _polyline_alpha(points, np.full(24, rng.uniform(0.018, 0.028) * size), size)
+    alpha = _polyline_alpha(points, np.full(24, rng.uniform(0.022, 0.034) * size), size)
     tone = rng.uniform(0.88, 1.0) if rng.random() < 0.5 else rng.uniform(0.02, 0.1)
     return alpha, _flat(size, (tone, tone, tone * 0.95))
 
@@ -209,13 +209,13 @@ def scratch(rng: Rng, scene: Scene, centre: np.ndarray) -> tuple[np.ndarray, np.
 def crack(rng: Rng, scene: Scene, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A dark jagged random-walk line with a light lip, thinning towards its ends."""
     size = scene.image.shape[0]
-    steps = int(rng.integers(10, 16))
-    heading = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0, 0.55, steps))
-    moves = np.stack([np.sin(heading), np.cos(heading)], 1) * 0.028 * size
+    steps = int(rng.integers(12, 18))
+    heading = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0, 0.45, steps))
+    moves = np.stack([np.sin(heading), np.cos(heading)], 1) * 0.032 * size
     points = np.vstack([np.zeros((1, 2)), np.cumsum(moves, 0)])
     points += centre - points.mean(0)
     taper = np.sin(np.linspace(0.15, np.pi - 0.15, steps + 1))
-    width = taper * rng.uniform(0.02, 0.03) * size
+    width = taper * rng.uniform(0.026, 0.04) * size
     core = _polyline_alpha(points, width, size)[..., None]
     alpha = _polyline_alpha(points, width + 0.016 * size, size)  # a light splintered lip either side
     return alpha, np.clip(scene.image * 1.3 + 0.08, 0, 1) * (1 - core) + scene.image * 0.1 * core
@@ -224,7 +224,7 @@ def crack(rng: Rng, scene: Scene, centre: np.ndarray) -> tuple[np.ndarray, np.nd
 def hole(rng: Rng, scene: Scene, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A dark pit with a lighter raised rim."""
     size = scene.image.shape[0]
-    dist = _blob(rng, size, centre, rng.uniform(0.045, 0.075) * size)
+    dist = _blob(rng, size, centre, rng.uniform(0.055, 0.09) * size)
     alpha = np.clip(0.5 - dist, 0, 1)
     pit = np.clip(-dist / (0.02 * size) - 1, 0, 1)[..., None]  # the rim is the outer 2 % of the image
     floor = _flat(size, tuple(rng.uniform(0.02, 0.08, 3)))
@@ -243,7 +243,7 @@ _LUMPS = np.array(
 def stain(rng: Rng, scene: Scene, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A tinted blob with a darker dried rim that keeps the structure underneath (liquid, rust, oil)."""
     size = scene.image.shape[0]
-    dist = _blob(rng, size, centre, rng.uniform(0.06, 0.1) * size)
+    dist = _blob(rng, size, centre, rng.uniform(0.07, 0.12) * size)
     alpha = np.clip(0.5 - dist / (0.015 * size), 0, 1) * 0.85
     rim = np.exp(-(((dist + 0.012 * size) / (0.012 * size)) ** 2))[..., None]
     tint = _contrasting(rng, scene, centre, _STAINS)
@@ -253,21 +253,21 @@ def stain(rng: Rng, scene: Scene, centre: np.ndarray) -> tuple[np.ndarray, np.nd
 def missing(rng: Rng, scene: Scene, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Material broken away: the substrate shows through, shadowed along the fracture edge."""
     size = scene.image.shape[0]
-    dist = _blob(rng, size, centre, rng.uniform(0.05, 0.09) * size)
+    dist = _blob(rng, size, centre, rng.uniform(0.06, 0.11) * size)
     shadow = np.exp(dist / (0.015 * size))[..., None]  # 1 at the edge, fading inwards
-    ground = scene.substrate * (0.9 + 0.1 * _noise(rng, size, 1.0)[..., None])
+    ground = scene.substrate * (0.9 + 0.1 * _noise(rng, size, size / 128)[..., None])
     return np.clip(0.5 - dist, 0, 1), ground * (1 - 0.6 * np.clip(shadow, 0, 1))
 
 
 def extra(rng: Rng, scene: Scene, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A foreign lump (dirt, glue, a chip of something else): a shaded dome of a contrasting colour."""
     size = scene.image.shape[0]
-    radius = rng.uniform(0.045, 0.075) * size
+    radius = rng.uniform(0.055, 0.09) * size
     alpha = np.clip(0.5 - _blob(rng, size, centre, radius), 0, 1)
     y, x = _grid(size, centre[1] - (size - 1) / 2, centre[0] - (size - 1) / 2)
     shade = np.clip(1 - (x + y) / (2.5 * radius), 0.4, 1.5)[..., None]
     colour = _contrasting(rng, scene, centre, _LUMPS) * rng.uniform(0.85, 1.15, 3)
-    return alpha, np.clip(colour * shade + 0.04 * _noise(rng, size, 1.0)[..., None], 0, 1).astype(np.float32)
+    return alpha, np.clip(colour * shade + 0.04 * _noise(rng, size, size / 128)[..., None], 0, 1).astype(np.float32)
 
 
 DefectPainter = Callable[[Rng, Scene, np.ndarray], tuple[np.ndarray, np.ndarray]]

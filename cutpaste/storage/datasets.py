@@ -99,6 +99,7 @@ def localize(
         versions.append(publish_category(root, category, files, fingerprint(mine)))
         if verify_manifest:
             mark_verified(root, category)
+    root.mkdir(parents=True, exist_ok=True)
     views = cache.root / "views"
     if cache.filled_bytes and cache.evict(keep=paths.values(), recent=lambda: last_use_by_inode(views)):
         prune_views(views, pinned=versions)

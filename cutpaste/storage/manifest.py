@@ -233,9 +233,11 @@ def scan(conn: S3Connection, uri: S3Uri, *, progress: bool = False) -> Manifest:
         raise PrefixNotFoundError(f"no objects under {uri} (bucket {uri.bucket!r} exists; is the prefix right?)")
     manifest = manifest_from_listing(uri, objects)
     if not manifest.entries:
-        raise PrefixNotFoundError(
-            f"no category under {uri} (expected <category>/train/good/<image> keys; found {len(objects)} other objects)"
-        )
+        hint = f"found {len(objects)} other objects"
+        if uri.prefix and any(uri.relative(o.key).startswith("train/good/") for o in objects):
+            parent = S3Uri(uri.bucket, uri.prefix.rpartition("/")[0])
+            hint = f"it looks like one category: pass its parent {parent}"
+        raise PrefixNotFoundError(f"no category under {uri} (expected <category>/train/good/<image> keys; {hint})")
     return manifest
 
 

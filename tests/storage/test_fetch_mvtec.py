@@ -183,3 +183,16 @@ def test_extraction_allows_links_that_stay_inside(tmp_path):
     archive.write_bytes(_tar({"widget/a.txt": b"a"}, {"widget/b.txt": "a.txt"}))
     assert safe_extract(archive, tmp_path / "out") == ["widget"]
     assert (tmp_path / "out" / "widget" / "b.txt").read_bytes() == b"a"
+
+
+def test_cli_fetch_mvtec(server, mvtec_archive, tmp_path, capsys):
+    import argparse
+
+    from cutpaste.storage.cli import add_storage_commands
+
+    parser = argparse.ArgumentParser()
+    add_storage_commands(parser.add_subparsers().add_parser("data").add_subparsers())
+    sha = hashlib.sha256(mvtec_archive).hexdigest()
+    args = parser.parse_args(["data", "fetch-mvtec", str(tmp_path / "d"), "--url", server.url, "--sha256", sha])
+    assert args.func(args) == 0
+    assert "extracted into" in capsys.readouterr().out and (tmp_path / "d" / "widget" / "train").is_dir()

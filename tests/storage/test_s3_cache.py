@@ -121,3 +121,13 @@ def test_several_processes_fill_one_cache_without_duplicates_or_half_files(tmp_p
     for i in range(30):
         assert cache.lookup(_obj(i)).read_bytes() == bytes([i]) * 1000
     assert list(cache.tmp.iterdir()) == []
+
+
+def test_eviction_counts_uses_through_views(tmp_path):
+    cache = ObjectCache(tmp_path, max_bytes=2500)
+    paths = [cache.fill(_obj(i), _writer(bytes(1000)), label="x") for i in range(3)]
+    for i, path in enumerate(paths):
+        os.utime(path, (1000 + i, 1000 + i))
+    # paths[0] is the oldest file, but a view holding it was used just now
+    cache.evict(recent=lambda: {paths[0].stat().st_ino: time.time()})
+    assert paths[0].exists() and not paths[1].exists() and paths[2].exists()

@@ -84,6 +84,11 @@ def test_no_category_under_the_prefix(s3, bucket):
         localize(f"s3://{bucket}/junk")
 
 
+def test_a_category_prefix_gets_a_hint(s3, uploaded):
+    with pytest.raises(PrefixNotFoundError, match=rf"looks like one category: pass its parent {uploaded}\)"):
+        localize(f"{uploaded}/synth_disc")
+
+
 def test_unknown_category_lists_the_known_ones(s3, uploaded):
     with pytest.raises(PrefixNotFoundError, match=r"category 'nope' not found under s3://.*/mvtec \(found: synth_"):
         localize(uploaded, ["nope"])

@@ -1,0 +1,131 @@
+"""End to end: `ray job submit` of the benchmark against a Ray head, a moto S3 server holding the data, and
+an MLflow server whose artifacts live in the same bucket. All started here, all on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import boto3
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+from PIL import Image
+
+from cutpaste.data.synth import generate_dataset
+from cutpaste.density import GaussianDensity
+from cutpaste.detector import Detector
+from cutpaste.storage import upload
+from tests.integration.services import VENV_BIN, mlflow_server, ray_head, submit_job
+from tests.s3_server import moto_s3_server, s3_env
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+BUCKET = "cutpaste-e2e"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    data = work / "data"
+    categories = generate_dataset(data, categories=2, size=64, seed=3, train_count=30, test_good=8)
+    with moto_s3_server() as endpoint:
+        env = s3_env(endpoint)
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            boto3.client("s3").create_bucket(Bucket=BUCKET)
+            upload(data, f"s3://{BUCKET}/mvtec", endpoint_url=endpoint)
+            with (
+                mlflow_server(work, env=env, artifacts=f"s3://{BUCKET}/mlartifacts") as mlflow_uri,
+                ray_head(work, env=env) as head,
+            ):
+                yield {
+                    "work": work,
+                    "data": data,
+                    "categories": categories,
+                    "endpoint": endpoint,
+                    "mlflow": mlflow_uri,
+                    "head": head,
+                }
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def _submit(stack) -> tuple[str, str]:
+    config = stack["work"] / "config.json"
+    config.write_text(json.dumps({"preset": "ci", "steps": 30, "checkpoint_every": 10}))
+    entrypoint = [
+        str(VENV_BIN / "python"),
+        "pipelines/full_benchmark.py",
+        "--data",
+        f"s3://{BUCKET}/mvtec",
+        "--categories",
+        *stack["categories"],
+        "--config",
+        str(config),
+        "--benchmark-id",
+        "e2e",
+        "--mlflow-uri",
+        stack["mlflow"],
+        "--out",
+        str(stack["work"] / "out"),
+        "--storage",
+        str(stack["work"] / "ray_storage"),
+        "--s3-endpoint",
+        stack["endpoint"],
+    ]
+    return submit_job(stack["head"], entrypoint, working_dir=REPO, timeout_s=900)
+
+
+def test_benchmark_job_end_to_end(stack):
+    status, logs = _submit(stack)
+    assert status == "SUCCEEDED", logs[-6000:]
+    categories = stack["categories"]
+    client = MlflowClient(stack["mlflow"])
+    experiment = client.get_experiment_by_name("cutpaste-benchmark")
+    runs = client.search_runs([experiment.experiment_id], "tags.`cutpaste.benchmark_id` = 'e2e'")
+    parents = [r for r in runs if r.data.tags.get("cutpaste.role") == "benchmark"]
+    children = [r for r in runs if r.data.tags.get("cutpaste.role") == "run"]
+    assert len(parents) == 1 and len(children) == len(categories)
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and "mean_image_auroc" in parent.data.metrics
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id, "results")}
+    assert {"results/results.md", "results/results.csv", "results/results.parquet"} <= parent_files
+    assert any(a.path == "figures" for a in client.list_artifacts(parent.info.run_id))
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.status == "FINISHED"
+        assert 0.0 <= child.data.metrics["image_auroc"] <= 1.0
+        assert child.data.params["steps"] == "30" and child.data.params["augment.area_ratio"] == "(0.02, 0.15)"
+        assert len(client.get_metric_history(child.info.run_id, "loss")) >= 2
+        density_file = client.download_artifacts(child.info.run_id, "density/density.pt", str(stack["work"]))
+        density = GaussianDensity.from_state_dict(torch.load(density_file, weights_only=False))
+        assert density.dim == 512 and 0 < density.shrinkage < 1
+        assert "gde_shrinkage" in child.data.metrics
+
+    # The registered champion scores an image exactly as the library does.
+    category = categories[0]
+    image_path = next((stack["data"] / category / "test" / "good").iterdir())
+    image = np.asarray(Image.open(image_path).convert("RGB"))
+    mlflow.set_tracking_uri(stack["mlflow"])
+    served = mlflow.pyfunc.load_model(f"models:/cutpaste-{category}@champion")
+    prediction = served.predict(image[None])
+    model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/cutpaste-{category}@champion"))
+    detector = Detector.load(next(model_dir.rglob("detector.pt")))
+    expected = detector.score(torch.from_numpy(image).permute(2, 0, 1)[None]).item()
+    assert prediction["score"].iloc[0] == pytest.approx(expected, rel=1e-6)
+    assert bool(prediction["anomalous"].iloc[0]) == (expected >= detector.threshold)
+
+    # The same benchmark id again trains nothing.
+    status, logs = _submit(stack)
+    assert status == "SUCCEEDED", logs[-6000:]
+    assert logs.count("skipped finished earlier") == len(categories)
+    assert "training step" not in logs
