@@ -92,7 +92,8 @@ def _on_cpu(x: Tensor) -> bool:
 
 def _channel_sums(x: Tensor, weight: Tensor | None) -> Tensor:
     """``(n, 3, L) -> (n, 3)`` sums over the pixels, weighted by ``weight`` ``(n, L)`` when given."""
-    return x.sum(dim=2) if weight is None else torch.bmm(x, weight[:, :, None])[:, :, 0]
+    # (not bmm: BLAS results may change with memory alignment, and a seeded batch must repeat bitwise)
+    return x.sum(dim=2) if weight is None else (x * weight[:, None]).sum(dim=2)
 
 
 def _adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
@@ -111,7 +112,7 @@ def _adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     green.add_(not_g.mul_(blue.sub_(green)))
     scaled.add_(not_r.mul_(green.sub_(scaled)))
     # Sector, shifted and wrapped into [0, 6); the +6 keeps it positive before the wrap.
-    hue = scaled.div_(chroma.clamp_min(1e-12)).add_((6.0 * shift + 6.0)[:, None])
+    hue = scaled.div_(chroma.clamp_min(torch.finfo(x.dtype).tiny)).add_((6.0 * shift + 6.0)[:, None])
     hue.sub_(hue.mul(1.0 / 6.0).floor_().mul_(6.0))
     out = torch.empty_like(x)
     for plane, centre, base, sign in zip(out.unbind(1), (3.0, 2.0, 4.0), (minc, maxc, maxc), (1, -1, -1), strict=True):

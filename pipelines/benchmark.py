@@ -279,11 +279,18 @@ def _register_champions(client: MlflowClient, records: list[dict[str, Any]]) -> 
         ):
             best[r["category"]] = r
     for category, r in sorted(best.items()):
-        version = tracking.register_champion(
-            client, f"cutpaste-{category}", r["mlflow_run_id"], model_uri=r["model_uri"], aliases=("champion",)
-        )
+        name = f"cutpaste-{category}"
+        try:
+            version = tracking.register_champion(
+                client, name, r["mlflow_run_id"], model_uri=r["model_uri"], aliases=("champion",)
+            )
+        except Exception as exc:
+            # The run's results stay valid; only the registry step failed, and the exit code says so.
+            r["registration_error"] = _reason(exc)
+            print(f"could not register {name}: {r['registration_error']}", flush=True)
+            continue
         r["registered_version"] = version
-        print(f"registered cutpaste-{category} version {version} as @champion ({r['run_name']})", flush=True)
+        print(f"registered {name} version {version} as @champion ({r['run_name']})", flush=True)
 
 
 def _log_parent(

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"open the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {bench.mlflow_uri} --port 5000")
     else:
         print(f"MLflow UI: {bench.mlflow_uri}")
-    failed = [r for r in records if r["status"] != "finished"]
+    failed = [r for r in records if r["status"] != "finished" or r.get("registration_error")]
     return 1 if failed else 0
 
 

@@ -17,6 +17,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
@@ -166,11 +167,8 @@ def register_champion(client: MlflowClient, name: str, run_id: str, *, model_uri
     if versions:
         version = str(max(int(v.version) for v in versions))
     else:
-        version = client.create_model_version(name, source=model_uri, run_id=run_id).version
-        for _ in range(60):
-            if client.get_model_version(name, version).status == "READY":
-                break
-            time.sleep(0.5)
+        # mlflow.register_model resolves MLflow 3 logged-model URIs (models:/m-...) to their source.
+        version = mlflow.register_model(model_uri, name, await_registration_for=120).version
     for alias in aliases:
         client.set_registered_model_alias(name, alias, version)
     return str(version)

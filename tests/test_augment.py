@@ -365,6 +365,8 @@ def test_make_views_pre_augmentation_changes_every_view():
     assert views.min() >= 0 and views.max() <= 1
     assert not torch.equal(views[:4], x)
     assert (views[:4] != views[4:]).any(1).flatten(1).sum(1).min() > 0
+    other, _ = make_views(x, variant="normal", config=AugmentConfig(), generator=gen(1))
+    assert not torch.equal(views, other)
 
 
 def test_deterministic_algorithms_mode_gives_the_same_views():

@@ -152,11 +152,12 @@ def _lighting(rng: np.random.Generator, size: int) -> Callable[[np.ndarray], np.
     Pointwise and content-independent (the contrast pivot is fixed, not the image mean), so a defect
     changes only the pixels it covers.
     """
-    gain = np.exp(rng.uniform(-0.18, 0.18) + rng.uniform(-0.07, 0.07, 3)).astype(np.float32)
-    contrast = np.float32(np.exp(rng.uniform(-0.21, 0.21)))
-    offset = (rng.uniform(-0.05, 0.05) + rng.uniform(-0.025, 0.025, 3)).astype(np.float32)
-    _, x = scenes._grid(size, 0, 0, rng.uniform(0, 2 * np.pi))
-    ramp = (1 + rng.uniform(0, 0.12) * x / size)[..., None]
+    gain = np.exp(rng.uniform(-0.21, 0.21) + rng.uniform(-0.08, 0.08, 3)).astype(np.float32)
+    contrast = np.float32(np.exp(rng.uniform(-0.25, 0.25)))
+    offset = (rng.uniform(-0.06, 0.06) + rng.uniform(-0.03, 0.03, 3)).astype(np.float32)
+    c = (np.arange(size, dtype=np.float32) - (size - 1) / 2) / size
+    direction, slope = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.12)
+    ramp = (1 + slope * (np.cos(direction) * c[None, :] + np.sin(direction) * c[:, None]))[..., None].astype(np.float32)
     noise = 0.01 * rng.standard_normal((size, size, 3), np.float32)
 
     def apply(image: np.ndarray) -> np.ndarray:
