@@ -21,8 +21,6 @@ MVTEC_TEXTURES = frozenset({"carpet", "grid", "leather", "tile", "wood"})
 MVTEC_OBJECTS = frozenset(
     {"bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw", "toothbrush", "transistor", "zipper"}
 )
-# Synthetic categories written by cutpaste.data.synth follow the same grouping by name prefix.
-_SYNTH_TEXTURE_HINTS = ("weave", "grain", "noise", "fabric", "stripe", "texture")
 
 Split = Literal["train", "test"]
 
@@ -52,9 +50,9 @@ def category_kind(category: str) -> Literal["texture", "object"]:
         return "texture"
     if category in MVTEC_OBJECTS:
         return "object"
-    if category.startswith("synth_") and any(h in category for h in _SYNTH_TEXTURE_HINTS):
-        return "texture"
-    return "object"
+    from cutpaste.data.synth import SYNTH_TEXTURES  # the generator knows which of its categories are textures
+
+    return "texture" if category in SYNTH_TEXTURES else "object"
 
 
 def discover_categories(root: str | Path) -> list[str]:

@@ -22,6 +22,7 @@ def test_discovers_categories_and_lists_samples(tmp_path):
 def test_grouping():
     assert category_kind("carpet") == "texture" and category_kind("bottle") == "object"
     assert category_kind("my_own_part") == "object"
+    assert category_kind("synth_weave") == "texture" and category_kind("synth_disc") == "object"
 
 
 def test_missing_dir_category_and_empty_train(tmp_path):

@@ -1,0 +1,47 @@
+"""The `ci` preset learns something real on synthetic data: it reaches 0.9 image AUROC on the object
+categories and clearly beats both floors (global pixel statistics and the same network untrained).
+
+Synthetic textures are left out on purpose: at 64 px and 150 steps the proxy task does not get off the
+ground on them (loss stays at chance), which the closing notes of the library issue record.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from cutpaste.baselines import pixel_statistics_scores, untrained_detector
+from cutpaste.config import preset
+from cutpaste.data import list_samples, load_images
+from cutpaste.data.synth import generate_dataset
+from cutpaste.detector import fit_detector
+from cutpaste.evaluate import evaluate_detector
+from cutpaste.metrics import image_metrics
+from cutpaste.train import train_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quality") / "data"
+    generate_dataset(root, categories=["synth_disc", "synth_bolt"], size=64, seed=0)
+    return root
+
+
+@pytest.mark.parametrize("category", ["synth_disc", "synth_bolt"])
+def test_ci_preset_beats_both_floors(data, category):
+    config = preset("ci")
+    train, test = list_samples(data, category, "train"), list_samples(data, category, "test")
+    train_images = load_images([s.path for s in train], config.image_size)
+    test_images = load_images([s.path for s in test], config.image_size)
+    labels, defects = [s.label for s in test], [s.defect_type for s in test]
+
+    pixel = image_metrics(labels, pixel_statistics_scores(train_images, test_images).tolist(), defects).image_auroc
+    untrained = evaluate_detector(untrained_detector(config, train_images), test).metrics.image_auroc
+    result = train_model(config, train_images, device="cpu", progress=False)
+    trained = evaluate_detector(fit_detector(result.model, train_images, config), test).metrics.image_auroc
+
+    print(f"{category}: trained {trained:.3f}, untrained {untrained:.3f}, pixel statistics {pixel:.3f}")
+    assert trained >= 0.9
+    assert trained >= pixel + 0.15
+    assert trained > untrained
