@@ -25,7 +25,7 @@ def test_pretrained_never_downloads_and_names_the_missing_file(tmp_path, monkeyp
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(ConfigError, match=r"resnet18-f37072fd.pth"):
         pretrained_weights_path("resnet18", "imagenet")
-    with pytest.raises(ConfigError, match="weights file not found: .*nope.pth"):
+    with pytest.raises(ConfigError, match=r"weights file not found: .*nope\.pth"):
         CutPasteNet(pretrained=str(tmp_path / "nope.pth"))
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cutpaste.data import load_image, load_images, load_mask, load_masks, list_samples
+from cutpaste.data import list_samples, load_image, load_images, load_mask, load_masks
 from cutpaste.errors import DataError
 
 
@@ -39,7 +39,7 @@ def test_truncated_and_garbage_files_name_the_file(tmp_path):
     for bad in (truncated, garbage):
         with pytest.raises(DataError, match=bad.name):
             load_image(bad, 32)
-    with pytest.raises(DataError, match="truncated.png"):
+    with pytest.raises(DataError, match=r"truncated\.png"):
         load_images([good, truncated], 32)
     with pytest.raises(DataError, match="not found"):
         load_image(tmp_path / "missing.png", 32)

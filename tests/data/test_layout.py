@@ -31,11 +31,11 @@ def test_missing_dir_category_and_empty_train(tmp_path):
     with pytest.raises(DataError, match="no category under"):
         discover_categories(tmp_path)
     write_tiny_category(tmp_path, "widget")
-    with pytest.raises(DataError, match="category 'gadget' not found.*widget"):
+    with pytest.raises(DataError, match=r"category 'gadget' not found.*widget"):
         list_samples(tmp_path, "gadget", "train")
     for p in (tmp_path / "widget" / "train" / "good").iterdir():
         p.unlink()
-    with pytest.raises(DataError, match="no training images in .*train/good"):
+    with pytest.raises(DataError, match=r"no training images in .*train/good"):
         list_samples(tmp_path, "widget", "train")
 
 

@@ -13,18 +13,16 @@ def client(tmp_path):
 
 
 def test_find_or_create_reuses_runs_by_tags(client):
-    uri, mlflow_client, experiment = client
+    _uri, mlflow_client, experiment = client
     parent, created = tracking.find_or_create_run(mlflow_client, experiment, name="b", tags={"k": "b1"})
     again, created_again = tracking.find_or_create_run(mlflow_client, experiment, name="b", tags={"k": "b1"})
     assert created and not created_again and again == parent
-    child, _ = tracking.find_or_create_run(
-        mlflow_client, experiment, name="c", tags={"k": "c1"}, parent_run_id=parent
-    )
+    child, _ = tracking.find_or_create_run(mlflow_client, experiment, name="c", tags={"k": "c1"}, parent_run_id=parent)
     assert mlflow_client.get_run(child).data.tags["mlflow.parentRunId"] == parent
 
 
 def test_params_are_logged_once_and_resume_safely(client):
-    uri, mlflow_client, experiment = client
+    _uri, mlflow_client, experiment = client
     run, _ = tracking.find_or_create_run(mlflow_client, experiment, name="r", tags={"k": "r"})
     params = {f"p{i}": i for i in range(150)}
     tracking.log_params(mlflow_client, run, params)
