@@ -39,7 +39,7 @@ _CATEGORIES: dict[str, tuple[Callable[[np.random.Generator, int], scenes.Scene],
     "synth_disc": (scenes.disc, ("scratch", "stain", "missing", "extra")),
     "synth_grain": (scenes.grain, ("crack", "hole", "stain", "scratch")),
     "synth_bolt": (scenes.bolt, ("scratch", "crack", "missing", "extra")),
-    "synth_noise": (scenes.marble, ("crack", "stain", "missing", "extra")),
+    "synth_noise": (scenes.leather, ("crack", "stain", "missing", "extra")),
 }
 SYNTH_CATEGORIES: tuple[str, ...] = tuple(_CATEGORIES)
 SYNTH_DEFECT_TYPES: Mapping[str, tuple[str, ...]] = MappingProxyType({k: v[1] for k, v in _CATEGORIES.items()})
@@ -152,11 +152,11 @@ def _lighting(rng: np.random.Generator, size: int) -> Callable[[np.ndarray], np.
     Pointwise and content-independent (the contrast pivot is fixed, not the image mean), so a defect
     changes only the pixels it covers.
     """
-    gain = np.exp(rng.uniform(-0.21, 0.21) + rng.uniform(-0.08, 0.08, 3)).astype(np.float32)
-    contrast = np.float32(np.exp(rng.uniform(-0.25, 0.25)))
-    offset = (rng.uniform(-0.06, 0.06) + rng.uniform(-0.03, 0.03, 3)).astype(np.float32)
+    gain = np.exp(rng.uniform(-0.13, 0.13) + rng.uniform(-0.05, 0.05, 3)).astype(np.float32)
+    contrast = np.float32(np.exp(rng.uniform(-0.15, 0.15)))
+    offset = (rng.uniform(-0.036, 0.036) + rng.uniform(-0.018, 0.018, 3)).astype(np.float32)
     c = (np.arange(size, dtype=np.float32) - (size - 1) / 2) / size
-    direction, slope = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.12)
+    direction, slope = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.07)
     ramp = (1 + slope * (np.cos(direction) * c[None, :] + np.sin(direction) * c[:, None]))[..., None].astype(np.float32)
     noise = 0.01 * rng.standard_normal((size, size, 3), np.float32)
 

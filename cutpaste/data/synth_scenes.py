@@ -90,8 +90,8 @@ def weave(rng: Rng, size: int) -> Scene:
 def grain(rng: Rng, size: int) -> Scene:
     """Wood: growth rings bent by low-frequency noise, plus fibres stretched along the grain."""
     _, x = _grid(size, 0, 0, rng.uniform(-0.08, 0.08))
-    bend = 1.6 * _noise(rng, size, size / 5) + 0.25 * _noise(rng, size, size / 25)
-    rings = 0.5 + 0.5 * np.sin(2 * np.pi * (x / (size / rng.uniform(6, 9)) + bend))
+    bend = 0.7 * _noise(rng, size, size / 4, size / 8) + 0.15 * _noise(rng, size, size / 25)
+    rings = 0.5 + 0.5 * np.sin(2 * np.pi * (x / (size / rng.uniform(9, 10)) + bend))
     fibres = _noise(rng, size, size / 8, size / 160)
     t = 0.2 + 0.55 * rings**2 + 0.12 * fibres
     return Scene(
@@ -101,16 +101,14 @@ def grain(rng: Rng, size: int) -> Scene:
     )
 
 
-def marble(rng: Rng, size: int) -> Scene:
-    """Veined stone: thin dark veins where a turbulent phase field crosses zero, over soft clouds."""
-    _, x = _grid(size, 0, 0, rng.uniform(0, np.pi))
-    turbulence = 0.7 * _noise(rng, size, size / 7) + 0.05 * _noise(rng, size, 0, beta=2.5)
-    phase = x / (size / rng.uniform(2.0, 3.0)) + turbulence
-    veins = np.exp(-((np.sin(np.pi * phase) / 0.16) ** 2))
-    t = 0.25 + 0.08 * _noise(rng, size, 0, beta=2.8) + 0.04 * _noise(rng, size, size / 160) + 0.55 * veins
+def leather(rng: Rng, size: int) -> Scene:
+    """Grained leather: fractal noise folded into small cells, stationary at every scale above them."""
+    cells = np.abs(_noise(rng, size, size / 45) + 0.35 * _noise(rng, size, size / 90))
+    pores = _noise(rng, size, 0, beta=1.2)
+    t = 0.35 + 0.35 * np.tanh(1.5 * cells) + 0.05 * pores + 0.04 * _noise(rng, size, size / 6)
     return Scene(
-        _mix(t, (0.92, 0.90, 0.86), (0.20, 0.24, 0.30)),
-        _flat(size, (0.55, 0.45, 0.38)),
+        _mix(t, (0.22, 0.14, 0.10), (0.62, 0.47, 0.36)),
+        _flat(size, (0.85, 0.80, 0.70)),
         np.ones((size, size), np.float32),
     )
 
