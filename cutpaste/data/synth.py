@@ -153,7 +153,7 @@ def _lighting(rng: np.random.Generator, size: int) -> Callable[[np.ndarray], np.
     changes only the pixels it covers.
     """
     gain = np.exp(rng.uniform(-0.13, 0.13) + rng.uniform(-0.05, 0.05, 3)).astype(np.float32)
-    contrast = np.float32(np.exp(rng.uniform(-0.15, 0.15)))
+    contrast = np.exp(rng.uniform(-0.15, 0.15) + rng.uniform(-0.05, 0.05, 3)).astype(np.float32)
     offset = (rng.uniform(-0.036, 0.036) + rng.uniform(-0.018, 0.018, 3)).astype(np.float32)
     c = (np.arange(size, dtype=np.float32) - (size - 1) / 2) / size
     direction, slope = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.07)

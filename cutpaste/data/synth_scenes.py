@@ -105,9 +105,9 @@ def leather(rng: Rng, size: int) -> Scene:
     """Grained leather: fractal noise folded into small cells, stationary at every scale above them."""
     cells = np.abs(_noise(rng, size, size / 45) + 0.35 * _noise(rng, size, size / 90))
     pores = _noise(rng, size, 0, beta=1.2)
-    t = 0.35 + 0.35 * np.tanh(1.5 * cells) + 0.05 * pores + 0.04 * _noise(rng, size, size / 6)
+    t = 0.05 + 0.85 * np.tanh(1.5 * cells) + 0.06 * pores + 0.04 * _noise(rng, size, size / 6)
     return Scene(
-        _mix(t, (0.22, 0.14, 0.10), (0.62, 0.47, 0.36)),
+        _mix(t, (0.12, 0.07, 0.05), (0.72, 0.56, 0.43)),
         _flat(size, (0.85, 0.80, 0.70)),
         np.ones((size, size), np.float32),
     )
@@ -230,7 +230,7 @@ def hole(rng: Rng, scene: Scene, centre: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 _STAINS = np.array(
-    [(0.85, 0.45, 0.1), (0.15, 0.12, 0.08), (0.1, 0.2, 0.6), (0.3, 0.5, 0.15), (0.55, 0.05, 0.1), (0.95, 0.95, 0.9)],
+    [(0.85, 0.45, 0.1), (0.15, 0.12, 0.08), (0.3, 0.5, 0.15), (0.55, 0.05, 0.1)],
     np.float32,
 )
 _LUMPS = np.array(
@@ -242,7 +242,7 @@ def stain(rng: Rng, scene: Scene, centre: np.ndarray) -> tuple[np.ndarray, np.nd
     """A tinted blob with a darker dried rim that keeps the structure underneath (liquid, rust, oil)."""
     size = scene.image.shape[0]
     dist = _blob(rng, size, centre, rng.uniform(0.07, 0.12) * size)
-    alpha = np.clip(0.5 - dist / (0.015 * size), 0, 1) * 0.85
+    alpha = np.clip(0.5 - dist / (0.015 * size), 0, 1) * 0.75
     rim = np.exp(-(((dist + 0.012 * size) / (0.012 * size)) ** 2))[..., None]
     tint = _contrasting(rng, scene, centre, _STAINS)
     return alpha, (scene.image * 0.35 + tint * 0.6) * (1 - 0.45 * rim)

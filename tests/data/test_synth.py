@@ -27,7 +27,7 @@ from cutpaste.data.synth import (
     render_sample,
 )
 
-PARAMS = {"categories": 4, "size": 64, "seed": 0, "train_count": 40, "test_good": 16, "test_defect_per_type": 4}
+PARAMS = {"categories": 4, "size": 64, "seed": 0, "train_count": 40, "test_good": 24, "test_defect_per_type": 6}
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +90,12 @@ def test_layout_counts_and_masks(synth_root: Path):
         meta = json.loads((category / ".synth.json").read_text())
         assert meta["seed"] == 0 and meta["size"] == 64 and meta["defects"] == list(SYNTH_DEFECT_TYPES[name])
         assert len(meta["defects"]) >= 3
-        assert len(_pngs(category / "train" / "good")) == 40 and len(_pngs(category / "test" / "good")) == 16
+        assert len(_pngs(category / "train" / "good")) == 40 and len(_pngs(category / "test" / "good")) == 24
         assert sorted(p.name for p in (category / "test").iterdir()) == sorted(["good", *meta["defects"]])
         assert sorted(p.name for p in (category / "ground_truth").iterdir()) == sorted(meta["defects"])
         for defect in meta["defects"]:
             images = _pngs(category / "test" / defect)
-            assert [p.name for p in images] == [f"{i:03d}.png" for i in range(4)]
+            assert [p.name for p in images] == [f"{i:03d}.png" for i in range(6)]
             for image_path in images:
                 image = Image.open(image_path)
                 mask = Image.open(category / "ground_truth" / defect / f"{image_path.stem}_mask.png")
