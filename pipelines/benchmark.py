@@ -11,7 +11,7 @@ import json
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,6 @@ class BenchmarkConfig:
     s3_endpoint: str | None = None
     register_models: bool = True
     artifact_root: str | None = None
-    extra_tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def gpus_per_worker(self) -> float:
@@ -170,7 +169,7 @@ def run_benchmark(bench: BenchmarkConfig, train_config: TrainConfig) -> tuple[li
     if not created:
         print(f"resuming benchmark {bench.benchmark_id} (MLflow run {parent_id})", flush=True)
         client.update_run(parent_id, status="RUNNING")
-    bench_params = {f"benchmark.{k}": v for k, v in asdict(bench).items() if k not in ("extra_tags",)}
+    bench_params = {f"benchmark.{k}": v for k, v in asdict(bench).items()}
     tracking.log_params(client, parent_id, {**bench_params, **flatten(train_config)})
 
     board = StatusBoard.remote()

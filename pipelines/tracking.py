@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 import time
 import urllib.error
@@ -172,14 +171,3 @@ def register_champion(client: MlflowClient, name: str, run_id: str, *, model_uri
     for alias in aliases:
         client.set_registered_model_alias(name, alias, version)
     return str(version)
-
-
-def credentials_free(env: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment a child process needs for MLflow and S3, for passing via Ray's runtime_env.
-
-    Only names and endpoints: credentials are read by each process from its own environment or
-    credential chain and never copied into configs, params or logs.
-    """
-    env = dict(os.environ if env is None else env)
-    keep = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "CUTPASTE_CACHE_DIR")
-    return {k: env[k] for k in keep if k in env}
