@@ -23,11 +23,24 @@ _DECODE_THREADS = 8
 
 
 def _open(path: Path) -> Image.Image:
+    """The decoded image; any failure is a DataError naming the file. The pixel limit is checked on the header."""
+    return _read(path, decode=True)
+
+
+def _size(path: Path) -> tuple[int, int]:
+    """(width, height) from the header alone, with the same errors as :func:`_open`."""
+    return _read(path, decode=False)
+
+
+def _read(path: Path, *, decode: bool):
     try:
         with Image.open(path) as img:
             width, height = img.size
+            # Before load(): an absurd header is refused without allocating its pixel buffer.
             if width * height > MAX_PIXELS:
                 raise DataError(f"image too large: {path} is {width}x{height} (limit {MAX_PIXELS} px)")
+            if not decode:
+                return width, height
             img.load()
             return img.copy() if img.mode != "P" else img.convert("RGBA")
     except DataError:
@@ -68,12 +81,11 @@ def load_mask(path: str | Path, size: int, *, image_path: str | Path | None = No
     """
     mask = _open(Path(path))
     if image_path is not None:
-        with Image.open(image_path) as img:
-            if img.size != mask.size:
-                raise DataError(
-                    f"mask {path} is {mask.size[0]}x{mask.size[1]} but its image {image_path} is "
-                    f"{img.size[0]}x{img.size[1]}"
-                )
+        width, height = _size(Path(image_path))
+        if (width, height) != mask.size:
+            raise DataError(
+                f"mask {path} is {mask.size[0]}x{mask.size[1]} but its image {image_path} is {width}x{height}"
+            )
     arr = np.asarray(mask.convert("L").resize((size, size), Image.Resampling.NEAREST))
     return torch.from_numpy(arr > 127)
 
