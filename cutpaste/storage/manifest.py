@@ -128,7 +128,37 @@ class Manifest:
         if missing:
             raise StorageError(f"manifest s3://{uri.bucket}/{uri.key(MANIFEST_NAME)} lacks columns {missing}")
         rows = table.select(SCHEMA.names).to_pylist()
-        return cls(uri, [ManifestEntry(**row) for row in rows])
+        entries = [ManifestEntry(**row) for row in rows]
+        for entry in entries:
+            _check_entry(uri, entry)
+        return cls(uri, entries)
+
+
+def _check_entry(uri: S3Uri, entry: ManifestEntry) -> None:
+    """A stored manifest is input like any other: its keys must lie in the layout under its own prefix.
+
+    Keys become local paths (``<view>/<category>/<split>/<defect>/<file>``), so a key with ``..``, an
+    absolute part, an empty part or another prefix would write outside the view; the whole manifest is refused.
+    """
+    where = f"manifest s3://{uri.bucket}/{uri.key(MANIFEST_NAME)}"
+    folder = "good" if entry.split == "train" else entry.defect_type
+    expected = [(entry.image_key, (entry.category, entry.split, folder))]
+    if entry.mask_key is not None:
+        expected.append((entry.mask_key, (entry.category, "ground_truth", entry.defect_type)))
+    for key, dirs in expected:
+        rel = uri.relative(key) if key.startswith(uri.list_prefix) else None
+        parts = rel.split("/") if rel is not None else []
+        if (
+            rel is None
+            or len(parts) != 4
+            or tuple(parts[:3]) != dirs
+            or entry.split not in ("train", "test")
+            or any(not p or p.startswith(".") or "\\" in p for p in parts)
+        ):
+            raise StorageError(
+                f"{where} lists key {key!r}, which is not <category>/<split>/<folder>/<file> under {uri}; "
+                "refusing the manifest (rebuild it with `cutpaste data index`)"
+            )
 
 
 def fingerprint(objects: Iterable[ObjectInfo]) -> str:
