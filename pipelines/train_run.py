@@ -40,6 +40,10 @@ class RunSpec:
     data: str
     train_config: dict[str, Any]
     s3_endpoint: str | None = None
+    # Validation-report mode (Tune sweeps): {"ensemble_size", "rule", "folder", "holdout_fraction"}.
+    # The run trains on train/good minus a held-out part, reports validation metrics at every
+    # checkpoint step and never reads the test split.
+    validation: dict[str, Any] | None = None
 
 
 def _restore_checkpoint(work: Path) -> None:
@@ -62,6 +66,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     config = TrainConfig.from_dict(spec.train_config, source=f"run {spec.name}")
     data_root = localize(spec.data, [spec.category], endpoint_url=spec.s3_endpoint)
     work = Path(tempfile.mkdtemp(prefix=f"cutpaste-{spec.name}-"))
+    if spec.validation is not None:
+        _validation_loop(spec, config, data_root, work, world)
+        return
     _restore_checkpoint(work)
 
     def on_log(record: dict[str, float]) -> None:
@@ -113,6 +120,34 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ray.train.report(summary, checkpoint=Checkpoint.from_directory(str(final)))
 
 
+def _validation_loop(spec: RunSpec, config: TrainConfig, data_root: Path, work: Path, world: int) -> None:
+    """Trains (an ensemble of) detectors on the validation split, reporting metrics per evaluation step."""
+    from cutpaste.validation import validate_config
+
+    if world != 1:
+        raise ValueError("validation-report mode trains on one worker; use workers=1")
+    options = dict(spec.validation or {})
+
+    def report(record: dict[str, float]) -> None:
+        ray.train.report({**record, "done": 0})
+
+    run = validate_config(
+        config,
+        data_root,
+        spec.category,
+        ensemble_size=int(options.get("ensemble_size", 1)),
+        rule=str(options.get("rule", "mean")),
+        folder=options.get("folder"),
+        holdout_fraction=float(options.get("holdout_fraction", 0.2)),
+        device=str(ray.train.torch.get_device()),
+        on_eval=report,
+    )
+    final = work / "final"
+    run.detector.save(final)
+    step = run.history[-1]["step"] if run.history else 0.0
+    ray.train.report({**run.metrics, "step": step, "done": 1}, checkpoint=Checkpoint.from_directory(str(final)))
+
+
 def build_trainer(
     spec: RunSpec,
     *,
@@ -122,6 +157,7 @@ def build_trainer(
     cpus_per_worker: float,
     max_failures: int,
     status_board: Any = None,
+    callbacks: list[Any] | None = None,
 ) -> TorchTrainer:
     resources = {"CPU": cpus_per_worker}
     if gpus_per_worker:
@@ -135,6 +171,7 @@ def build_trainer(
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
         ),
     )
 
