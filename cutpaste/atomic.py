@@ -29,3 +29,8 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 def atomic_write_text(text: str, path: str | Path) -> None:
     _atomic(Path(path), lambda handle: handle.write(text.encode()))
+
+
+def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
+    _atomic(Path(path), lambda handle: handle.write(data))
+    return Path(path)

@@ -262,12 +262,17 @@ def _cutpaste_geometry(like: Tensor, area_ratio: Range, aspect_ratio: Range, gen
 
 
 def _scar_geometry(
-    like: Tensor, width_px: Range, length_px: Range, degrees: float, generator: torch.Generator
+    like: Tensor,
+    width_px: Range,
+    length_px: Range,
+    degrees: float,
+    generator: torch.Generator,
+    scale: float | None = None,
 ) -> _Patch:
-    """Rectangles of U(width_px) x U(length_px) px at 256 px (scaled by H / 256) for ``like``
-    ``(B, 3, H, W)``, rotated by U(-degrees, degrees) and centred so that they lie inside the image."""
+    """Rectangles of U(width_px) x U(length_px) px at 256 px (scaled by ``scale``, default H / 256) for
+    ``like`` ``(B, 3, H, W)``, rotated by U(-degrees, degrees) and centred so that they lie inside the image."""
     batch, _, height, width = like.shape
-    scale = height / REFERENCE_SIZE
+    scale = height / REFERENCE_SIZE if scale is None else scale
     u = _rand(generator, like, batch, 5)
     wide = ((width_px[0] + (width_px[1] - width_px[0]) * u[:, 0]) * scale).round().clamp(1, width)
     length = ((length_px[0] + (length_px[1] - length_px[0]) * u[:, 1]) * scale).round().clamp(1, height)
@@ -414,7 +419,12 @@ def scar_batch(
 
 
 def make_views(
-    images: Tensor, *, variant: str, config: AugmentConfig, generator: torch.Generator
+    images: Tensor,
+    *,
+    variant: str,
+    config: AugmentConfig,
+    generator: torch.Generator,
+    pixel_scale: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Training views for one step: pre-augmented images first, then their CutPaste versions.
 
@@ -422,6 +432,8 @@ def make_views(
     ``(B * K,)`` int64, in blocks of B: ``normal`` and ``scar`` give ``[x, aug(x)]`` labelled 0, 1;
     ``3way`` gives ``[x, cutpaste(x), scar(x)]`` labelled 0, 1, 2; ``union`` gives ``[x, u(x)]``
     labelled 0, 1 where each sample of ``u`` is CutPaste or scar with probability 1/2.
+    ``pixel_scale`` converts the 256 px sizes (translation, scar) to these images; default H / 256.
+    Crops of a larger image pass the full image's scale, so a scar keeps its size on the object.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown CutPaste variant {variant!r}; choose one of {', '.join(VARIANTS)}")
@@ -432,7 +444,8 @@ def make_views(
     # Pre-augmentation, written straight into the first block: translation by up to pre_translate px
     # (at 256 px), then colour jitter of the whole image.
     x = views[:batch]
-    translate_batch(images, max_shift=config.pre_translate * height / REFERENCE_SIZE, generator=generator, out=x)
+    scale = height / REFERENCE_SIZE if pixel_scale is None else pixel_scale
+    translate_batch(images, max_shift=config.pre_translate * scale, generator=generator, out=x)
     _jitter(x.view(batch, channels, -1), _draw_jitter(batch, (config.pre_jitter,) * 4, generator, x))
     for k in range(1, kinds):
         views[k * batch : (k + 1) * batch] = x
@@ -440,7 +453,7 @@ def make_views(
     if variant != "scar":
         patches.append(_cutpaste_geometry(x, config.area_ratio, config.aspect_ratio, generator))
     if variant != "normal":
-        patches.append(_scar_geometry(x, config.scar_width, config.scar_length, config.scar_rotation, generator))
+        patches.append(_scar_geometry(x, config.scar_width, config.scar_length, config.scar_rotation, generator, scale))
     if variant == "union":  # each sample keeps its CutPaste or its scar with probability 1/2
         patches = [_select(_rand(generator, x, batch) < 0.5, *patches)]
     for k, patch in enumerate(patches, start=1):

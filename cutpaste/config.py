@@ -16,7 +16,7 @@ from typing import Any
 from cutpaste.errors import ConfigError
 
 VARIANTS = ("normal", "scar", "3way", "union")
-DENSITY_MODES = ("image",)
+LOCAL_DENSITIES = ("auto", "per_location", "shared")
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,18 @@ class TrainConfig:
     eval_batch_size: int = 64
     # Decision threshold: this quantile of out-of-fold anomaly scores of the normal training images.
     threshold_quantile: float = 0.99
+    # Localization. 0: the image-level model (maps come from GradCAM). 32 or 64: a patch-level model
+    # trained on random crops of this size, scored densely at every ``patch_stride`` px.
+    patch_size: int = 0
+    patch_stride: int = 4
+    # One Gaussian per grid position (aligned objects), one shared by all positions (textures,
+    # unaligned objects), or "auto": the paper's grouping for MVTec categories, shared otherwise.
+    local_density: str = "auto"
+    # Per-position Gaussians live in this many principal directions of the patch features, so that
+    # 57 x 57 of them fit in memory (full 512-d covariances would take 3.4 GB).
+    local_dim: int = 64
+    # Patches per encoder forward when scoring densely.
+    patch_batch_size: int = 2048
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     @property
@@ -109,6 +121,19 @@ class TrainConfig:
             raise ConfigError(f"head_depth: must be >= 0, got {self.head_depth}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate: must be > 0, got {self.learning_rate}")
+        if self.patch_size:
+            if self.patch_size < 16:
+                raise ConfigError(f"patch_size: must be 0 (image-level model) or >= 16 px, got {self.patch_size}")
+            if self.patch_size > self.image_size:
+                raise ConfigError(f"patch_size: {self.patch_size} px is larger than the image ({self.image_size} px)")
+        if self.patch_stride < 1:
+            raise ConfigError(f"patch_stride: must be >= 1 px, got {self.patch_stride}")
+        if self.local_density not in LOCAL_DENSITIES:
+            raise ConfigError(
+                f"local_density: unknown {self.local_density!r}; choose one of {', '.join(LOCAL_DENSITIES)}"
+            )
+        if self.local_dim < 1 or self.patch_batch_size < 1:
+            raise ConfigError("local_dim and patch_batch_size: must be >= 1")
         if not 0 < self.threshold_quantile < 1:
             raise ConfigError(f"threshold_quantile: must lie in (0, 1), got {self.threshold_quantile}")
         self.augment.validate()

@@ -12,30 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from cutpaste import __version__
 from cutpaste.atomic import atomic_torch_save, atomic_write_text
 from cutpaste.config import TrainConfig
+from cutpaste.dense import dense_embeddings, upsample_scores
 from cutpaste.density import GaussianDensity, out_of_fold_scores
-from cutpaste.errors import ModelBundleError
-from cutpaste.model import CutPasteNet, build_model
+from cutpaste.errors import ConfigError, ModelBundleError
+from cutpaste.gradcam import gradcam_maps
+from cutpaste.local_density import LocalDensity, resolve_layout
+from cutpaste.model import CutPasteNet, as_float_images, build_model
+from cutpaste.patches import grid_size
 
 BUNDLE_FORMAT = 1
 BUNDLE_NAME = "detector.pt"
+MAP_MODES = ("auto", "dense", "gradcam")
 SUMMARY_NAME = "detector.json"
-
-
-def as_float_images(images: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 ``(B, 3, H, W)`` or float in [0, 1] -> float ``(B, 3, size, size)`` in [0, 1]."""
-    if images.ndim == 3:
-        images = images.unsqueeze(0)
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected images shaped (B, 3, H, W), got {tuple(images.shape)}")
-    x = images.float().div(255) if images.dtype == torch.uint8 else images.float()
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x
 
 
 @torch.no_grad()
@@ -63,10 +55,60 @@ class Detector:
     config: TrainConfig
     category: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    # The patch-level model's per-grid-position densities; None for the image-level model.
+    local: LocalDensity | None = None
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def is_patch_model(self) -> bool:
+        return self.local is not None
+
+    @property
+    def map_range(self) -> tuple[float, float]:
+        """Map values shown as cold and hot: a typical normal value, and twice the way from it to the
+        threshold, so that the threshold sits in the middle of the colour scale of every heatmap."""
+        low = float(self.meta.get("map_low", 0.0))
+        return low, low + 2.0 * max(self.threshold - low, 1e-6)
+
+    def grid_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch-level model: ``(B, 3, H, W)`` -> ``(B, G, G)`` Mahalanobis distance of every patch."""
+        if self.local is None:
+            raise ConfigError("this detector has no patch-level model (train with --patch-size 32 or 64)")
+        cfg = self.config
+        features = dense_embeddings(
+            self.model,
+            images,
+            image_size=cfg.image_size,
+            patch_size=cfg.patch_size,
+            stride=cfg.patch_stride,
+            patch_batch_size=cfg.patch_batch_size,
+        )
+        grid = self.local.grid
+        return self.local.score(features.to(self.device)).view(-1, grid, grid).cpu()
+
+    def anomaly_maps(self, images: torch.Tensor, mode: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, 3, H, W)`` -> scores ``(B,)`` float64 and maps ``(B, S, S)`` float32 at ``image_size``.
+
+        ``dense`` (the patch model's Gaussian-upsampled patch scores, score = max of the map) or
+        ``gradcam`` (the image-level model); ``auto`` picks dense when the bundle has a patch model.
+        """
+        if mode not in MAP_MODES:
+            raise ConfigError(f"map mode: unknown {mode!r}; choose one of {', '.join(MAP_MODES)}")
+        if mode == "dense" or (mode == "auto" and self.is_patch_model):
+            cfg = self.config
+            maps = upsample_scores(
+                self.grid_scores(images), image_size=cfg.image_size, patch_size=cfg.patch_size, stride=cfg.patch_stride
+            )
+            return maps.flatten(1).amax(1).double(), maps
+        if self.is_patch_model:
+            raise ConfigError("map mode gradcam: needs the image-level model; this bundle holds a patch model")
+        _, maps = gradcam_maps(
+            self.model, self.density, images, image_size=self.config.image_size, batch_size=self.config.eval_batch_size
+        )
+        return self.density.score(self.embed(images)), maps
 
     def to(self, device: str | torch.device) -> Detector:
         self.model.to(device)
@@ -76,7 +118,11 @@ class Detector:
         return embed_images(self.model, images, batch_size=self.config.eval_batch_size, size=self.config.image_size)
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` uint8 or float in [0, 1], any H, W -> ``(B,)`` float64 anomaly scores."""
+        """``(B, 3, H, W)`` uint8 or float in [0, 1], any H, W -> ``(B,)`` float64 anomaly scores.
+
+        The patch-level model scores an image by the maximum of its anomaly map."""
+        if self.is_patch_model:
+            return self.anomaly_maps(images, "dense")[0]
         return self.density.score(self.embed(images))
 
     def is_anomalous(self, scores: torch.Tensor) -> torch.Tensor:
@@ -95,11 +141,14 @@ class Detector:
             "density": self.density.state_dict(),
             "threshold": self.threshold,
             "meta": self.meta,
+            "local": None if self.local is None else self.local.state_dict(),
         }
         path = directory / BUNDLE_NAME
         atomic_torch_save(bundle, path)
         summary = {k: bundle[k] for k in ("format", "version", "config", "category", "threshold", "meta")}
         summary["density"] = self.density.summary()
+        if self.local is not None:
+            summary["local_density"] = self.local.summary()
         atomic_write_text(json.dumps(summary, indent=2, sort_keys=True, default=str), directory / SUMMARY_NAME)
         return path
 
@@ -129,7 +178,8 @@ class Detector:
             model = build_model(config.override({"pretrained": None}))
             model.load_state_dict(bundle["model"])
             density = GaussianDensity.from_state_dict(bundle["density"])
-        except (KeyError, RuntimeError) as exc:
+            local = LocalDensity.from_state_dict(bundle["local"]) if bundle.get("local") else None
+        except (KeyError, RuntimeError, TypeError) as exc:
             raise ModelBundleError(f"{path} does not match this version's model: {exc}") from None
         model.eval().to(device)
         return cls(
@@ -139,6 +189,7 @@ class Detector:
             config=config,
             category=str(bundle.get("category", "")),
             meta=dict(bundle.get("meta", {})),
+            local=local,
         )
 
 
@@ -155,6 +206,8 @@ def fit_detector(
     The threshold is the ``config.threshold_quantile`` quantile of out-of-fold scores of the training
     images, so about ``1 - q`` of normal images are flagged at test time.
     """
+    if config.patch_size:
+        return _fit_patch_detector(model, train_images, config, category=category, meta=meta)
     features = embed_images(model, train_images, batch_size=config.eval_batch_size, size=config.image_size)
     density = GaussianDensity.fit(features)
     calibration = out_of_fold_scores(features, seed=config.seed)
@@ -166,4 +219,58 @@ def fit_detector(
         config=config,
         category=category,
         meta=dict(meta or {}),
+    )
+
+
+def _fit_patch_detector(
+    model: CutPasteNet,
+    train_images: torch.Tensor,
+    config: TrainConfig,
+    *,
+    category: str,
+    meta: dict[str, Any] | None,
+    folds: int = 5,
+) -> Detector:
+    """Fits the grid densities on every training patch; the image threshold is the quantile of map
+    maxima of training images scored by densities fitted without them (k-fold, as for the image model)."""
+    device = next(model.parameters()).device
+    grid = grid_size(config.image_size, config.patch_size, config.patch_stride)
+    features = dense_embeddings(
+        model,
+        train_images,
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        stride=config.patch_stride,
+        patch_batch_size=config.patch_batch_size,
+    )
+    layout = resolve_layout(config.local_density, category)
+
+    def fit(subset: torch.Tensor) -> LocalDensity:
+        return LocalDensity.fit(subset.to(device), layout=layout, grid=grid, dim=config.local_dim, seed=config.seed)
+
+    n = features.shape[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
+    held_out_max = torch.empty(n, dtype=torch.float64)
+    grid_values = []
+    for part in torch.tensor_split(order, max(2, min(folds, n // 2))):
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[part] = False
+        scores = fit(features[keep]).score(features[part].to(device)).view(-1, grid, grid)
+        maps = upsample_scores(
+            scores, image_size=config.image_size, patch_size=config.patch_size, stride=config.patch_stride
+        )
+        held_out_max[part] = maps.flatten(1).amax(1).double().cpu()
+        grid_values.append(scores.flatten().cpu())
+    meta = dict(meta or {})
+    meta["map_low"] = float(torch.cat(grid_values).median())
+    meta["local_layout"] = layout
+    return Detector(
+        model=model.eval(),
+        # An image-level Gaussian of the mean patch feature: summary statistics for tracking.
+        density=GaussianDensity.fit(features.mean(1)),
+        threshold=float(torch.quantile(held_out_max, config.threshold_quantile)),
+        config=config,
+        category=category,
+        meta=meta,
+        local=fit(features),
     )

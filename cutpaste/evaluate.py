@@ -1,4 +1,4 @@
-"""Score a category's test split with a detector and compute image-level metrics."""
+"""Score a category's test split with a detector: image metrics, and pixel metrics where masks exist."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cutpaste.data.images import load_images
+from cutpaste.data.images import load_images, load_masks
 from cutpaste.data.layout import Sample
 from cutpaste.detector import Detector
 from cutpaste.metrics import ImageMetrics, image_metrics
+from cutpaste.pixel_metrics import PixelMetrics, pixel_metrics
 
 
 @dataclass
@@ -22,10 +23,24 @@ class Evaluation:
     paths: list[str]
     threshold: float
     missing_masks: list[str] = field(default_factory=list)
+    # Pixel metrics (None when no mask exists or maps were not asked for) and why they are missing.
+    pixel: PixelMetrics | None = None
+    pixel_note: str = ""
+    # (N, S, S) anomaly maps and (N, S, S) masks at the detector's size, when computed; not in the JSON.
+    maps: torch.Tensor | None = None
+    masks: torch.Tensor | None = None
+    images: torch.Tensor | None = None
 
     def to_dict(self) -> dict:
         """The JSON shape of ``cutpaste evaluate --json``: metrics at the top, samples below."""
         out = self.metrics.to_dict()
+        if self.pixel is not None:
+            out["pixel_auroc"] = self.pixel.pixel_auroc
+            out["aupro"] = self.pixel.aupro
+            out["defect_regions"] = self.pixel.num_regions
+            out["empty_masks"] = self.pixel.empty_masks
+        if self.pixel_note:
+            out["pixel_note"] = self.pixel_note
         predicted = [s >= self.threshold for s in self.scores]
         out["threshold"] = self.threshold
         out["accuracy_at_threshold"] = sum(p == bool(y) for p, y in zip(predicted, self.labels, strict=True)) / max(
@@ -45,10 +60,29 @@ def score_samples(detector: Detector, samples: Sequence[Sample]) -> torch.Tensor
     return detector.score(images)
 
 
-def evaluate_detector(detector: Detector, samples: Sequence[Sample]) -> Evaluation:
-    scores = score_samples(detector, samples).tolist()
+def evaluate_detector(
+    detector: Detector, samples: Sequence[Sample], *, pixel: bool = True, map_mode: str = "auto"
+) -> Evaluation:
+    """Image metrics always; with ``pixel`` and ground-truth masks, anomaly maps (dense for a patch
+    model, GradCAM for the image model) and pixel AUROC / AUPRO over the images that have masks."""
+    size = detector.config.image_size
+    images = load_images([s.path for s in samples], size)
     labels = [s.label for s in samples]
     defects = [s.defect_type for s in samples]
+    masks = load_masks(samples, size) if pixel else None
+    maps, pixel_result, note = None, None, ""
+    if pixel and masks is None:
+        note = "no ground-truth masks for the defective images: pixel metrics skipped, image metrics reported"
+    if masks is not None or (pixel and detector.is_patch_model):
+        score_tensor, maps = detector.anomaly_maps(images, map_mode)
+    else:
+        score_tensor = detector.score(images)
+    if masks is not None and maps is not None:
+        # Defective images without a mask cannot be scored per pixel; good images are all-normal.
+        keep = [i for i, s in enumerate(samples) if s.label == 0 or s.mask_path is not None]
+        pixel_result = pixel_metrics(masks[keep], maps[keep], [labels[i] for i in keep])
+        note = pixel_result.note
+    scores = score_tensor.tolist()
     return Evaluation(
         metrics=image_metrics(labels, scores, defects),
         scores=scores,
@@ -57,4 +91,9 @@ def evaluate_detector(detector: Detector, samples: Sequence[Sample]) -> Evaluati
         paths=[str(s.path) for s in samples],
         threshold=detector.threshold,
         missing_masks=[str(s.path) for s in samples if s.label == 1 and s.mask_path is None],
+        pixel=pixel_result,
+        pixel_note=note,
+        maps=maps,
+        masks=masks,
+        images=images,
     )

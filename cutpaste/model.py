@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
@@ -20,6 +21,18 @@ from cutpaste.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def as_float_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 ``(B, 3, H, W)`` or float in [0, 1] -> float ``(B, 3, size, size)`` in [0, 1]."""
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images shaped (B, 3, H, W), got {tuple(images.shape)}")
+    x = images.float().div(255) if images.dtype == torch.uint8 else images.float()
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x
 
 
 @dataclass(frozen=True)

@@ -19,15 +19,28 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cutpaste.atomic import atomic_torch_save, atomic_write_text
-from cutpaste.augment import make_views
+from cutpaste.augment import REFERENCE_SIZE, make_views
 from cutpaste.config import TrainConfig
 from cutpaste.errors import ConfigError, ModelBundleError
 from cutpaste.model import CutPasteNet, build_model
+from cutpaste.patches import random_crops
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_NAME = "last.pt"
 # Fields that change how a run reports, not what it computes: a resumed run may differ in these.
-_NON_TRAINING_FIELDS = frozenset({"checkpoint_every", "log_every", "eval_batch_size", "preset", "threshold_quantile"})
+_NON_TRAINING_FIELDS = frozenset(
+    {
+        "checkpoint_every",
+        "log_every",
+        "eval_batch_size",
+        "preset",
+        "threshold_quantile",
+        "patch_stride",
+        "local_density",
+        "local_dim",
+        "patch_batch_size",
+    }
+)
 
 
 @dataclass
@@ -152,6 +165,7 @@ def train_model(
     runner.train()
     num_images = images.shape[0]
     per_step = config.batch_size * config.num_classes
+    pixel_scale = config.image_size / REFERENCE_SIZE
     # Running sums stay on the device; the host reads them once per log interval, not every step.
     loss_sum = torch.zeros((), device=device)
     correct_sum = torch.zeros((), device=device)
@@ -183,7 +197,12 @@ def train_model(
     for step in range(start, config.steps):
         index = torch.randint(num_images, (config.batch_size,), device=device, generator=generator)
         batch = images[index].float().div_(255)
-        views, labels = make_views(batch, variant=config.variant, config=config.augment, generator=generator)
+        if config.patch_size:
+            # The patch-level model: CutPaste inside a random crop, sizes in the full image's pixels.
+            batch = random_crops(batch, config.patch_size, generator)
+        views, labels = make_views(
+            batch, variant=config.variant, config=config.augment, generator=generator, pixel_scale=pixel_scale
+        )
         if config.channels_last and on_cuda:
             views = views.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and on_cuda):
