@@ -16,6 +16,8 @@ from typing import Any
 
 from cutpaste.errors import ConfigError, CutPasteError
 
+MAP_MODES = ("auto", "dense", "gradcam")  # as cutpaste.detector.MAP_MODES, without importing torch here
+
 # Flag -> config field; every flag here is a field of TrainConfig.
 _FIELD_FLAGS: dict[str, tuple[str, type]] = {
     "seed": ("seed", int),
@@ -28,6 +30,9 @@ _FIELD_FLAGS: dict[str, tuple[str, type]] = {
     "lr": ("learning_rate", float),
     "head_depth": ("head_depth", int),
     "checkpoint_every": ("checkpoint_every", int),
+    "patch_size": ("patch_size", int),
+    "stride": ("patch_stride", int),
+    "local_density": ("local_density", str),
 }
 
 
@@ -118,6 +123,13 @@ def _print_evaluation(report: dict[str, Any]) -> None:
     )
     for defect, auroc in report["per_defect_auroc"].items():
         print(f"  {defect:<24} AUROC {auroc:.4f}")
+    if report.get("pixel_auroc") is not None:
+        print(
+            f"pixel AUROC {report['pixel_auroc']:.4f}  AUPRO {report['aupro']:.4f}  "
+            f"({report['defect_regions']} defect regions)"
+        )
+    if report.get("pixel_note"):
+        print(f"note: {report['pixel_note']}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -128,7 +140,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     detector = Detector.load(args.model, device=resolve_device(args.device))
     category = args.category or detector.category
-    report = evaluate_category(detector, _local_data(args, [category] if category else None), category).to_dict()
+    data = _local_data(args, [category] if category else None)
+    report = evaluate_category(detector, data, category, pixel=not args.no_pixel, map_mode=args.maps).to_dict()
     report["category"] = args.category or detector.category
     report["model"] = str(args.model)
     _print_evaluation(report)
@@ -156,8 +169,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             ok.append(path)
         except CutPasteError as exc:
             rows.append({"path": path, "error": str(exc)})
-    if images:
+    if images and args.heatmap:
+        from cutpaste.localize import write_prediction_heatmaps
+
+        batch = torch.stack(images)
+        scores, maps = detector.anomaly_maps(batch, args.maps)
+        written = write_prediction_heatmaps(detector, batch, maps, scores, ok, args.heatmap, threshold=threshold)
+        scores = scores.tolist()
+        print(f"wrote {len(written)} heatmaps to {args.heatmap}", file=sys.stderr)
+    elif images:
         scores = detector.score(torch.stack(images)).tolist()
+    if images:
         rows += [
             {"path": p, "score": s, "threshold": threshold, "anomalous": s >= threshold}
             for p, s in zip(ok, scores, strict=True)
@@ -178,6 +200,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if failed:
         print(f"cutpaste: error: {len(failed)} of {len(rows)} images could not be read", file=sys.stderr)
         return 2
+    return 0
+
+
+def _cmd_localize(args: argparse.Namespace) -> int:
+    from cutpaste.detector import Detector
+    from cutpaste.localize import localize_category
+    from cutpaste.train import resolve_device
+
+    detector = Detector.load(args.model, device=resolve_device(args.device))
+    category = args.category or detector.category
+    data = _local_data(args, [category] if category else None)
+    result = localize_category(detector, data, category, args.out, map_mode=args.maps, progress=not args.no_progress)
+    _print_evaluation(result.report)
+    print(f"wrote {result.panels} overlays, {result.grid} and {result.json}")
     return 0
 
 
@@ -217,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--s3-endpoint", help="S3-compatible endpoint (default $AWS_ENDPOINT_URL)")
     evaluate.add_argument("--category", help="default: the category the detector was trained on")
     evaluate.add_argument("--json", help="write metrics and per-image scores to this file")
+    evaluate.add_argument("--no-pixel", action="store_true", help="skip anomaly maps and pixel metrics")
+    evaluate.add_argument("--maps", default="auto", choices=MAP_MODES, help="dense (patch model), gradcam, or auto")
     evaluate.add_argument("--device", default="auto")
     evaluate.set_defaults(func=_cmd_evaluate)
 
@@ -225,8 +263,21 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+")
     predict.add_argument("--threshold", type=float, help="override the detector's calibrated threshold")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.add_argument("--heatmap", metavar="DIR", help="write an overlay PNG per image to DIR")
+    predict.add_argument("--maps", default="auto", choices=MAP_MODES, help="dense (patch model), gradcam, or auto")
     predict.add_argument("--device", default="auto")
     predict.set_defaults(func=_cmd_predict)
+
+    localize = sub.add_parser("localize", help="anomaly maps of a category's test split: overlays, grid, metrics")
+    localize.add_argument("--model", required=True)
+    localize.add_argument("--data", required=True, help="dataset root, local or s3://bucket/prefix")
+    localize.add_argument("--s3-endpoint", help="S3-compatible endpoint (default $AWS_ENDPOINT_URL)")
+    localize.add_argument("--category", help="default: the category the detector was trained on")
+    localize.add_argument("--out", required=True, help="directory for overlays, the grid figure and metrics.json")
+    localize.add_argument("--maps", default="auto", choices=MAP_MODES, help="dense (patch model), gradcam, or auto")
+    localize.add_argument("--device", default="auto")
+    localize.add_argument("--no-progress", action="store_true")
+    localize.set_defaults(func=_cmd_localize)
 
     config = sub.add_parser("config", help="print the resolved config (preset + flags) as JSON")
     _add_config_flags(config)

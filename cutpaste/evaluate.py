@@ -61,10 +61,16 @@ def score_samples(detector: Detector, samples: Sequence[Sample]) -> torch.Tensor
 
 
 def evaluate_detector(
-    detector: Detector, samples: Sequence[Sample], *, pixel: bool = True, map_mode: str = "auto"
+    detector: Detector,
+    samples: Sequence[Sample],
+    *,
+    pixel: bool = True,
+    map_mode: str = "auto",
+    keep_maps: bool = False,
 ) -> Evaluation:
     """Image metrics always; with ``pixel`` and ground-truth masks, anomaly maps (dense for a patch
-    model, GradCAM for the image model) and pixel AUROC / AUPRO over the images that have masks."""
+    model, GradCAM for the image model) and pixel AUROC / AUPRO over the images that have masks.
+    ``keep_maps`` computes the maps even without masks (for pictures)."""
     size = detector.config.image_size
     images = load_images([s.path for s in samples], size)
     labels = [s.label for s in samples]
@@ -73,7 +79,10 @@ def evaluate_detector(
     maps, pixel_result, note = None, None, ""
     if pixel and masks is None:
         note = "no ground-truth masks for the defective images: pixel metrics skipped, image metrics reported"
-    if masks is not None or (pixel and detector.is_patch_model):
+    has_maps = hasattr(detector, "anomaly_maps")
+    if pixel and masks is not None and not has_maps:
+        masks, note = None, f"{type(detector).__name__} gives no anomaly maps: pixel metrics skipped"
+    if has_maps and (keep_maps or masks is not None or (pixel and getattr(detector, "is_patch_model", False))):
         score_tensor, maps = detector.anomaly_maps(images, map_mode)
     else:
         score_tensor = detector.score(images)

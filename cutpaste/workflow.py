@@ -101,9 +101,19 @@ def train_category(
     return CategoryRun(detector=detector, training=result, out_dir=out_dir)
 
 
-def evaluate_category(detector: Detector, data_root: str | Path, category: str | None = None) -> Evaluation:
-    """Scores ``<data_root>/<category>/test`` (category defaults to the one the detector was trained on)."""
+def evaluate_category(
+    detector: Detector,
+    data_root: str | Path,
+    category: str | None = None,
+    *,
+    pixel: bool = True,
+    map_mode: str = "auto",
+    keep_maps: bool = False,
+) -> Evaluation:
+    """Scores ``<data_root>/<category>/test`` (category defaults to the one the detector was trained on);
+    pixel metrics too where masks exist, unless ``pixel`` is false."""
     category = category or detector.category
     if not category:
         raise ConfigError("category: the detector does not record its category; pass --category")
-    return evaluate_detector(detector, list_samples(data_root, category, "test"))
+    samples = list_samples(data_root, category, "test")
+    return evaluate_detector(detector, samples, pixel=pixel, map_mode=map_mode, keep_maps=keep_maps)
