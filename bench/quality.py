@@ -3,7 +3,9 @@
     .venv/bin/python bench/quality.py --data ../shared/data/mvtec_ad --category bottle --preset demo
 
 Writes JSON with ``image_auroc`` (trained), ``untrained_auroc`` (same network, random init, same
-density), ``pixel_stats_auroc`` (global colour statistics), the paper's number and the wall time.
+density), ``pixel_stats_auroc`` (global colour statistics), the paper's number and the wall time; with
+masks also ``pixel_auroc`` and ``aupro`` (GradCAM for the image-level model, dense maps for a patch
+model: ``--set patch_size=32``), trained and untrained, next to the paper's pixel AUROC.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from cutpaste.cli import build_config
 from cutpaste.data import list_samples, load_images
 from cutpaste.evaluate import evaluate_detector
 from cutpaste.metrics import image_metrics
-from cutpaste.paper import PAPER_IMAGE_AUROC
+from cutpaste.paper import PAPER_IMAGE_AUROC, PAPER_PIXEL_AUROC
 from cutpaste.workflow import train_category
 
 
@@ -57,7 +59,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = train_category(config, args.data, args.category, tmp, device=args.device)
     wall = time.perf_counter() - started
+    started = time.perf_counter()
     trained = evaluate_detector(run.detector, test)
+    eval_wall = time.perf_counter() - started
     result = {
         "category": args.category,
         "image_auroc": trained.metrics.image_auroc,
@@ -65,7 +69,14 @@ def main() -> None:
         "pixel_stats_auroc": pixel.image_auroc,
         "paper_image_auroc": PAPER_IMAGE_AUROC.get(args.category, None),
         "per_defect_auroc": trained.metrics.per_defect_auroc,
+        "pixel_auroc": trained.pixel.pixel_auroc if trained.pixel else None,
+        "aupro": trained.pixel.aupro if trained.pixel else None,
+        "untrained_pixel_auroc": untrained.pixel.pixel_auroc if untrained.pixel else None,
+        "untrained_aupro": untrained.pixel.aupro if untrained.pixel else None,
+        "paper_pixel_auroc": PAPER_PIXEL_AUROC.get(args.category, None),
+        "maps": "dense" if config.patch_size else "gradcam",
         "wall_s": wall,
+        "eval_wall_s": eval_wall,
         "train_img_s": run.training.history[-1]["img_s"] if run.training.history else None,
         "final_loss": run.detector.meta["final_loss"],
         "final_accuracy": run.detector.meta["final_accuracy"],
@@ -78,7 +89,14 @@ def main() -> None:
         f"{config.batch_size}x{config.num_classes}): trained {result['image_auroc']:.4f}, untrained "
         f"{result['untrained_auroc']:.4f}, pixel statistics {result['pixel_stats_auroc']:.4f}; {wall:.0f}s"
     )
-    out = Path(args.out or f"bench/results/quality_{args.category}_{config.preset}.json")
+    if result["pixel_auroc"] is not None:
+        print(
+            f"  {result['maps']} maps: pixel AUROC {result['pixel_auroc']:.4f} (untrained "
+            f"{result['untrained_pixel_auroc']:.4f}), AUPRO {result['aupro']:.4f} (untrained "
+            f"{result['untrained_aupro']:.4f}); paper pixel AUROC {result['paper_pixel_auroc']}; eval {eval_wall:.0f}s"
+        )
+    kind = f"_patch{config.patch_size}" if config.patch_size else ""
+    out = Path(args.out or f"bench/results/quality_{args.category}_{config.preset}{kind}.json")
     atomic_write_text(json.dumps(result, indent=2), out)
     print(f"wrote {out}")
 

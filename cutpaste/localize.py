@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from cutpaste.atomic import atomic_write_text
 from cutpaste.detector import Detector
+from cutpaste.evaluate import Evaluation
 from cutpaste.heatmaps import grid_figure, overlay_panel, save_png, to_hwc
 from cutpaste.workflow import evaluate_category
 
@@ -74,6 +75,26 @@ def localize_category(
     json_path = out_dir / "metrics.json"
     atomic_write_text(json.dumps(report, indent=2), json_path)
     return LocalizeResult(report=report, panels=len(items), grid=grid, json=json_path)
+
+
+def sample_heatmaps(
+    evaluation: Evaluation, value_range: tuple[float, float], *, defective: int = 3
+) -> Image.Image | None:
+    """A strip for a quick look (MLflow, reports): the ``defective`` highest-scoring defective images
+    and the highest-scoring good one, the false alarm most worth seeing. None without maps."""
+    if evaluation.maps is None or evaluation.images is None:
+        return None
+    order = sorted(range(len(evaluation.scores)), key=lambda i: -evaluation.scores[i])
+    bad = [i for i in order if evaluation.labels[i] == 1][:defective]
+    good = [i for i in order if evaluation.labels[i] == 0][:1]
+    panels = []
+    for i in bad + good:
+        mask = evaluation.masks[i].numpy() if evaluation.masks is not None else None
+        caption = f"{evaluation.defect_types[i]}/{Path(evaluation.paths[i]).stem}  score {evaluation.scores[i]:.3f}"
+        panel = overlay_panel(to_hwc(evaluation.images[i]), evaluation.maps[i].numpy(), value_range, mask, caption)
+        scale = GRID_PANEL_WIDTH / panel.width
+        panels.append(panel.resize((GRID_PANEL_WIDTH, round(panel.height * scale)), Image.Resampling.BILINEAR))
+    return grid_figure(panels, columns=1) if panels else None
 
 
 def write_prediction_heatmaps(
