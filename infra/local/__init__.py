@@ -1,0 +1,1 @@
+"""Rehearsals of the cluster on this machine."""
