@@ -134,11 +134,11 @@ def _print_evaluation(report: dict[str, Any]) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from cutpaste.atomic import atomic_write_text
-    from cutpaste.detector import Detector
+    from cutpaste.ensemble import load_detector
     from cutpaste.train import resolve_device
     from cutpaste.workflow import evaluate_category
 
-    detector = Detector.load(args.model, device=resolve_device(args.device))
+    detector = load_detector(args.model, device=resolve_device(args.device))  # a detector or an ensemble
     category = args.category or detector.category
     data = _local_data(args, [category] if category else None)
     report = evaluate_category(detector, data, category, pixel=not args.no_pixel, map_mode=args.maps).to_dict()
@@ -155,10 +155,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     from cutpaste.data.images import load_image
-    from cutpaste.detector import Detector
+    from cutpaste.ensemble import load_detector
     from cutpaste.train import resolve_device
 
-    detector = Detector.load(args.model, device=resolve_device(args.device))
+    detector = load_detector(args.model, device=resolve_device(args.device))  # a detector or an ensemble
+    if args.heatmap and not hasattr(detector, "anomaly_maps"):
+        raise ConfigError(f"--heatmap: {args.model} is an ensemble, which gives scores but no anomaly maps")
     threshold = detector.threshold if args.threshold is None else args.threshold
     size = detector.config.image_size
     rows: list[dict[str, Any]] = []

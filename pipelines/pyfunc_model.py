@@ -19,7 +19,8 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
 import cutpaste
-from cutpaste.detector import BUNDLE_NAME, Detector
+from cutpaste.detector import BUNDLE_NAME
+from cutpaste.ensemble import MANIFEST_NAME, load_detector
 
 PIP_REQUIREMENTS = ["torch", "torchvision", "numpy", "pillow", "scikit-learn", "pandas"]
 
@@ -39,7 +40,8 @@ def images_to_tensor(model_input: Any) -> torch.Tensor:
 class CutPasteModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.detector = Detector.load(context.artifacts["detector"], device=device)
+        # A single bundle file or an ensemble directory: both score images the same way.
+        self.detector = load_detector(context.artifacts["detector"], device=device)
 
     def predict(self, context, model_input, params=None):  # untyped: MLflow reads hints as a schema
         threshold = float((params or {}).get("threshold") or self.detector.threshold)
@@ -60,14 +62,18 @@ def log_detector_model(bundle_dir: Path, *, run_id: str, name: str = "model") ->
     MLflow 3 stores a logged model as its own entity, so the URI to register is the one MLflow returns,
     not a path under the run's artifacts.
     """
-    if not (bundle_dir / BUNDLE_NAME).is_file():
-        raise FileNotFoundError(f"no {BUNDLE_NAME} in {bundle_dir}")
+    if (bundle_dir / MANIFEST_NAME).is_file():
+        artifact = bundle_dir  # an ensemble travels as its whole directory
+    elif (bundle_dir / BUNDLE_NAME).is_file():
+        artifact = bundle_dir / BUNDLE_NAME
+    else:
+        raise FileNotFoundError(f"no {BUNDLE_NAME} or {MANIFEST_NAME} in {bundle_dir}")
     library = Path(cutpaste.__file__).parent
     with mlflow.start_run(run_id=run_id, nested=True):
         info = mlflow.pyfunc.log_model(
             name=name,
             python_model=CutPasteModel(),
-            artifacts={"detector": str(bundle_dir / BUNDLE_NAME)},
+            artifacts={"detector": str(artifact)},
             # The class is pickled by reference to pipelines.pyfunc_model: ship that package beside the library.
             code_paths=[str(library), str(Path(__file__).parent)],
             signature=signature(),
