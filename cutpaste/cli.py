@@ -67,7 +67,7 @@ def build_config(args: argparse.Namespace):
     changes = {
         field: kind(getattr(args, flag))
         for flag, (field, kind) in _FIELD_FLAGS.items()
-        if getattr(args, flag) is not None
+        if getattr(args, flag, None) is not None  # scripts may define only some of the flags
     }
     changes.update(_parse_set(args.set or []))
     return config.override(changes, source="command line") if changes else config.validate()
