@@ -52,6 +52,8 @@ class BenchmarkConfig:
     workers_per_run: int = 1
     cpus_per_worker: float = 1.0
     max_failures: int = 1
+    # How long a finished run's logging waits for an unreachable MLflow before the run counts as failed.
+    tracking_timeout_s: float = 120.0
     s3_endpoint: str | None = None
     register_models: bool = True
     artifact_root: str | None = None
@@ -169,7 +171,10 @@ def run_benchmark(bench: BenchmarkConfig, train_config: TrainConfig) -> tuple[li
     if not created:
         print(f"resuming benchmark {bench.benchmark_id} (MLflow run {parent_id})", flush=True)
         client.update_run(parent_id, status="RUNNING")
-    bench_params = {f"benchmark.{k}": v for k, v in asdict(bench).items()}
+    # URIs may carry credentials (http://user:password@host): params keep only the redacted form.
+    bench_params = {
+        f"benchmark.{k}": tracking.redact_uri(v) if isinstance(v, str) else v for k, v in asdict(bench).items()
+    }
     tracking.log_params(client, parent_id, {**bench_params, **flatten(train_config)})
 
     board = StatusBoard.remote()
@@ -222,9 +227,16 @@ def run_benchmark(bench: BenchmarkConfig, train_config: TrainConfig) -> tuple[li
         _register_champions(client, records)
     out = Path(bench.out)
     paths = write_results([_to_record(r) for r in records], out)
-    _log_parent(client, parent_id, records, paths, bench)
     any_failed = any(r["status"] != "finished" for r in records)
-    tracking.finish_run(client, parent_id, failed=any_failed)
+    try:
+        _log_parent(client, parent_id, records, paths, bench)
+        tracking.finish_run(client, parent_id, failed=any_failed)
+    except Exception as exc:
+        # Tracking is down for good: everything trained is on disk; say where, and how to finish the logging.
+        raise tracking.TrackingError(
+            f"MLflow at {tracking.redact_uri(bench.mlflow_uri)} failed ({_reason(exc)}); results are in {out} and "
+            f"trained detectors in {bench.storage}; run the same --benchmark-id again once MLflow is back"
+        ) from None
     return records, paths
 
 
@@ -247,7 +259,7 @@ def _finish(
     """Logs a run's results to MLflow; a tracking failure turns into a failed record, never a crash."""
     _forward_metrics(board, {spec.name: buffer})
     try:
-        buffer.close()
+        buffer.close(timeout_s=bench.tracking_timeout_s)
         if outcome["status"] != "finished":
             tracking.set_tags(client, run_id, {"cutpaste.error": outcome["error"][:5000]})
             tracking.finish_run(client, run_id, failed=True)
@@ -260,6 +272,8 @@ def _finish(
         return record
     except Exception as exc:
         reason = f"logging to MLflow failed: {_reason(exc)}"
+        if outcome.get("checkpoint") is not None:
+            reason += f"; the trained detector is kept in {outcome['checkpoint'].path}"
         board.update.remote(spec.name, "failed", detail=reason)
         traceback.print_exc()
         return asdict(RunRecord(spec.category, spec.seed, "failed", error=reason, run_name=spec.name))

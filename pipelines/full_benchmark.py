@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="results directory (default runs/<benchmark-id>)")
     parser.add_argument("--storage", help="Ray checkpoint storage, local path or s3:// (default <out>/ray_storage)")
     parser.add_argument("--max-failures", type=int, default=1, help="worker failures a run survives")
+    parser.add_argument(
+        "--tracking-timeout", type=float, default=120.0, help="seconds a finished run waits for MLflow to come back"
+    )
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint (default $AWS_ENDPOINT_URL)")
     parser.add_argument("--wait-for-resources", type=float, default=0.0, help="seconds to wait for GPUs to join")
     parser.add_argument("--ray-address", help="default $RAY_ADDRESS, else a local Ray is started")
@@ -52,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _resolve(args: argparse.Namespace):
     from cutpaste.storage import list_categories
     from pipelines.benchmark import BenchmarkConfig, BenchmarkError
-    from pipelines.tracking import default_tracking_uri
+    from pipelines.tracking import credentials_to_env, default_tracking_uri
 
     if args.seeds < 1:
         raise BenchmarkError(f"--seeds must be >= 1, got {args.seeds}")
@@ -75,6 +78,7 @@ def _resolve(args: argparse.Namespace):
     if unknown:
         raise BenchmarkError(f"--categories: {', '.join(unknown)} not under {data} (found: {', '.join(found)})")
     uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(runs_dir)
+    uri = credentials_to_env(uri)  # never printed, logged or stored inside the URI
     out = Path(args.out or runs_dir / benchmark_id).resolve()
     gpus = args.gpus_per_run
     if gpus is None:
@@ -97,6 +101,7 @@ def _resolve(args: argparse.Namespace):
         workers_per_run=args.workers_per_run,
         cpus_per_worker=args.cpus_per_worker,
         max_failures=args.max_failures,
+        tracking_timeout_s=args.tracking_timeout,
         s3_endpoint=args.s3_endpoint,
         register_models=not args.no_register,
         artifact_root=str(runs_dir / "mlartifacts") if uri.startswith("sqlite:") else None,
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         import ray
 
         from pipelines.benchmark import run_benchmark, wait_for_resources
-        from pipelines.tracking import check_reachable
+        from pipelines.tracking import check_reachable, redact_uri
 
         bench, train_config = _resolve(args)
         check_reachable(bench.mlflow_uri)
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"benchmark {bench.benchmark_id}: {len(bench.categories)} categories x {bench.seeds} seeds, "
             f"preset {train_config.preset} ({train_config.steps} steps at {train_config.image_size}px), "
-            f"tracking {bench.mlflow_uri}",
+            f"tracking {redact_uri(bench.mlflow_uri)}",
             flush=True,
         )
         records, paths = run_benchmark(bench, train_config)
@@ -139,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if bench.mlflow_uri.startswith("sqlite:"):
         print(f"open the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {bench.mlflow_uri} --port 5000")
     else:
-        print(f"MLflow UI: {bench.mlflow_uri}")
+        print(f"MLflow UI: {redact_uri(bench.mlflow_uri)}")
     failed = [r for r in records if r["status"] != "finished" or r.get("registration_error")]
     return 1 if failed else 0
 

@@ -6,11 +6,14 @@ the per-run Ray tasks and the training workers can all log into the same runs co
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import os
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import deque
 from pathlib import Path
@@ -36,18 +39,60 @@ def default_tracking_uri(root: Path) -> str:
     return f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
 
+def redact_uri(uri: str) -> str:
+    """``uri`` without the password of its userinfo (``http://user:***@host``): the form to log, print or store.
+
+    >>> redact_uri("http://alice:s3cret@mlflow:5000/x")
+    'http://alice:***@mlflow:5000/x'
+    """
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None and "@" not in parts.netloc:
+        return uri
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}" if user else f"***@{host}"))
+
+
+def credentials_to_env(uri: str) -> str:
+    """``uri`` without userinfo; its user and password move to ``MLFLOW_TRACKING_USERNAME``/``_PASSWORD``.
+
+    MLflow reads basic-auth credentials from those variables. Left inside the URI they would be printed
+    (MLflow's "View run at <uri>" lines land in the job logs), logged as params and stored in results.
+    """
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri
+    if parts.username:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(parts.username)
+    if parts.password is not None:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(parts.password)
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def check_reachable(uri: str, *, timeout_s: float = 10.0) -> None:
     """Fails fast, before any training, when an HTTP tracking server does not answer its health check."""
     if not uri.startswith(("http://", "https://")):
         return
-    health = uri.rstrip("/") + "/health"
+    shown = redact_uri(uri)
+    parts = urllib.parse.urlsplit(uri)
+    health = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])).rstrip("/") + "/health"
+    request = urllib.request.Request(health)
+    # urllib takes no credentials from the URL: send them as MLflow's client does (basic auth).
+    user = urllib.parse.unquote(parts.username) if parts.username else os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = (
+        urllib.parse.unquote(parts.password) if parts.password else os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+    )
+    if user:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
     try:
-        with urllib.request.urlopen(health, timeout=timeout_s) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             if response.status != 200:
-                raise TrackingError(f"MLflow server {uri} answered {response.status} on /health")
+                raise TrackingError(f"MLflow server {shown} answered {response.status} on /health")
+    except urllib.error.HTTPError as exc:
+        raise TrackingError(f"MLflow server {shown} answered {exc.code} on /health") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise TrackingError(f"MLflow server {uri} is unreachable ({reason}); start it or pass --mlflow-uri") from None
+        raise TrackingError(f"MLflow server {shown} is unreachable ({reason}); start it or pass --mlflow-uri") from None
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None = None) -> str:
@@ -129,11 +174,23 @@ class MetricBuffer:
                 self.pending.popleft()
         return True
 
-    def close(self, *, attempts: int = 5, backoff_s: float = 1.0) -> None:
-        for attempt in range(attempts):
+    def close(self, *, attempts: int = 5, backoff_s: float = 1.0, timeout_s: float | None = None) -> None:
+        """Writes what is pending, retrying with exponential backoff (at most 15 s apart): ``attempts`` times,
+        or, with ``timeout_s``, until that long has passed (a restarting server may need a minute or more)."""
+        deadline = time.monotonic() + timeout_s if timeout_s is not None else None
+        attempt = 0
+        while True:
             if self.flush():
                 return
-            time.sleep(backoff_s * 2**attempt)
+            attempt += 1
+            pause = min(backoff_s * 2 ** (attempt - 1), 15.0)
+            if deadline is None and attempt >= attempts:
+                break
+            if deadline is not None:
+                if time.monotonic() >= deadline:
+                    break
+                pause = min(pause, max(0.0, deadline - time.monotonic()))
+            time.sleep(pause)
         raise TrackingError(
             f"could not write {len(self.pending)} metrics to MLflow run {self.run_id}: {self.last_error}"
         )
