@@ -48,9 +48,10 @@ def redact_uri(uri: str) -> str:
     parts = urllib.parse.urlsplit(uri)
     if parts.password is None and "@" not in parts.netloc:
         return uri
-    user = parts.username or ""
     host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}" if user else f"***@{host}"))
+    # A user without a password may itself be a token: only ``user:password`` keeps the user visible.
+    shown = f"{parts.username}:***@{host}" if parts.username and parts.password is not None else f"***@{host}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=shown))
 
 
 def credentials_to_env(uri: str) -> str:

@@ -3,6 +3,7 @@ URI, a benchmark on S3 data, then every file written and every MLflow param and 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,6 @@ from mlflow import MlflowClient
 from pipelines.full_benchmark import main
 from tests.reliability.conftest import SECRETS, URI_PASSWORD
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MARKERS = [*SECRETS.values(), URI_PASSWORD]
 
 
@@ -30,6 +30,8 @@ def _files_holding(root: Path, markers: list[str]) -> dict[str, list[str]]:
     return found
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_no_secret_reaches_files_logs_or_mlflow(stack, capsys):
     out = stack.work / "out-secrets"
     code = main(
@@ -68,3 +70,29 @@ def test_no_secret_reaches_files_logs_or_mlflow(stack, capsys):
         assert [m for m in MARKERS if m in text] == [], run.info.run_name
     parent = next(r for r in runs if r.data.tags.get("cutpaste.role") == "benchmark")
     assert parent.data.params["benchmark.mlflow_uri"] == stack.mlflow.uri  # logged, without its credentials
+
+
+@pytest.mark.parametrize(
+    "uri,shown",
+    [
+        ("http://u:pw@127.0.0.1:5000/x", "http://u:***@127.0.0.1:5000/x"),
+        ("https://token@mlflow.example:443", "https://***@mlflow.example:443"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("sqlite:////tmp/m.db", "sqlite:////tmp/m.db"),
+        ("s3://bucket/ckpt?endpoint_override=127.0.0.1:9000", "s3://bucket/ckpt?endpoint_override=127.0.0.1:9000"),
+    ],
+)
+def test_redact_uri(uri, shown):
+    from pipelines.tracking import redact_uri
+
+    assert redact_uri(uri) == shown
+
+
+def test_credentials_leave_the_uri_for_mlflows_variables(monkeypatch):
+    from pipelines.tracking import credentials_to_env
+
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    assert credentials_to_env("http://al%40ce:p%3Aw@127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "al@ce" and os.environ["MLFLOW_TRACKING_PASSWORD"] == "p:w"
+    assert credentials_to_env("sqlite:///x.db") == "sqlite:///x.db"
