@@ -14,8 +14,10 @@ A Ray cluster config is validated against the JSON schema inside the installed r
 - at least one GPU worker type, a pinned image, and no credential written into the file.
 
 Kubernetes manifests are checked for what the API server and the KubeRay operator require (apiVersion,
-kind, metadata.name, container images, rayStartParams, head and worker groups), for entrypoint scripts
-that exist in this repository, and for credentials: a secret value is only ever a ``secretKeyRef``.
+kind, metadata.name, container images, rayStartParams, head and worker groups), for Ray token auth
+(``authOptions.mode: token`` or ``RAY_AUTH_MODE=token`` in every Ray container), for Services that stay
+ClusterIP, for entrypoint scripts that exist in this repository, and for credentials: a secret value is only
+ever a ``secretKeyRef`` (or a ``$(VAR)`` expanded from one).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ REQUIRED_ENV = {
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _SECRET_NAME = re.compile(r"(SECRET|PASSWORD|PASSWD|TOKEN|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL)", re.IGNORECASE)
 _SECRET_VALUE = re.compile(
-    r"\b(AKIA|ASIA)[0-9A-Z]{16}\b|-----BEGIN [A-Z ]*PRIVATE KEY-----|postgres(ql)?://[^:/\s]+:[^@\s]+@"
+    r"\b(AKIA|ASIA)[0-9A-Z]{16}\b|-----BEGIN [A-Z ]*PRIVATE KEY-----|postgres(ql)?://[^:/\s]+:(?!\$\()[^@\s]+@"
 )
 _NOT_SECRET_NAMES = {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"}
 
@@ -237,6 +239,8 @@ def manifest_problems(document: Any, repo: Path = ROOT) -> list[str]:
             problems += _ray_cluster_spec_problems(spec["rayClusterSpec"] or {}, "spec.rayClusterSpec")
         elif not spec.get("clusterSelector"):
             problems.append("spec: needs rayClusterSpec or clusterSelector")
+    elif kind == "Service" and (document.get("spec") or {}).get("type", "ClusterIP") != "ClusterIP":
+        problems.append(f"spec.type: {document['spec']['type']} publishes the service; use ClusterIP and port-forward")
     problems += [f"{field}: {why}" for field, why in secret_findings(document)]
     return [f"{where}: {p}" for p in problems]
 
@@ -248,9 +252,10 @@ def _ray_cluster_spec_problems(spec: dict[str, Any], at: str) -> list[str]:
         return [f"{at}.headGroupSpec: missing"]
     if not isinstance(head.get("rayStartParams"), dict):
         problems.append(f"{at}.headGroupSpec.rayStartParams: missing (may be {{}})")
-    host = str((head.get("rayStartParams") or {}).get("dashboard-host", "127.0.0.1"))
-    if host not in LOOPBACK:
-        problems.append(f"{at}.headGroupSpec.rayStartParams.dashboard-host: {host} is not loopback")
+    # In a pod the dashboard listens on the pod network (KubeRay's submitter and probes reach it there);
+    # what must not happen is a head Service that publishes it outside the cluster.
+    if head.get("serviceType", "ClusterIP") != "ClusterIP":
+        problems.append(f"{at}.headGroupSpec.serviceType: {head['serviceType']} publishes the dashboard; use ClusterIP")
     groups = spec.get("workerGroupSpecs")
     if not groups:
         problems.append(f"{at}.workerGroupSpecs: missing")
@@ -263,10 +268,12 @@ def _ray_cluster_spec_problems(spec: dict[str, Any], at: str) -> list[str]:
         low, high = group.get("minReplicas", 0), group.get("maxReplicas", 0)
         if isinstance(low, int) and isinstance(high, int) and not low <= group.get("replicas", low) <= high:
             problems.append(f"{at}.workerGroupSpecs[{i}]: needs minReplicas <= replicas <= maxReplicas")
-    for path, container in _containers(spec):
-        env = {e.get("name"): e for e in container.get("env") or []}
-        if (env.get("RAY_AUTH_MODE") or {}).get("value") != "token":
-            problems.append(f"{at}.{path}.env: RAY_AUTH_MODE=token is required (Ray token auth stays on)")
+    if (spec.get("authOptions") or {}).get("mode") != "token":
+        # Without the operator's authOptions, every Ray container must set token mode itself.
+        for path, container in _containers(spec):
+            env = {e.get("name"): e for e in container.get("env") or []}
+            if (env.get("RAY_AUTH_MODE") or {}).get("value") != "token":
+                problems.append(f"{at}.{path}.env: RAY_AUTH_MODE=token or {at}.authOptions.mode=token is required")
     return problems
 
 
