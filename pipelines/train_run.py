@@ -127,9 +127,13 @@ def _validation_loop(spec: RunSpec, config: TrainConfig, data_root: Path, work: 
     if world != 1:
         raise ValueError("validation-report mode trains on one worker; use workers=1")
     options = dict(spec.validation or {})
+    # Every report names the worker's placement group, so a Tune driver can release it when a trial ends.
+    group = ray.util.get_current_placement_group()
+    group_hex = group.id.hex() if group else ""
 
     def report(record: dict[str, float]) -> None:
-        ray.train.report({**record, "done": 0})
+        # "done" is Tune's own key; "finished" says the whole (ensemble) run completed.
+        ray.train.report({**record, "finished": 0, "placement_group": group_hex})
 
     run = validate_config(
         config,
@@ -145,7 +149,8 @@ def _validation_loop(spec: RunSpec, config: TrainConfig, data_root: Path, work: 
     final = work / "final"
     run.detector.save(final)
     step = run.history[-1]["step"] if run.history else 0.0
-    ray.train.report({**run.metrics, "step": step, "done": 1}, checkpoint=Checkpoint.from_directory(str(final)))
+    final_report = {**run.metrics, "step": step, "finished": 1, "placement_group": group_hex}
+    ray.train.report(final_report, checkpoint=Checkpoint.from_directory(str(final)))
 
 
 def build_trainer(

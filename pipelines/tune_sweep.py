@@ -1,0 +1,600 @@
+"""Ray Tune sweeps over CutPaste augmentation, optimiser, model and ensemble settings, per category.
+
+    python pipelines/tune_sweep.py --data DIR --categories bottle --num-samples 32 --preset demo \\
+        --search random --export best.json
+    python pipelines/full_benchmark.py --data DIR --categories bottle --config best.json --seeds 5
+
+Each trial is a driver function that builds a ``TorchTrainer`` (the benchmark's own training function,
+``pipelines/train_run.py``, in validation-report mode) and forwards its reports to Tune through
+``TuneReportCallback``. Trials are ranked on a validation set disjoint from the test split (held-out
+normal training images + Perlin-texture anomalies, or ``--validation-folder``); the test split is read
+only after the sweep, for the chosen configuration, and reported apart. MLflow holds a parent run per
+sweep and a child per trial; only this driver process writes to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# `python pipelines/tune_sweep.py` puts pipelines/ on sys.path, not the repository root.
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from ray import tune  # noqa: E402
+
+from cutpaste.config import TrainConfig, flatten, load_config, preset  # noqa: E402
+from cutpaste.errors import ConfigError, CutPasteError  # noqa: E402
+from pipelines.search_space import (  # noqa: E402
+    METRICS,
+    SPACES,
+    SearchSpace,
+    SearchSpaceError,
+    dimensions,
+    load_space,
+    trial_overrides,
+)
+
+EXPERIMENT = "cutpaste-sweep"
+SEARCHES = ("random", "grid", "optuna")
+SCHEDULERS = ("asha", "fifo")
+# Tune cannot schedule a trial with zero resources; its driver function only waits on the trainer.
+TRIAL_DRIVER_CPU = 0.01
+
+
+class SweepError(CutPasteError):
+    """The sweep cannot start: bad flags, unknown categories, a metric no trial reports."""
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """Everything a trial needs besides its sampled point; plain values (it travels to the trial actors)."""
+
+    sweep_id: str
+    category: str
+    data: str
+    base_config: dict[str, Any]
+    fixed: dict[str, Any]
+    storage: str
+    gpus_per_trial: float = 0.0
+    cpus_per_trial: float = 1.0
+    validation_folder: str | None = None
+    holdout_fraction: float = 0.2
+    s3_endpoint: str | None = None
+
+
+def trial_config(settings: SweepSettings, params: dict[str, Any]) -> tuple[TrainConfig, int, str]:
+    """The resolved config, ensemble size and rule of one trial."""
+    point = trial_overrides({**settings.fixed, **params})
+    base = TrainConfig.from_dict(settings.base_config, source="sweep base config")
+    return base.override(point.overrides, source="sampled point"), point.ensemble_size, point.ensemble_rule
+
+
+def run_trial(params: dict[str, Any], settings: SweepSettings) -> None:
+    """One Tune trial: a ``TorchTrainer`` over the benchmark's training function, reports forwarded to Tune."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipelines.train_run import RunSpec, build_trainer
+
+    config, size, rule = trial_config(settings, params)
+    trial_id = tune.get_context().get_trial_id()
+    spec = RunSpec(
+        name=f"{settings.sweep_id}-{settings.category}-{trial_id}",
+        category=settings.category,
+        seed=config.seed,
+        data=settings.data,
+        train_config=config.to_dict(),
+        s3_endpoint=settings.s3_endpoint,
+        validation={
+            "ensemble_size": size,
+            "rule": rule,
+            "folder": settings.validation_folder,
+            "holdout_fraction": settings.holdout_fraction,
+        },
+    )
+    trainer = build_trainer(
+        spec,
+        storage_path=settings.storage,
+        workers=1,
+        gpus_per_worker=settings.gpus_per_trial,
+        # The trial's driver function holds a sliver of a CPU: the worker gets the rest, so N trials fit N CPUs.
+        cpus_per_worker=settings.cpus_per_trial - TRIAL_DRIVER_CPU,
+        max_failures=0,
+        callbacks=[TuneReportCallback()],
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+
+
+class ReleaseTrainerGroups(tune.Callback):
+    """Removes a trial's Ray Train placement group when the trial ends (finished, stopped early or failed).
+
+    Observed with Ray 2.60 when several Ray instances share a machine: the trainer's group outlives its
+    Tune trial (the controller dies with the trial actor and Train's PlacementGroupCleaner cannot reach
+    the state API), so its CPUs stay reserved and later trials never start. Workers name their group
+    in every report.
+    """
+
+    def _release(self, trial) -> None:
+        from ray._raylet import PlacementGroupID
+        from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+        group_hex = str((trial.last_result or {}).get("placement_group") or "")
+        if not group_hex:
+            return
+        group = PlacementGroup(PlacementGroupID(bytes.fromhex(group_hex)))
+        if placement_group_table(group).get("state") not in (None, "REMOVED"):
+            remove_placement_group(group)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._release(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._release(trial)
+
+
+def param_space(space: SearchSpace, search: str) -> dict[str, Any]:
+    """Tune domains for the searched dimensions (fixed ones travel in :class:`SweepSettings`)."""
+    searched, _ = dimensions(space)
+    out: dict[str, Any] = {}
+    for key, value in searched.items():
+        if isinstance(value, tuple):
+            out[key] = tune.grid_search(list(value)) if search == "grid" else tune.choice(list(value))
+        else:
+            out[key] = (tune.loguniform if value.log else tune.uniform)(value.low, value.high)
+    return out
+
+
+def max_concurrent_trials(gpus_per_trial: float, cpus_per_trial: float) -> int:
+    """As many trials as the cluster's GPUs hold (CPUs on a CPU-only cluster), at least one."""
+    import ray
+
+    total = ray.cluster_resources()
+    if gpus_per_trial > 0:
+        return max(1, int(total.get("GPU", 0.0) // gpus_per_trial))
+    return max(1, int(total.get("CPU", 1.0) // max(cpus_per_trial, 1e-6)))
+
+
+def config_difference(config: TrainConfig, base: TrainConfig) -> dict[str, Any]:
+    """``config`` as a short JSON difference from the preset ``base`` (what ``--config`` files hold)."""
+    mine, theirs = flatten(config), flatten(base)
+    out: dict[str, Any] = {"preset": base.preset}
+    for key, value in mine.items():
+        if key == "preset" or value == theirs.get(key):
+            continue
+        head, _, rest = key.partition(".")
+        value = list(value) if isinstance(value, tuple) else value
+        if rest:
+            out.setdefault(head, {})[rest] = value
+        else:
+            out[key] = value
+    return out
+
+
+class MlflowTrials(tune.Callback):
+    """Runs in the driver: a child MLflow run per trial (params, validation metrics per step, outcome)."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_id: str, settings: SweepSettings, metric: str):
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(uri)
+        self.uri, self.experiment_id, self.parent_id = uri, experiment_id, parent_id
+        self.settings, self.metric = settings, metric
+        self.runs: dict[str, str] = {}
+        self.buffers: dict[str, Any] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        from pipelines import tracking
+
+        config, size, rule = trial_config(self.settings, trial.config)
+        name = f"{self.settings.sweep_id}-{self.settings.category}-{trial.trial_id}"
+        run_id = self.client.create_run(
+            self.experiment_id,
+            run_name=name,
+            tags={
+                "mlflow.parentRunId": self.parent_id,
+                tracking.TAG_BENCHMARK: self.settings.sweep_id,
+                tracking.TAG_ROLE: "trial",
+                "cutpaste.trial_id": trial.trial_id,
+                "cutpaste.category": self.settings.category,
+            },
+        ).info.run_id
+        params = {**flatten(config), "ensemble.size": size, "ensemble.rule": rule}
+        params |= {f"sampled.{k}": v for k, v in trial.config.items()}
+        tracking.log_params(self.client, run_id, params)
+        self.runs[trial.trial_id] = run_id
+        self.buffers[trial.trial_id] = tracking.MetricBuffer(self.uri, run_id)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        buffer = self.buffers.get(trial.trial_id)
+        if buffer is not None:
+            values = {k: result[k] for k in (*METRICS, "loss", "accuracy", "member") if k in result}
+            buffer.log(values, int(result.get("step", result.get("training_iteration", 0))))
+
+    def _end(self, trial, *, failed: bool) -> None:
+        from pipelines import tracking
+
+        run_id = self.runs.pop(trial.trial_id, None)
+        if run_id is None:
+            return
+        self.buffers.pop(trial.trial_id).close()
+        finished = bool((trial.last_result or {}).get("finished"))
+        tracking.set_tags(self.client, run_id, {"cutpaste.trial_outcome": _outcome(failed, finished)})
+        tracking.finish_run(self.client, run_id, failed=failed)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, failed=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, failed=True)
+
+
+def _outcome(failed: bool, finished: bool) -> str:
+    if failed:
+        return "failed"
+    return "finished" if finished else "stopped early"
+
+
+def _export_path(export: str, category: str, several: bool) -> Path:
+    path = Path(export)
+    return path.with_name(f"{path.stem}-{category}{path.suffix or '.json'}") if several else path
+
+
+def _best_trials_table(rows: list[dict[str, Any]], metric: str, top: int = 5) -> str:
+    keys = ("trial_id", "variant", "learning_rate", "steps", "ensemble_size", "ensemble_rule", "iterations")
+    lines = [f"| rank | {' | '.join(keys)} | {metric} | outcome |", "|" + "---|" * (len(keys) + 3)]
+    for rank, row in enumerate(rows[:top], 1):
+        cells = [_fmt(row.get(k)) for k in keys]
+        lines.append(f"| {rank} | {' | '.join(cells)} | {_fmt(row.get(metric))} | {row['outcome']} |")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def sweep_category(
+    settings: SweepSettings,
+    space: SearchSpace,
+    *,
+    search: str,
+    scheduler: str,
+    num_samples: int,
+    metric: str,
+    mlflow_uri: str,
+    experiment_id: str,
+    parent_id: str,
+    base_preset: TrainConfig,
+    tune_storage: str,
+) -> dict[str, Any]:
+    """Runs one category's Tuner; returns the best finished trial, its config and the ranked trials."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    base = TrainConfig.from_dict(settings.base_config)
+    searched, _ = dimensions(space)
+    steps = max((*space.steps, base.steps))
+    evals_per_member = math.ceil(steps / base.checkpoint_every) + 1
+    max_t = evals_per_member * max(space.ensemble_size) + 2
+    if scheduler == "asha":
+        chosen = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=2, reduction_factor=2)
+    else:
+        chosen = FIFOScheduler()
+    search_alg = None
+    if search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(seed=base.seed)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), {"cpu": TRIAL_DRIVER_CPU})
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space(space, search),
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode="max",
+            num_samples=num_samples,
+            scheduler=chosen,
+            search_alg=search_alg,
+            max_concurrent_trials=max_concurrent_trials(settings.gpus_per_trial, settings.cpus_per_trial),
+        ),
+        run_config=tune.RunConfig(
+            name=f"{settings.sweep_id}-{settings.category}",
+            storage_path=tune_storage,
+            verbose=1,  # Tune's trial table in the job log
+            callbacks=[MlflowTrials(mlflow_uri, experiment_id, parent_id, settings, metric), ReleaseTrainerGroups()],
+        ),
+    )
+    grid = tuner.fit()
+    rows = []
+    for result in grid:
+        metrics = dict(result.metrics or {})
+        params = dict(result.config or {})
+        config, size, rule = trial_config(settings, params)
+        rows.append(
+            {
+                "trial_id": metrics.get("trial_id", ""),
+                "variant": config.variant,
+                "learning_rate": config.learning_rate,
+                "steps": config.steps,
+                "image_size": config.image_size,
+                "ensemble_size": size,
+                "ensemble_rule": rule,
+                "iterations": metrics.get("training_iteration"),
+                metric: metrics.get(metric),
+                "outcome": _outcome(result.error is not None, bool(metrics.get("finished"))),
+                "checkpoint_path": metrics.get("checkpoint_path"),
+                "params": params,
+                "error": str(result.error)[:500] if result.error is not None else "",
+            }
+        )
+    finished = [r for r in rows if r["outcome"] == "finished" and r[metric] is not None]
+    finished.sort(key=lambda r: r[metric], reverse=True)
+    others = [r for r in rows if r not in finished]
+    if not finished:
+        errors = "; ".join(r["error"] for r in rows if r["error"])[:1000]
+        raise SweepError(
+            f"no trial of {settings.category} finished ({len(rows)} trials){': ' + errors if errors else ''}"
+        )
+    best = finished[0]
+    config, size, rule = trial_config(settings, best["params"])
+    return {
+        "category": settings.category,
+        "best": best,
+        "config": config,
+        "ensemble_size": size,
+        "ensemble_rule": rule,
+        "difference": config_difference(config, base_preset),
+        "ranked": finished + others,
+        "num_trials": len(rows),
+        "searched": sorted(searched),
+    }
+
+
+def evaluate_best(outcome: dict[str, Any], data: str, s3_endpoint: str | None) -> dict[str, Any]:
+    """After the sweep: the chosen trial's detector (or ensemble) on the test split."""
+    from ray.train import Checkpoint
+
+    from cutpaste.ensemble import load_detector
+    from cutpaste.storage import localize
+    from cutpaste.workflow import evaluate_category
+
+    path = outcome["best"]["checkpoint_path"]
+    if not path:
+        raise SweepError(f"the best trial of {outcome['category']} left no checkpoint to evaluate")
+    root = localize(data, [outcome["category"]], endpoint_url=s3_endpoint)
+    with Checkpoint(path).as_directory() as directory:
+        detector = load_detector(directory)
+        evaluation = evaluate_category(detector, root, outcome["category"])
+    return {"test_image_auroc": evaluation.metrics.image_auroc, "test_aupr": evaluation.metrics.aupr}
+
+
+def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Validates everything, then sweeps each category in turn; returns one outcome per category."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+
+    space, base, base_preset, categories, uri, out = _resolve(args)
+    tracking.check_reachable(uri)
+    _init_ray(args)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    artifact_root = (out.parent / "mlartifacts") if uri.startswith("sqlite:") else None
+    experiment_id = tracking.ensure_experiment(client, args.experiment, artifact_root)
+    parent_id = client.create_run(
+        experiment_id,
+        run_name=args.sweep_id,
+        tags={tracking.TAG_BENCHMARK: args.sweep_id, tracking.TAG_ROLE: "sweep"},
+    ).info.run_id
+    params = {f"space.{k}": json.dumps(v) for k, v in space.to_dict().items()}
+    params |= {f"base.{k}": v for k, v in flatten(base).items()}
+    params |= {"sweep.search": args.search, "sweep.scheduler": args.scheduler, "sweep.metric": args.metric}
+    params |= {"sweep.num_samples": args.num_samples, "sweep.categories": ",".join(categories)}
+    tracking.log_params(client, parent_id, params)
+    _, fixed = dimensions(space)
+    outcomes: list[dict[str, Any]] = []
+    failed = False
+    started = time.perf_counter()
+    try:
+        for category in categories:
+            settings = SweepSettings(
+                sweep_id=args.sweep_id,
+                category=category,
+                data=args.data,
+                base_config=base.to_dict(),
+                fixed=fixed,
+                storage=str(out / "train"),
+                gpus_per_trial=args.gpus_per_trial,
+                cpus_per_trial=args.cpus_per_trial,
+                validation_folder=args.validation_folder,
+                holdout_fraction=args.holdout_fraction,
+                s3_endpoint=args.s3_endpoint,
+            )
+            outcome = sweep_category(
+                settings,
+                space,
+                search=args.search,
+                scheduler=args.scheduler,
+                num_samples=args.num_samples,
+                metric=args.metric,
+                mlflow_uri=uri,
+                experiment_id=experiment_id,
+                parent_id=parent_id,
+                base_preset=base_preset,
+                tune_storage=str(out / "tune"),
+            )
+            if not args.no_test_eval:
+                outcome["test"] = evaluate_best(outcome, args.data, args.s3_endpoint)
+            _report_category(client, parent_id, outcome, args, len(categories) > 1)
+            outcomes.append(outcome)
+    except Exception:
+        failed = True
+        raise
+    finally:
+        tracking.MetricBuffer(uri, parent_id).log({"sweep_wall_s": time.perf_counter() - started}, 0)
+        tracking.finish_run(client, parent_id, failed=failed)
+    return outcomes
+
+
+def _report_category(client: Any, parent_id: str, outcome: dict[str, Any], args: argparse.Namespace, several: bool):
+    from cutpaste.atomic import atomic_write_text
+    from pipelines import tracking
+
+    category, best, metric = outcome["category"], outcome["best"], args.metric
+    print(f"\nbest trials of {category} ({outcome['num_trials']} trials, ranked on validation {metric}):")
+    print(_best_trials_table(outcome["ranked"], metric))
+    summary = {
+        "category": category,
+        "trial_id": best["trial_id"],
+        f"validation_{metric}": best[metric],
+        "ensemble_size": outcome["ensemble_size"],
+        "ensemble_rule": outcome["ensemble_rule"],
+        "config_difference": outcome["difference"],
+        "test": outcome.get("test"),
+    }
+    line = f"chosen for {category}: trial {best['trial_id']}, validation {metric} {best[metric]:.4f}"
+    if outcome.get("test"):
+        line += f"; test split (evaluated once, after the sweep): image AUROC {outcome['test']['test_image_auroc']:.4f}"
+    print(line)
+    client.log_metric(parent_id, f"best.{metric}.{category}", float(best[metric]))
+    if outcome.get("test"):
+        client.log_metric(parent_id, f"test_image_auroc.{category}", outcome["test"]["test_image_auroc"])
+    tracking.log_json_artifact(client, parent_id, outcome["difference"], f"best-{category}.json", "best_config")
+    tracking.log_json_artifact(client, parent_id, summary, f"summary-{category}.json", "best_config")
+    if args.export:
+        path = _export_path(args.export, category, several)
+        atomic_write_text(json.dumps(outcome["difference"], indent=2) + "\n", path)
+        atomic_write_text(json.dumps(summary, indent=2, default=str) + "\n", path.with_suffix(".summary.json"))
+        ensemble = f" --seeds {outcome['ensemble_size']} --ensemble {outcome['ensemble_size']}"
+        ensemble += f" --ensemble-rule {outcome['ensemble_rule']}"
+        print(
+            f"exported {path}; run it through the benchmark: python pipelines/full_benchmark.py --data {args.data} "
+            f"--categories {category} --config {path}{ensemble if outcome['ensemble_size'] > 1 else ''}"
+        )
+
+
+def _resolve(args: argparse.Namespace):
+    from cutpaste.cli import _parse_set
+    from cutpaste.storage import list_categories
+    from pipelines.tracking import default_tracking_uri
+
+    if args.num_samples < 1:
+        raise SweepError(f"--num-samples must be >= 1 (zero trials would choose nothing), got {args.num_samples}")
+    if args.metric not in METRICS:
+        raise SweepError(f"--metric {args.metric!r}: no trial reports it; trials report {', '.join(METRICS)}")
+    if args.search == "optuna":
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            raise SweepError("--search optuna needs the optuna package (pip install 'cutpaste[cluster]')") from None
+    if args.cpus_per_trial <= TRIAL_DRIVER_CPU:
+        raise SweepError(f"--cpus-per-trial must be > {TRIAL_DRIVER_CPU}, got {args.cpus_per_trial}")
+    if not 0 < args.holdout_fraction < 1:
+        raise SweepError(f"--holdout-fraction must lie in (0, 1), got {args.holdout_fraction}")
+    if args.space in SPACES:
+        space = SPACES[args.space].validate()
+    elif Path(args.space).suffix == ".json" or Path(args.space).exists():
+        space = load_space(args.space)
+    else:
+        raise SearchSpaceError(f"--space {args.space!r}: neither a JSON file nor one of {', '.join(SPACES)}")
+    base_preset = preset(args.preset)
+    base = load_config(args.config, base=base_preset) if args.config else base_preset
+    if args.set:
+        base = base.override(_parse_set(args.set), source="--set")
+    base_preset = preset(base.preset)
+    # Every point of the space must make a valid config: check the corners before any trial starts.
+    _check_corners(space, base)
+    if args.validation_folder:
+        from cutpaste.validation import folder_validation
+
+        folder_validation(args.validation_folder, size=32)
+    found = list_categories(args.data, endpoint_url=args.s3_endpoint)
+    categories = args.categories or found
+    unknown = sorted(set(categories) - set(found))
+    if unknown:
+        raise SweepError(f"--categories: {', '.join(unknown)} not under {args.data} (found: {', '.join(found)})")
+    args.sweep_id = args.sweep_id or time.strftime("sweep-%Y%m%d-%H%M%S")
+    runs_dir = Path("runs").resolve()
+    uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(runs_dir)
+    out = Path(args.out or runs_dir / args.sweep_id).resolve()
+    return space, base, base_preset, categories, uri, out
+
+
+def _check_corners(space: SearchSpace, base: TrainConfig) -> None:
+    searched, fixed = dimensions(space)
+    for corner in ("low", "high"):
+        point = dict(fixed)
+        for key, value in searched.items():
+            point[key] = (
+                (value[0] if corner == "low" else value[-1]) if isinstance(value, tuple) else getattr(value, corner)
+            )
+        try:
+            base.override(trial_overrides(point).overrides, source=f"search space ({corner} corner)")
+        except ConfigError as exc:
+            raise SearchSpaceError(str(exc)) from None
+
+
+def _init_ray(args: argparse.Namespace) -> None:
+    import ray
+
+    address = args.ray_address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}}, include_dashboard=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="dataset root (local path or s3://bucket/prefix)")
+    parser.add_argument("--categories", nargs="+", help="default: every category under --data (one sweep each)")
+    parser.add_argument("--num-samples", type=int, default=8, help="trials per category (grid: repeats of the grid)")
+    parser.add_argument("--preset", default="demo", help="base config: paper, demo or ci (default: demo)")
+    parser.add_argument("--config", help="JSON base config: a short difference from a preset")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="base config field, e.g. steps=60")
+    parser.add_argument("--space", default="default", help=f"search space: {', '.join(SPACES)} or a JSON file")
+    parser.add_argument("--search", choices=SEARCHES, default="random", help="random, grid, or optuna (TPE)")
+    parser.add_argument("--scheduler", choices=SCHEDULERS, default="asha", help="asha early stopping or fifo")
+    parser.add_argument("--metric", default="val_auroc", help=f"validation metric to maximise: {', '.join(METRICS)}")
+    parser.add_argument("--validation-folder", help="labelled validation images: good/ plus defect folders")
+    parser.add_argument("--holdout-fraction", type=float, default=0.2, help="train/good share held out")
+    parser.add_argument("--gpus-per-trial", type=float, default=0.0)
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0)
+    parser.add_argument("--mlflow-uri", help="tracking URI; default $MLFLOW_TRACKING_URI or a sqlite store in runs/")
+    parser.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name")
+    parser.add_argument("--export", help="write the best config here (per category: FILE-<category>.json)")
+    parser.add_argument("--sweep-id", help="names the sweep's runs (default: sweep-<time>)")
+    parser.add_argument("--out", help="sweep directory (default runs/<sweep-id>)")
+    parser.add_argument("--no-test-eval", action="store_true", help="do not evaluate the chosen config on test")
+    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint (default $AWS_ENDPOINT_URL)")
+    parser.add_argument("--ray-address", help="default $RAY_ADDRESS, else a local Ray is started")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        started = time.perf_counter()
+        outcomes = run_sweep(args)
+    except CutPasteError as exc:
+        print(f"tune_sweep: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"\nsweep {args.sweep_id}: {len(outcomes)} categories in {time.perf_counter() - started:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
