@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", help="dataset root (local path or s3://bucket/prefix); default: synthetic demo data")
     parser.add_argument("--categories", nargs="+", help="default: every category found under --data")
     parser.add_argument("--seeds", type=int, default=1, help="runs per category, seeds base..base+N-1 (paper: 5)")
+    parser.add_argument(
+        "--ensemble", type=int, default=0, help="also combine the first N seeds of each category into one detector"
+    )
+    parser.add_argument("--ensemble-rule", default="mean", help="mean (default), max or logdensity")
     parser.add_argument("--preset", default="demo", help="paper, demo or ci (default: demo)")
     parser.add_argument("--config", help="JSON config file: a short difference from a preset")
     parser.add_argument("--benchmark-id", help="names this benchmark; the same id again resumes it")
@@ -61,6 +65,10 @@ def _resolve(args: argparse.Namespace):
         raise BenchmarkError(f"--seeds must be >= 1, got {args.seeds}")
     if args.workers_per_run < 1:
         raise BenchmarkError(f"--workers-per-run must be >= 1, got {args.workers_per_run}")
+    if args.ensemble and not 2 <= args.ensemble <= args.seeds:
+        raise BenchmarkError(f"--ensemble {args.ensemble}: members are seeds: 2 <= N <= --seeds ({args.seeds})")
+    if args.ensemble_rule not in ("mean", "max", "logdensity"):
+        raise BenchmarkError(f"--ensemble-rule {args.ensemble_rule!r}: choose mean, max or logdensity")
     train_config = load_config(args.config, base=preset(args.preset)) if args.config else preset(args.preset)
     benchmark_id = args.benchmark_id or time.strftime("bench-%Y%m%d-%H%M%S")
     runs_dir = DEFAULT_RUNS_DIR.resolve()
@@ -135,17 +143,26 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         records, paths = run_benchmark(bench, train_config)
+        ensembles = []
+        if args.ensemble:
+            from pipelines.ensemble_benchmark import ensemble_markdown, run_ensembles
+
+            ensembles = run_ensembles(bench, records, args.ensemble, args.ensemble_rule)
     except CutPasteError as exc:
         print(f"full_benchmark: error: {exc}", file=sys.stderr)
         return 2
     print()
     print(paths["markdown"].read_text())
     print(f"results: {', '.join(str(p) for p in paths.values())}")
+    if ensembles:
+        print(f"\nensembles of {args.ensemble} seeds ({args.ensemble_rule} rule), next to their members:")
+        print(ensemble_markdown(ensembles))
     if bench.mlflow_uri.startswith("sqlite:"):
         print(f"open the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {bench.mlflow_uri} --port 5000")
     else:
         print(f"MLflow UI: {redact_uri(bench.mlflow_uri)}")
     failed = [r for r in records if r["status"] != "finished" or r.get("registration_error")]
+    failed += [r for r in ensembles if r["status"] != "finished"]
     return 1 if failed else 0
 
 
