@@ -26,7 +26,7 @@ from cutpaste.report import RunRecord, summarise, to_markdown, write_results
 from pipelines import figures, tracking
 from pipelines.pyfunc_model import log_detector_model
 from pipelines.status import StatusBoard, StatusPrinter
-from pipelines.train_run import RunSpec, build_trainer, fetch_result_files
+from pipelines.train_run import HEATMAPS_NAME, RunSpec, build_trainer, fetch_result_files
 
 EXPERIMENT = "cutpaste-benchmark"
 TAG_MODEL_URI = "cutpaste.model_uri"
@@ -118,6 +118,8 @@ def _log_finished_run(
         **{f"auroc_{k}": v for k, v in evaluation["per_defect_auroc"].items()},
         **density.summary(),
     }
+    if evaluation.get("aupro") is not None:
+        final.update(pixel_auroc=evaluation["pixel_auroc"], aupro=evaluation["aupro"])
     log = tracking.MetricBuffer(bench.mlflow_uri, run_id)
     log.log(final, step=int(bundle["meta"].get("steps", 0)))
     log.close()
@@ -128,12 +130,22 @@ def _log_finished_run(
     tracking.log_json_artifact(client, run_id, density.summary(), "density_summary.json", "density")
     for name in ("evaluation.json", "train_log.jsonl", "detector.json"):
         client.log_artifact(run_id, str(files / name), "results")
+    if (files / HEATMAPS_NAME).is_file():
+        client.log_artifact(run_id, str(files / HEATMAPS_NAME), "heatmaps")
     # The model goes last, then the run is marked finished: a FINISHED run always has complete artifacts.
     model_uri = log_detector_model(files, run_id=run_id)
     tracking.set_tags(client, run_id, {TAG_MODEL_URI: model_uri})
     tracking.finish_run(client, run_id)
     record = asdict(
-        RunRecord(spec.category, spec.seed, "finished", image_auroc=final["image_auroc"], run_name=spec.name)
+        RunRecord(
+            spec.category,
+            spec.seed,
+            "finished",
+            image_auroc=final["image_auroc"],
+            pixel_auroc=final.get("pixel_auroc"),
+            aupro=final.get("aupro"),
+            run_name=spec.name,
+        )
     )
     samples = evaluation["samples"]
     record.update(
@@ -149,8 +161,17 @@ def _record_from_mlflow(client: MlflowClient, run_id: str, spec: RunSpec) -> dic
     run = client.get_run(run_id)
     if run.info.status != "FINISHED" or "image_auroc" not in run.data.metrics or TAG_MODEL_URI not in run.data.tags:
         return None
+    metrics = run.data.metrics
     record = asdict(
-        RunRecord(spec.category, spec.seed, "finished", image_auroc=run.data.metrics["image_auroc"], run_name=spec.name)
+        RunRecord(
+            spec.category,
+            spec.seed,
+            "finished",
+            image_auroc=metrics["image_auroc"],
+            pixel_auroc=metrics.get("pixel_auroc"),
+            aupro=metrics.get("aupro"),
+            run_name=spec.name,
+        )
     )
     record.update(mlflow_run_id=run_id, model_uri=run.data.tags[TAG_MODEL_URI], skipped=True)
     return record
@@ -328,7 +349,23 @@ def _log_parent(
     except Exception:
         # Figures are a convenience: a plotting problem must not fail a finished benchmark.
         traceback.print_exc()
+    _log_sample_heatmaps(client, parent_id, records)
     tracking.set_tags(client, parent_id, {"cutpaste.results": to_markdown(rows)[:4900]})
+
+
+def _log_sample_heatmaps(client: MlflowClient, parent_id: str, records: list[dict[str, Any]]) -> None:
+    """Each finished run's sample overlays, gathered under the parent's ``heatmaps/`` as ``<run>.png``."""
+    with tempfile.TemporaryDirectory(prefix="cutpaste-heatmaps-") as tmp:
+        for r in records:
+            if r["status"] != "finished":
+                continue
+            try:
+                path = client.download_artifacts(r["mlflow_run_id"], f"heatmaps/{HEATMAPS_NAME}", tmp)
+            except Exception:
+                continue  # no maps for this run (or an older run): nothing to show
+            named = Path(tmp) / f"{r['run_name']}.png"
+            Path(path).replace(named)
+            client.log_artifact(parent_id, str(named), "heatmaps")
 
 
 def wait_for_resources(gpus_needed: float, cpus_needed: float, timeout_s: float) -> None:

@@ -2,7 +2,9 @@
 
 Input: a uint8 array ``(B, H, W, 3)`` (or one ``(H, W, 3)`` image), any H and W; images are resized to
 the detector's size exactly as ``cutpaste predict`` does. Output: a DataFrame with ``score``,
-``threshold`` and ``anomalous`` per image. The bundle travels as the ``detector`` artifact and the
+``threshold`` and ``anomalous`` per image; with ``params={"maps": True}`` also ``map``, the anomaly map
+at the detector's size (dense for a patch model, GradCAM otherwise). ``params={"threshold": t}``
+overrides the calibrated threshold. The bundle travels as the ``detector`` artifact and the
 library as code, so a served model needs neither Ray nor this repository.
 """
 
@@ -16,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow.models import ModelSignature
-from mlflow.types.schema import ColSpec, Schema, TensorSpec
+from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema, TensorSpec
 
 import cutpaste
 from cutpaste.detector import BUNDLE_NAME
@@ -44,15 +46,40 @@ class CutPasteModel(mlflow.pyfunc.PythonModel):
         self.detector = load_detector(context.artifacts["detector"], device=device)
 
     def predict(self, context, model_input, params=None):  # untyped: MLflow reads hints as a schema
-        threshold = float((params or {}).get("threshold") or self.detector.threshold)
-        scores = self.detector.score(images_to_tensor(model_input)).numpy()
-        return pd.DataFrame({"score": scores, "threshold": threshold, "anomalous": scores >= threshold})
+        params = params or {}
+        threshold = params.get("threshold")
+        threshold = float(self.detector.threshold if threshold is None else threshold)
+        images = images_to_tensor(model_input)
+        if not params.get("maps"):
+            scores = self.detector.score(images).numpy()
+            return pd.DataFrame({"score": scores, "threshold": threshold, "anomalous": scores >= threshold})
+        if not hasattr(self.detector, "anomaly_maps"):
+            raise ValueError("maps=True: this model is an ensemble, which gives scores but no anomaly maps")
+        scores, maps = self.detector.anomaly_maps(images)
+        scores = scores.numpy()
+        return pd.DataFrame(
+            {
+                "score": scores,
+                "threshold": threshold,
+                "anomalous": scores >= threshold,
+                # (S, S) per image at the detector's size: dense patch scores or GradCAM.
+                "map": [m.numpy().tolist() for m in maps],
+            }
+        )
 
 
 def signature() -> ModelSignature:
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
-        outputs=Schema([ColSpec("double", "score"), ColSpec("double", "threshold"), ColSpec("boolean", "anomalous")]),
+        outputs=Schema(
+            [
+                ColSpec("double", "score"),
+                ColSpec("double", "threshold"),
+                ColSpec("boolean", "anomalous"),
+                ColSpec(Array(Array(DataType.float)), "map", required=False),
+            ]
+        ),
+        params=ParamSchema([ParamSpec("threshold", "double", None), ParamSpec("maps", "boolean", False)]),
     )
 
 

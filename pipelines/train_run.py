@@ -23,11 +23,15 @@ from ray.train.torch import TorchTrainer
 from cutpaste.atomic import atomic_write_text
 from cutpaste.config import TrainConfig
 from cutpaste.detector import BUNDLE_NAME, SUMMARY_NAME
+from cutpaste.heatmaps import save_png
+from cutpaste.localize import sample_heatmaps
 from cutpaste.storage import localize
 from cutpaste.train import CHECKPOINT_NAME, TrainHooks
 from cutpaste.workflow import CHECKPOINT_DIR, evaluate_category, train_category
 
 RESULT_FILES = (BUNDLE_NAME, SUMMARY_NAME, "train_log.jsonl", "evaluation.json")
+# Sample overlays (top-scoring defective images and the top-scoring good one), when maps exist.
+HEATMAPS_NAME = "heatmaps.png"
 
 
 @dataclass(frozen=True)
@@ -104,12 +108,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         return
     if board is not None:
         board.update.remote(spec.name, "evaluating")
-    evaluation = evaluate_category(run.detector, data_root, spec.category)
+    evaluation = evaluate_category(run.detector, data_root, spec.category, keep_maps=True)
     atomic_write_text(json.dumps(evaluation.to_dict()), work / "evaluation.json")
     final = work / "final"
     final.mkdir()
     for name in RESULT_FILES:
         shutil.copy2(work / name, final / name)
+    strip = sample_heatmaps(evaluation, run.detector.map_range)
+    if strip is not None:
+        save_png(strip, final / HEATMAPS_NAME)
     summary = {
         "done": 1,
         "image_auroc": evaluation.metrics.image_auroc,
@@ -117,6 +124,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         "f1_max": evaluation.metrics.f1_max,
         "threshold": run.detector.threshold,
     }
+    if evaluation.pixel is not None and evaluation.pixel.aupro is not None:
+        summary.update(pixel_auroc=evaluation.pixel.pixel_auroc, aupro=evaluation.pixel.aupro)
     ray.train.report(summary, checkpoint=Checkpoint.from_directory(str(final)))
 
 
@@ -190,4 +199,6 @@ def fetch_result_files(checkpoint: Checkpoint, target: Path) -> Path:
             if not source.is_file():
                 raise FileNotFoundError(f"finished checkpoint {checkpoint.path} lacks {name}")
             shutil.copy2(source, target / name)
+        if (Path(directory) / HEATMAPS_NAME).is_file():
+            shutil.copy2(Path(directory) / HEATMAPS_NAME, target / HEATMAPS_NAME)
     return target

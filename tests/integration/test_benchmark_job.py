@@ -100,6 +100,9 @@ def test_benchmark_job_end_to_end(stack):
     parent_files = {a.path for a in client.list_artifacts(parent.info.run_id, "results")}
     assert {"results/results.md", "results/results.csv", "results/results.parquet"} <= parent_files
     assert any(a.path == "figures" for a in client.list_artifacts(parent.info.run_id))
+    # Sample heatmaps of every run are gathered on the parent (GradCAM maps: the synthetic data has masks).
+    heatmaps = {a.path for a in client.list_artifacts(parent.info.run_id, "heatmaps")}
+    assert heatmaps == {f"heatmaps/{child.data.tags['mlflow.runName']}.png" for child in children}
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.info.status == "FINISHED"
@@ -110,6 +113,7 @@ def test_benchmark_job_end_to_end(stack):
         density = GaussianDensity.from_state_dict(torch.load(density_file, weights_only=False))
         assert density.dim == 512 and 0 < density.shrinkage < 1
         assert "gde_shrinkage" in child.data.metrics
+        assert 0.0 <= child.data.metrics["pixel_auroc"] <= 1.0 and 0.0 <= child.data.metrics["aupro"] <= 1.0
 
     # The registered champion scores an image exactly as the library does.
     category = categories[0]
@@ -123,6 +127,10 @@ def test_benchmark_job_end_to_end(stack):
     expected = detector.score(torch.from_numpy(image).permute(2, 0, 1)[None]).item()
     assert prediction["score"].iloc[0] == pytest.approx(expected, rel=1e-6)
     assert bool(prediction["anomalous"].iloc[0]) == (expected >= detector.threshold)
+    with_maps = served.predict(image[None], params={"maps": True})
+    size = detector.config.image_size
+    assert np.asarray(with_maps["map"].iloc[0]).shape == (size, size)
+    assert with_maps["score"].iloc[0] == pytest.approx(expected, rel=1e-6)
 
     # The same benchmark id again trains nothing.
     status, logs = _submit(stack)
