@@ -95,3 +95,21 @@ def test_a_failing_run_does_not_stop_the_others(local_ray, data, tmp_path, capsy
     assert by_name[f"f1-{healthy}-seed0"].info.status == "FINISHED"
     assert by_name["f1"].info.status == "FAILED"
     assert f"f1-{broken}-seed0: failed" in out
+
+
+@pytest.mark.slow
+def test_two_ddp_workers_train_one_run(local_ray, data, tmp_path):
+    """``--workers-per-run 2`` on CPU: a gloo process group, DDP-wrapped model, rank 0 evaluates and logs."""
+    category = sorted(p.name for p in data.iterdir() if p.is_dir())[1]
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"preset": "ci", "steps": 6, "checkpoint_every": 3, "log_every": 3}))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["--data", str(data), "--categories", category, "--config", str(config), "--workers-per-run", "2"]
+    code = main([*args, "--benchmark-id", "ddp", "--mlflow-uri", uri, "--out", str(tmp_path / "out"), "--no-register"])
+    assert code == 0
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("cutpaste-benchmark").experiment_id])
+    child = next(r for r in runs if r.info.run_name == f"ddp-{category}-seed0")
+    assert child.info.status == "FINISHED" and 0 <= child.data.metrics["image_auroc"] <= 1
+    # One loss record per log interval: rank 0 alone reports them, not once per worker.
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "loss")] == [3, 6]
