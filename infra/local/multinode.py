@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -60,6 +61,7 @@ class RehearsalReport:
     node_ids: dict[str, str] = field(default_factory=dict)  # node name -> Ray node id
     run_nodes: dict[str, str] = field(default_factory=dict)  # Ray Train worker actor id -> node name
     cached_categories: dict[str, list[str]] = field(default_factory=dict)  # node name -> categories in its cache
+    working_dirs: dict[str, list[Path]] = field(default_factory=dict)  # node name -> its copies of the job's dir
     checkpoint_keys: list[str] = field(default_factory=list)
     out: Path | None = None
 
@@ -69,6 +71,7 @@ class RehearsalReport:
             "node_ids": self.node_ids,
             "runs_per_node": {n: sum(v == n for v in self.run_nodes.values()) for n in self.node_ids},
             "cached_categories": self.cached_categories,
+            "job_working_dirs": {n: [str(p) for p in v] for n, v in self.working_dirs.items()},
             "checkpoint_objects": len(self.checkpoint_keys),
             "results": str(self.out / "results.md") if self.out else None,
         }
@@ -216,6 +219,11 @@ def _cached_categories(cache_dir: Path) -> list[str]:
     return sorted({link.name for root in views.iterdir() for link in root.iterdir() if link.is_symlink()})
 
 
+def _job_working_dirs(temp_dir: Path) -> list[Path]:
+    """The node's own unpacked copies of the job's ``--working-dir`` (Ray keeps them per node session)."""
+    return sorted(p for p in temp_dir.glob("session_2*/runtime_resources/working_dir_files/*") if p.is_dir())
+
+
 def _steps_config(work: Path, preset: str, steps: int) -> Path:
     """A config difference that shortens the preset (checkpoints still reach S3 every few steps)."""
     path = work / "config.json"
@@ -293,6 +301,7 @@ def rehearse(
             node_ids=cluster["node_ids"],
             run_nodes={w["actor_id"]: by_id.get(w["node_id"], w["node_id"]) for w in workers},
             cached_categories={n.name: _cached_categories(n.cache_dir) for n in cluster["nodes"].values()},
+            working_dirs={n.name: _job_working_dirs(n.temp_dir) for n in cluster["nodes"].values()},
             out=out,
         )
     listing = s3.list_objects_v2(Bucket=bucket, Prefix="checkpoints/")
@@ -315,11 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         endpoint = args.s3_endpoint
         if endpoint is None:
-            try:
-                from tests.s3_server import FAKE_CREDENTIALS, moto_s3_server
-            except ImportError:
+            if importlib.util.find_spec("moto") is None:
                 print("multinode: error: --s3-endpoint not given and moto is not installed", file=sys.stderr)
                 return 2
+            from tests.s3_server import FAKE_CREDENTIALS, moto_s3_server
+
             endpoint = stack.enter_context(moto_s3_server())
             os.environ.update({**FAKE_CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"})
         report = rehearse(
@@ -335,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report.summary(), indent=2))
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
+        print(f"removed {work} (pass --work DIR to keep the results, logs and caches)")
     spread = len(set(report.run_nodes.values())) == 2
     return 0 if report.status == "SUCCEEDED" and spread else 1
 

@@ -33,6 +33,10 @@ def test_runs_spread_over_two_nodes_without_a_shared_directory(short_work, monke
     # Each node fetched its own run's category into its own cache; neither saw the other's.
     cached = report.cached_categories
     assert len(cached["a"]) == 1 and len(cached["b"]) == 1 and cached["a"] != cached["b"], cached
+    # Each node trained from its own copy of the job's working directory, under its own Ray temp dir.
+    dirs = report.working_dirs
+    assert dirs["a"] and dirs["b"] and not set(dirs["a"]) & set(dirs["b"]), dirs
+    assert all((d / "pipelines" / "full_benchmark.py").is_file() for d in dirs["a"] + dirs["b"])
     # Checkpoints went to S3, not to a node's disk, and the driver read the finished ones back from there.
     assert any(key.endswith("detector.pt") for key in report.checkpoint_keys), report.checkpoint_keys
     results = (report.out / "results.md").read_text()
