@@ -77,7 +77,10 @@ def docker_env(config: dict[str, Any]) -> dict[str, str]:
     """The ``--env KEY=VALUE`` (or ``-e``) settings in ``docker.run_options``."""
     env: dict[str, str] = {}
     for option in (config.get("docker") or {}).get("run_options") or []:
-        words = shlex.split(str(option))
+        try:
+            words = shlex.split(str(option))
+        except ValueError:  # unbalanced quotes: docker would refuse it too; read it word by word
+            words = str(option).split()
         for i, word in enumerate(words):
             item = None
             if word in ("--env", "-e") and i + 1 < len(words):
@@ -141,14 +144,21 @@ def _node_type_problems(config: dict[str, Any]) -> list[str]:
     problems = []
     if head not in types:
         problems.append(f"head_node_type: {head!r} is not one of available_node_types ({', '.join(types)})")
-    gpu_types = [name for name, spec in types.items() if name != head and (spec.get("resources") or {}).get("GPU")]
+    gpu_types = [name for name, spec in types.items() if name != head and _resources(spec).get("GPU")]
     if not gpu_types:
         problems.append("available_node_types: no worker type with resources.GPU")
     for name, spec in types.items():
+        if not isinstance(spec, dict):
+            continue  # the schema already reported it
         low, high = spec.get("min_workers", 0), spec.get("max_workers", 0)
         if isinstance(low, int) and isinstance(high, int) and low > high:
             problems.append(f"available_node_types.{name}: min_workers {low} > max_workers {high}")
     return problems
+
+
+def _resources(spec: Any) -> dict[str, Any]:
+    resources = spec.get("resources") if isinstance(spec, dict) else None
+    return resources if isinstance(resources, dict) else {}
 
 
 def validate_cluster_config(path: str | Path) -> dict[str, Any]:
