@@ -23,10 +23,11 @@ from ray.train.torch import TorchTrainer
 from cutpaste.atomic import atomic_write_text
 from cutpaste.config import TrainConfig
 from cutpaste.detector import BUNDLE_NAME, SUMMARY_NAME
+from cutpaste.errors import ModelBundleError
 from cutpaste.heatmaps import save_png
 from cutpaste.localize import sample_heatmaps
 from cutpaste.storage import localize
-from cutpaste.train import CHECKPOINT_NAME, TrainHooks
+from cutpaste.train import CHECKPOINT_NAME, TrainHooks, load_checkpoint
 from cutpaste.workflow import CHECKPOINT_DIR, evaluate_category, train_category
 
 RESULT_FILES = (BUNDLE_NAME, SUMMARY_NAME, "train_log.jsonl", "evaluation.json")
@@ -55,11 +56,32 @@ def _restore_checkpoint(work: Path) -> None:
     if checkpoint is None:
         return
     with checkpoint.as_directory() as directory:
-        source = Path(directory) / CHECKPOINT_NAME
-        if source.is_file():
-            target = work / CHECKPOINT_DIR / CHECKPOINT_NAME
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+        restore_library_checkpoint(Path(directory), work, origin=str(checkpoint.path))
+
+
+def restore_library_checkpoint(directory: Path, work: Path, *, origin: str = "") -> int | None:
+    """Copies ``last.pt`` from a restored Ray checkpoint into ``work``; returns its step, or None when unusable.
+
+    Ray registers a checkpoint even when pyarrow failed to upload one of its files (it logs "Error ignored
+    when destroying file" and goes on), so a registered checkpoint may lack ``last.pt`` or hold a broken one.
+    Such a checkpoint is never resumed from: training starts over from step 0 (runs are deterministic, so it
+    ends with the same model), with a warning instead of failing every retry on the same file.
+    """
+    source = directory / CHECKPOINT_NAME
+    if not source.is_file():
+        if not (directory / BUNDLE_NAME).is_file():
+            where = origin or directory
+            print(f"warning: checkpoint {where} has no {CHECKPOINT_NAME}; training starts over", flush=True)
+        return None
+    try:
+        state = load_checkpoint(source)
+    except ModelBundleError as exc:
+        print(f"warning: {exc} (from {origin or directory}); training starts over", flush=True)
+        return None
+    target = work / CHECKPOINT_DIR / CHECKPOINT_NAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source, target)
+    return int(state["step"])
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:

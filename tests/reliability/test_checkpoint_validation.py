@@ -11,6 +11,7 @@ from cutpaste.config import preset
 from cutpaste.data import list_samples, load_images
 from cutpaste.errors import ModelBundleError
 from cutpaste.train import CHECKPOINT_NAME, TrainHooks, train_model
+from cutpaste.workflow import CHECKPOINT_DIR
 
 CONFIG = preset("ci").override(
     {"image_size": 32, "steps": 4, "batch_size": 2, "checkpoint_every": 2, "log_every": 2, "head_width": 32}
@@ -58,3 +59,23 @@ def test_a_left_over_temporary_file_is_ignored(trained, tmp_path):
     (tmp_path / f".{CHECKPOINT_NAME}.tmp-99999").write_bytes(good[: len(good) // 2])
     resumed = train_model(CONFIG, images, device="cpu", checkpoint_dir=tmp_path, progress=False)
     assert resumed.resumed_from_step == 2 and resumed.steps_done == 4
+
+
+def test_ray_restore_skips_a_registered_checkpoint_without_a_usable_file(trained, tmp_path):
+    """Ray registers a checkpoint even when uploading its file failed (seen in test_storage_outage.py): the
+    adapter resumes only from a complete ``last.pt`` and otherwise starts over (same model: runs are seeded)."""
+    from pipelines.train_run import restore_library_checkpoint
+
+    _, good = trained
+    restored = tmp_path / "work" / CHECKPOINT_DIR / CHECKPOINT_NAME
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert restore_library_checkpoint(empty, tmp_path / "work") is None and not restored.exists()
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / CHECKPOINT_NAME).write_bytes(good[: len(good) // 2])
+    assert restore_library_checkpoint(cut, tmp_path / "work") is None and not restored.exists()
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    (whole / CHECKPOINT_NAME).write_bytes(good)
+    assert restore_library_checkpoint(whole, tmp_path / "work") == 2 and restored.read_bytes() == good
