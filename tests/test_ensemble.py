@@ -1,0 +1,132 @@
+"""Ensembles: combination rules, standardisation from training data only, one atomic bundle, the same
+scoring interface as one detector (CLI included), and a gain over the members on synthetic data."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+from cutpaste.cli import main
+from cutpaste.config import preset
+from cutpaste.data.images import load_images
+from cutpaste.data.layout import list_samples
+from cutpaste.data.synth import generate_dataset
+from cutpaste.density import out_of_fold_scores
+from cutpaste.detector import Detector, fit_detector
+from cutpaste.ensemble import MANIFEST_NAME, EnsembleDetector, build_ensemble, load_detector
+from cutpaste.errors import ConfigError, ModelBundleError
+from cutpaste.model import build_model
+from cutpaste.workflow import evaluate_category, train_category
+
+CATEGORY = "synth_disc"
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ens") / "data"
+    generate_dataset(root, categories=[CATEGORY], size=64, seed=7, train_count=16, test_good=6, test_defect_per_type=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def train_images(synth_root) -> torch.Tensor:
+    return load_images([s.path for s in list_samples(synth_root, CATEGORY, "train")], 64)
+
+
+def _untrained(seed: int, train_images: torch.Tensor) -> Detector:
+    config = preset("ci").override({"seed": seed})
+    torch.manual_seed(seed)
+    return fit_detector(build_model(config), train_images, config, category=CATEGORY)
+
+
+@pytest.fixture(scope="module")
+def untrained(train_images) -> list[Detector]:
+    return [_untrained(seed, train_images) for seed in range(3)]
+
+
+def test_rules_combine_member_scores(untrained, train_images):
+    images = train_images[:5]
+    raw = torch.stack([m.score(images) for m in untrained])
+    for rule in ("mean", "max", "logdensity"):
+        ensemble = build_ensemble(untrained, train_images, rule=rule)
+        scores = ensemble.score(images)
+        assert scores.shape == (5,) and torch.isfinite(scores).all()
+        if rule != "logdensity":
+            mean = torch.tensor(ensemble.member_mean).unsqueeze(1)
+            std = torch.tensor(ensemble.member_std).unsqueeze(1)
+            z = (raw - mean) / std
+            expected = z.mean(0) if rule == "mean" else z.amax(0)
+            torch.testing.assert_close(scores, expected)
+        # About 1 - q of the (out-of-fold) training images lie above the calibrated threshold.
+        assert ensemble.threshold > ensemble.score(train_images).median()
+    with pytest.raises(ConfigError, match="unknown 'median'"):
+        build_ensemble(untrained, train_images, rule="median")
+
+
+def test_standardisation_comes_from_out_of_fold_training_scores(untrained, train_images):
+    ensemble = build_ensemble(untrained, train_images)
+    for member, mean, std in zip(untrained, ensemble.member_mean, ensemble.member_std, strict=True):
+        oof = out_of_fold_scores(member.embed(train_images), seed=member.config.seed)
+        assert mean == pytest.approx(float(oof.mean()))
+        assert std == pytest.approx(float(oof.std()))
+
+
+def test_bundle_round_trip_and_dispatch(untrained, train_images, tmp_path):
+    ensemble = build_ensemble(untrained, train_images, rule="max", meta={"note": "x"})
+    target = tmp_path / "ens"
+    ensemble.save(target)
+    assert sorted(p.name for p in target.iterdir()) == [MANIFEST_NAME, "member-00", "member-01", "member-02"]
+    assert not list(tmp_path.glob(".ens.tmp-*"))
+    loaded = load_detector(target)
+    assert isinstance(loaded, EnsembleDetector) and loaded.rule == "max" and loaded.meta == {"note": "x"}
+    torch.testing.assert_close(loaded.score(train_images[:4]), ensemble.score(train_images[:4]))
+    assert loaded.threshold == ensemble.threshold
+    # Saving again replaces the old bundle whole.
+    build_ensemble(untrained[:2], train_images).save(target)
+    assert len(load_detector(target).members) == 2 and not (target / "member-02").exists()
+    # A single detector still loads through the same function.
+    untrained[0].save(tmp_path / "single")
+    assert isinstance(load_detector(tmp_path / "single"), Detector)
+    # Members without a manifest are an incomplete ensemble, named as such.
+    (target / MANIFEST_NAME).unlink()
+    with pytest.raises(ModelBundleError, match="incomplete"):
+        load_detector(target)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / MANIFEST_NAME).write_text(json.dumps({"format": 99}))
+    with pytest.raises(ModelBundleError, match="ensemble format 99"):
+        load_detector(broken)
+
+
+@pytest.fixture(scope="module")
+def trained(synth_root, tmp_path_factory) -> list[Detector]:
+    out = tmp_path_factory.mktemp("members")
+    config = preset("ci").override({"steps": 30, "checkpoint_every": 30, "log_every": 10})
+    return [
+        train_category(config.override({"seed": seed}), synth_root, CATEGORY, out / f"m{seed}", progress=False).detector
+        for seed in range(3)
+    ]
+
+
+@pytest.mark.slow
+def test_ensemble_of_three_scores_at_least_the_members_mean(trained, synth_root, train_images, tmp_path, capsys):
+    members = [evaluate_category(m, synth_root, CATEGORY, pixel=False).metrics.image_auroc for m in trained]
+    ensemble = build_ensemble(trained, train_images)
+    combined = evaluate_category(ensemble, synth_root, CATEGORY, pixel=False).metrics.image_auroc
+    print(f"members {members}, mean {statistics.fmean(members):.4f}, ensemble {combined:.4f}")
+    assert combined >= statistics.fmean(members) - 1e-9
+
+    # The CLI takes the ensemble bundle as it takes one model.
+    ensemble.save(tmp_path / "ens")
+    report = tmp_path / "report.json"
+    assert main(["evaluate", "--model", str(tmp_path / "ens"), "--data", str(synth_root), "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["image_auroc"] == pytest.approx(combined)
+    image = str(next((synth_root / CATEGORY / "test" / "good").iterdir()))
+    capsys.readouterr()
+    assert main(["predict", "--model", str(tmp_path / "ens"), image, "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["threshold"] == pytest.approx(ensemble.threshold)

@@ -1,0 +1,118 @@
+"""The validation set: a deterministic held-out split, Perlin-texture anomalies unlike CutPaste, labelled
+folders, and training scored on it without ever touching the test split."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cutpaste.config import preset
+from cutpaste.data.layout import list_samples
+from cutpaste.data.synth import generate_dataset
+from cutpaste.errors import DataError
+from cutpaste.validation import (
+    folder_validation,
+    perlin_anomalies,
+    perlin_noise,
+    prepare_validation,
+    split_train,
+    validate_config,
+)
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("val") / "data"
+    generate_dataset(
+        root, categories=["synth_disc"], size=64, seed=3, train_count=12, test_good=3, test_defect_per_type=1
+    )
+    return root
+
+
+def test_split_is_deterministic_disjoint_and_complete(synth_root):
+    samples = list_samples(synth_root, "synth_disc", "train")
+    train, held = split_train(samples, holdout_fraction=0.25)
+    again_train, again_held = split_train(list(reversed(samples)), holdout_fraction=0.25)
+    assert [s.path for s in held] == [s.path for s in again_held]
+    assert [s.path for s in train] == [s.path for s in again_train]
+    assert len(held) == 3 and len(train) == 9
+    assert not {s.path for s in train} & {s.path for s in held}
+    with pytest.raises(DataError, match="too few"):
+        split_train(samples[:3])
+
+
+def test_perlin_anomalies_are_seeded_local_and_not_rectangles():
+    images = torch.full((6, 3, 64, 64), 120, dtype=torch.uint8)
+    out, masks = perlin_anomalies(images, torch.Generator().manual_seed(1), area_ratio=(0.05, 0.1))
+    again, _ = perlin_anomalies(images, torch.Generator().manual_seed(1), area_ratio=(0.05, 0.1))
+    assert torch.equal(out, again)
+    area = masks.float().mean((1, 2))
+    assert ((area > 0.04) & (area < 0.11)).all()
+    # Outside the mask nothing changes; inside, the foreign texture shows.
+    assert torch.equal(out.permute(1, 0, 2, 3)[:, ~masks], images.permute(1, 0, 2, 3)[:, ~masks])
+    assert (out.permute(1, 0, 2, 3)[:, masks].float() - 120).abs().mean() > 5
+    # A CutPaste patch fills its bounding box; a thresholded Perlin blob does not.
+    for mask in masks:
+        rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
+        box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert mask.sum() < 0.95 * box
+    noise = perlin_noise(2, 48, 4, torch.Generator().manual_seed(0))
+    assert noise.shape == (2, 48, 48) and noise.abs().max() <= 1.5
+
+
+def _write(path: Path, value: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((40, 40, 3), value, np.uint8)).save(path)
+
+
+def test_validation_folder_needs_normal_and_anomalous_images(tmp_path):
+    folder = tmp_path / "val"
+    _write(folder / "good" / "a.png", 100)
+    _write(folder / "good" / "b.png", 110)
+    with pytest.raises(DataError, match=r"has no anomalies"):
+        folder_validation(folder)
+    (folder / "empty_defect").mkdir()
+    with pytest.raises(DataError, match=r"has no anomalies"):
+        folder_validation(folder)
+    _write(folder / "scratch" / "c.png", 10)
+    validation = folder_validation(folder, size=32)
+    assert validation.labels == [0, 0, 1] and validation.kinds == ["good", "good", "scratch"]
+    assert validation.images.shape == (3, 3, 32, 32)
+    only_bad = tmp_path / "bad_only"
+    _write(only_bad / "crack" / "x.png", 0)
+    with pytest.raises(DataError, match="no normal images"):
+        folder_validation(only_bad)
+    with pytest.raises(DataError, match="not found"):
+        folder_validation(tmp_path / "nowhere")
+
+
+def test_with_a_folder_every_training_image_trains(synth_root, tmp_path):
+    folder = tmp_path / "val"
+    _write(folder / "good" / "a.png", 100)
+    _write(folder / "hole" / "b.png", 0)
+    samples, validation = prepare_validation(synth_root, "synth_disc", folder=folder, size=32)
+    assert len(samples) == 12 and validation.source == str(folder)
+
+
+@pytest.mark.slow
+def test_training_is_scored_per_step_on_validation_only(synth_root, tmp_path):
+    """The test split is moved away while training runs: any read of it would fail."""
+    test_dir = synth_root / "synth_disc" / "test"
+    hidden = tmp_path / "hidden-test"
+    shutil.move(test_dir, hidden)
+    try:
+        config = preset("ci").override({"steps": 4, "checkpoint_every": 2, "log_every": 2})
+        seen = []
+        run = validate_config(config, synth_root, "synth_disc", ensemble_size=2, device="cpu", on_eval=seen.append)
+    finally:
+        shutil.move(hidden, test_dir)
+    assert [r["step"] for r in seen] == [2.0, 4.0, 6.0, 8.0, 8.0]  # two members, then the ensemble
+    assert all(0 <= r["val_auroc"] <= 1 for r in seen)
+    assert run.metrics["val_auroc"] == seen[-1]["val_auroc"]
+    assert run.train_images == 10 and run.validation_images == 4  # 2 held out + 2 made anomalous
+    assert len(run.member_metrics) == 2 and len(run.detector.members) == 2
