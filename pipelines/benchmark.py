@@ -18,6 +18,7 @@ from typing import Any
 import mlflow
 import ray
 from mlflow import MlflowClient
+from ray.autoscaler.sdk import request_resources
 
 from cutpaste.config import TrainConfig, flatten
 from cutpaste.density import GaussianDensity
@@ -369,13 +370,23 @@ def _log_sample_heatmaps(client: MlflowClient, parent_id: str, records: list[dic
 
 
 def wait_for_resources(gpus_needed: float, cpus_needed: float, timeout_s: float) -> None:
-    """Fails with a clear message (instead of hanging) when the cluster cannot hold even one run."""
+    """Fails with a clear message (instead of hanging) when the cluster cannot hold even one run.
+
+    While waiting, the autoscaler (when there is one) is asked for a node that fits one run, so a
+    cluster whose GPU workers are scaled to zero starts one instead of waiting for nothing."""
     deadline = time.monotonic() + timeout_s
+    asked = False
     while True:
         total = ray.cluster_resources()
         gpus, cpus = total.get("GPU", 0.0), total.get("CPU", 0.0)
         if gpus >= gpus_needed and cpus >= cpus_needed:
+            if asked:  # the request is sticky: drop it, queued runs now keep the nodes busy themselves
+                request_resources(bundles=[])
             return
+        if timeout_s > 0 and not asked:
+            bundle = {"CPU": cpus_needed, **({"GPU": gpus_needed} if gpus_needed else {})}
+            request_resources(bundles=[bundle])
+            asked = True
         if time.monotonic() >= deadline:
             raise BenchmarkError(
                 f"one run needs {gpus_needed:g} GPU and {cpus_needed:g} CPU but the cluster has {gpus:g} GPU and "
