@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 
 from cutpaste.config import load_config
 from cutpaste.data.synth import generate_dataset
+from cutpaste.ensemble import EnsembleDetector, load_detector
 from cutpaste.validation import validate_config
 from pipelines import full_benchmark, tune_sweep
 
@@ -98,8 +99,15 @@ def test_small_asha_sweep(local_ray, data, tmp_path, capsys):
     code = full_benchmark.main(
         [
             "--data", str(data), "--categories", CATEGORY, "--config", str(export), "--benchmark-id", "after-sweep",
-            "--mlflow-uri", uri, "--out", str(tmp_path / "bench"), "--no-register",
+            "--mlflow-uri", uri, "--out", str(tmp_path / "bench"), "--no-register", "--seeds", "2", "--ensemble", "2",
         ]
     )  # fmt: skip
     assert code == 0
     assert f"| {CATEGORY} |" in (tmp_path / "bench" / "results.md").read_text()
+    # The two seeds also form one ensemble: its own row, bundle and MLflow run.
+    rows = json.loads((tmp_path / "bench" / "ensembles.json").read_text())
+    assert rows[0]["status"] == "finished" and rows[0]["members"] == 2
+    ensemble = load_detector(tmp_path / "bench" / "ensembles" / CATEGORY)
+    assert isinstance(ensemble, EnsembleDetector) and len(ensemble.members) == 2
+    runs = client.search_runs([client.get_experiment_by_name("cutpaste-benchmark").experiment_id])
+    assert any(r.data.tags.get("cutpaste.role") == "ensemble" and r.info.status == "FINISHED" for r in runs)
