@@ -4,6 +4,7 @@ scoring interface as one detector (CLI included), and a gain over the members on
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -15,8 +16,8 @@ from cutpaste.config import preset
 from cutpaste.data.images import load_images
 from cutpaste.data.layout import list_samples
 from cutpaste.data.synth import generate_dataset
-from cutpaste.density import out_of_fold_scores
-from cutpaste.detector import Detector, fit_detector
+from cutpaste.density import GaussianDensity, out_of_fold_scores
+from cutpaste.detector import Detector, embed_images
 from cutpaste.ensemble import MANIFEST_NAME, EnsembleDetector, build_ensemble, load_detector
 from cutpaste.errors import ConfigError, ModelBundleError
 from cutpaste.model import build_model
@@ -40,7 +41,10 @@ def train_images(synth_root) -> torch.Tensor:
 def _untrained(seed: int, train_images: torch.Tensor) -> Detector:
     config = preset("ci").override({"seed": seed})
     torch.manual_seed(seed)
-    return fit_detector(build_model(config), train_images, config, category=CATEGORY)
+    model = build_model(config).eval()
+    features = embed_images(model, train_images, batch_size=32, size=64)
+    # No threshold calibration here: the ensemble calibrates its own.
+    return Detector(model=model, density=GaussianDensity.fit(features), threshold=0.0, config=config, category=CATEGORY)
 
 
 @pytest.fixture(scope="module")
@@ -48,48 +52,70 @@ def untrained(train_images) -> list[Detector]:
     return [_untrained(seed, train_images) for seed in range(3)]
 
 
-def test_rules_combine_member_scores(untrained, train_images):
+@pytest.fixture(scope="module")
+def ensemble(untrained, train_images) -> EnsembleDetector:
+    return build_ensemble(untrained, train_images)
+
+
+def _with_rule(ensemble: EnsembleDetector, rule: str, members: int = 3) -> EnsembleDetector:
+    """The same members and standardisation under another rule (the threshold is not recalibrated)."""
+    return EnsembleDetector(
+        members=ensemble.members[:members],
+        rule=rule,
+        member_mean=ensemble.member_mean[:members],
+        member_std=ensemble.member_std[:members],
+        threshold=ensemble.threshold,
+        category=ensemble.category,
+    )
+
+
+def test_rules_combine_member_scores(ensemble, train_images):
     images = train_images[:5]
-    raw = torch.stack([m.score(images) for m in untrained])
-    for rule in ("mean", "max", "logdensity"):
-        ensemble = build_ensemble(untrained, train_images, rule=rule)
-        scores = ensemble.score(images)
-        assert scores.shape == (5,) and torch.isfinite(scores).all()
-        if rule != "logdensity":
-            mean = torch.tensor(ensemble.member_mean).unsqueeze(1)
-            std = torch.tensor(ensemble.member_std).unsqueeze(1)
-            z = (raw - mean) / std
-            expected = z.mean(0) if rule == "mean" else z.amax(0)
-            torch.testing.assert_close(scores, expected)
-        # About 1 - q of the (out-of-fold) training images lie above the calibrated threshold.
-        assert ensemble.threshold > ensemble.score(train_images).median()
+    raw = ensemble.member_scores(images)
+    mean = torch.tensor(ensemble.member_mean).unsqueeze(1)
+    std = torch.tensor(ensemble.member_std).unsqueeze(1)
+    z = (raw - mean) / std
+    torch.testing.assert_close(ensemble.score(images), z.mean(0))
+    torch.testing.assert_close(_with_rule(ensemble, "max").score(images), z.amax(0))
+    constants = torch.tensor(
+        [
+            float(torch.linalg.slogdet(m.density.covariance)[1]) + m.density.dim * math.log(2 * math.pi)
+            for m in ensemble.members
+        ],
+        dtype=torch.float64,
+    ).unsqueeze(1)
+    torch.testing.assert_close(
+        _with_rule(ensemble, "logdensity").score(images), 0.5 * (raw.square() + constants).sum(0)
+    )
+    # About 1 - q of the (out-of-fold) training images lie above the calibrated threshold.
+    assert ensemble.threshold > ensemble.score(train_images).median()
     with pytest.raises(ConfigError, match="unknown 'median'"):
-        build_ensemble(untrained, train_images, rule="median")
+        build_ensemble(ensemble.members, train_images, rule="median")
 
 
-def test_standardisation_comes_from_out_of_fold_training_scores(untrained, train_images):
-    ensemble = build_ensemble(untrained, train_images)
-    for member, mean, std in zip(untrained, ensemble.member_mean, ensemble.member_std, strict=True):
-        oof = out_of_fold_scores(member.embed(train_images), seed=member.config.seed)
-        assert mean == pytest.approx(float(oof.mean()))
-        assert std == pytest.approx(float(oof.std()))
+def test_standardisation_comes_from_out_of_fold_training_scores(ensemble, train_images):
+    member, mean, std = ensemble.members[1], ensemble.member_mean[1], ensemble.member_std[1]
+    oof = out_of_fold_scores(member.embed(train_images), seed=member.config.seed)
+    assert mean == pytest.approx(float(oof.mean()))
+    assert std == pytest.approx(float(oof.std()))
 
 
-def test_bundle_round_trip_and_dispatch(untrained, train_images, tmp_path):
-    ensemble = build_ensemble(untrained, train_images, rule="max", meta={"note": "x"})
+def test_bundle_round_trip_and_dispatch(ensemble, train_images, tmp_path):
+    original = _with_rule(ensemble, "max")
+    original.meta = {"note": "x"}
     target = tmp_path / "ens"
-    ensemble.save(target)
+    original.save(target)
     assert sorted(p.name for p in target.iterdir()) == [MANIFEST_NAME, "member-00", "member-01", "member-02"]
     assert not list(tmp_path.glob(".ens.tmp-*"))
     loaded = load_detector(target)
     assert isinstance(loaded, EnsembleDetector) and loaded.rule == "max" and loaded.meta == {"note": "x"}
-    torch.testing.assert_close(loaded.score(train_images[:4]), ensemble.score(train_images[:4]))
-    assert loaded.threshold == ensemble.threshold
+    torch.testing.assert_close(loaded.score(train_images[:4]), original.score(train_images[:4]))
+    assert loaded.threshold == original.threshold
     # Saving again replaces the old bundle whole.
-    build_ensemble(untrained[:2], train_images).save(target)
+    _with_rule(ensemble, "mean", members=2).save(target)
     assert len(load_detector(target).members) == 2 and not (target / "member-02").exists()
     # A single detector still loads through the same function.
-    untrained[0].save(tmp_path / "single")
+    ensemble.members[0].save(tmp_path / "single")
     assert isinstance(load_detector(tmp_path / "single"), Detector)
     # Members without a manifest are an incomplete ensemble, named as such.
     (target / MANIFEST_NAME).unlink()
