@@ -51,12 +51,20 @@ class RunSpec:
     validation: dict[str, Any] | None = None
 
 
-def _restore_checkpoint(work: Path) -> None:
+def _restore_checkpoint(work: Path, rank: int) -> bool:
+    """Puts Ray's latest checkpoint where the library resumes from it. True when the run had finished already:
+    then its bundle is reported again as the final checkpoint, and nothing is trained twice."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return
+        return False
     with checkpoint.as_directory() as directory:
+        if all((Path(directory) / name).is_file() for name in RESULT_FILES):
+            # E.g. MLflow was down when it ended: the same benchmark id again logs this bundle, not a new one.
+            final = Checkpoint.from_directory(directory) if rank == 0 else None
+            ray.train.report({"done": 1, "reused": 1}, checkpoint=final)
+            return True
         restore_library_checkpoint(Path(directory), work, origin=str(checkpoint.path))
+    return False
 
 
 def restore_library_checkpoint(directory: Path, work: Path, *, origin: str = "") -> int | None:
@@ -95,7 +103,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if spec.validation is not None:
         _validation_loop(spec, config, data_root, work, world)
         return
-    _restore_checkpoint(work)
+    if _restore_checkpoint(work, rank):
+        return
 
     def on_log(record: dict[str, float]) -> None:
         if board is not None and rank == 0:

@@ -9,6 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from cutpaste.detector import Detector
+from pipelines.full_benchmark import main
 from tests.reliability.bench_thread import LOG_EVERY, STEPS, BenchmarkThread
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -47,6 +48,7 @@ def test_an_outage_during_training_loses_no_metric(stack):
 
 
 def test_a_server_that_never_returns_ends_in_a_clear_error_with_the_detector_kept(stack, capsys):
+    """...and once it is back, the same benchmark id logs that detector without training it again."""
     bench = BenchmarkThread(stack, "outage-gone", stack.categories[1], extra=("--tracking-timeout", "3"))
     try:
         bench.start()
@@ -71,3 +73,11 @@ def test_a_server_that_never_returns_ends_in_a_clear_error_with_the_detector_kep
     run = _run(client, "outage-gone")
     assert run.info.status != "FINISHED"
     assert client.search_model_versions(f"run_id = '{run.info.run_id}'") == []
+
+    # MLflow is back: the same benchmark id logs the kept detector, without training it again.
+    trained = (finals[0] / "detector.pt").read_bytes()
+    assert main(bench.argv) == 0
+    run = _run(client, "outage-gone")
+    assert run.info.status == "FINISHED" and len(client.search_model_versions(f"run_id = '{run.info.run_id}'")) == 1
+    latest = max((p for p in bench.run_dir.glob("checkpoint_*") if (p / "detector.pt").is_file()), key=lambda p: p.name)
+    assert latest != finals[0] and (latest / "detector.pt").read_bytes() == trained  # the same bundle, not a retrain
