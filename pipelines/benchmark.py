@@ -246,7 +246,7 @@ def run_benchmark(bench: BenchmarkConfig, train_config: TrainConfig) -> tuple[li
     printer.poll(force=True)
 
     if bench.register_models:
-        _register_champions(client, records)
+        _register_champions(client, records, bench.benchmark_id)
     out = Path(bench.out)
     paths = write_results([_to_record(r) for r in records], out)
     any_failed = any(r["status"] != "finished" for r in records)
@@ -305,8 +305,9 @@ def _to_record(data: dict[str, Any]) -> RunRecord:
     return RunRecord(**{k: data.get(k) for k in RunRecord.__dataclass_fields__ if k in data})
 
 
-def _register_champions(client: MlflowClient, records: list[dict[str, Any]]) -> None:
-    """Registers the best seed of each category as ``cutpaste-<category>@champion``."""
+def _register_champions(client: MlflowClient, records: list[dict[str, Any]], benchmark_id: str) -> None:
+    """Registers the best seed of each category as ``cutpaste-<category>@champion``; each version is tagged
+    with its benchmark id, so versions from benchmarks sharing a registry stay attributable."""
     best: dict[str, dict[str, Any]] = {}
     for r in records:
         if r["status"] == "finished" and (
@@ -317,7 +318,12 @@ def _register_champions(client: MlflowClient, records: list[dict[str, Any]]) -> 
         name = f"cutpaste-{category}"
         try:
             version = tracking.register_champion(
-                client, name, r["mlflow_run_id"], model_uri=r["model_uri"], aliases=("champion",)
+                client,
+                name,
+                r["mlflow_run_id"],
+                model_uri=r["model_uri"],
+                aliases=("champion",),
+                tags={tracking.TAG_BENCHMARK: benchmark_id, "cutpaste.run_name": r["run_name"]},
             )
         except Exception as exc:
             # The run's results stay valid; only the registry step failed, and the exit code says so.

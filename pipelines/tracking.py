@@ -101,7 +101,14 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | Non
     if found is not None:
         return found.experiment_id
     location = artifact_root.resolve().as_uri() if artifact_root is not None else None
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:
+        # Another benchmark on the same server created it between our lookup and create.
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> str | None:
@@ -211,7 +218,15 @@ def finish_run(client: MlflowClient, run_id: str, *, failed: bool = False) -> No
     client.set_terminated(run_id, status=status)
 
 
-def register_champion(client: MlflowClient, name: str, run_id: str, *, model_uri: str, aliases: tuple[str, ...]) -> str:
+def register_champion(
+    client: MlflowClient,
+    name: str,
+    run_id: str,
+    *,
+    model_uri: str,
+    aliases: tuple[str, ...],
+    tags: dict[str, str] | None = None,
+) -> str:
     """Registers ``model_uri`` as a new version of ``name`` (unless this run already has one) and moves aliases.
 
     Only called after the run's artifacts are complete, so no version ever points at a partial model.
@@ -219,13 +234,17 @@ def register_champion(client: MlflowClient, name: str, run_id: str, *, model_uri
     try:
         client.get_registered_model(name)
     except Exception:
-        client.create_registered_model(name, tags={"source": "cutpaste"})
+        try:
+            client.create_registered_model(name, tags={"source": "cutpaste"})
+        except Exception:
+            # Another benchmark created it in the meantime (two benchmarks sharing one registry).
+            client.get_registered_model(name)
     versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if versions:
         version = str(max(int(v.version) for v in versions))
     else:
         # mlflow.register_model resolves MLflow 3 logged-model URIs (models:/m-...) to their source.
-        version = mlflow.register_model(model_uri, name, await_registration_for=120).version
+        version = mlflow.register_model(model_uri, name, await_registration_for=120, tags=tags).version
     for alias in aliases:
         client.set_registered_model_alias(name, alias, version)
     return str(version)

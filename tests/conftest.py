@@ -39,3 +39,11 @@ def write_tiny_category(root: Path, category: str = "widget", *, size: int = 48,
 def tiny_root(tmp_path: Path) -> Path:
     write_tiny_category(tmp_path / "data")
     return tmp_path / "data"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Runs tests/reliability last: its stack (moto, an MLflow server, a local Ray) is shared by the whole
+    folder and lives until the session ends, so tests that start their own Ray must come before it."""
+    reliability = [item for item in items if "/tests/reliability/" in str(item.path)]
+    if reliability:
+        items[:] = [item for item in items if item not in reliability] + reliability
