@@ -25,6 +25,7 @@ Layout = Literal["per_location", "shared"]
 ALIGNED_OBJECTS = frozenset({"bottle", "cable", "capsule", "pill", "toothbrush", "transistor", "zipper"})
 # At most this many patch features fit a shared Gaussian or the projection (a random subset).
 MAX_SHARED_SAMPLES = 50_000
+RIDGE_FRACTION = 0.01
 
 
 def resolve_layout(setting: str, category: str) -> Layout:
@@ -98,6 +99,11 @@ class LocalDensity:
         basis = vectors[:, -k:].flip(-1)  # the top-k principal directions, largest first
         projected = ((x.double() - center) @ basis).transpose(0, 1)  # (L, N, K)
         mean, covariance, shrinkage = ledoit_wolf(projected)
+        # A position that looks the same in every training image (a black corner) has zero variance and
+        # Ledoit-Wolf cannot help it; a ridge of 1 % of the average variance keeps every Gaussian proper.
+        variance = covariance.diagonal(dim1=-2, dim2=-1).mean(-1)
+        ridge = RIDGE_FRACTION * variance.mean().clamp_min(torch.finfo(covariance.dtype).tiny)
+        covariance = covariance + ridge * torch.eye(k, dtype=covariance.dtype, device=covariance.device)
         return cls(layout, grid, mean.float(), _inverse(covariance), shrinkage.float(), center.float(), basis.float())
 
     def score(self, features: Tensor) -> Tensor:

@@ -200,3 +200,14 @@ def test_missing_and_empty_masks_are_reported_not_fatal(patch_run, tmp_path):
     with pytest.warns(UserWarning):
         report = evaluate_category(detector, copy).to_dict()
     assert "pixel_auroc" not in report and "skipped" in report["pixel_note"] and report["image_auroc"] >= 0
+
+
+def test_a_position_that_never_changes_still_gets_a_proper_gaussian():
+    features = torch.randn(10, 4, 8, generator=torch.Generator().manual_seed(0))
+    features[:, 0] = torch.ones(8)  # a black corner: the same feature in every training image
+    local = LocalDensity.fit(features, layout="per_location", grid=2, dim=4)
+    assert torch.isfinite(local.precision).all()
+    probe = features[:1].clone()
+    probe[0, 0, 0] += 0.5
+    scores = local.score(torch.cat([features[:1], probe]))
+    assert torch.isfinite(scores).all() and scores[1, 0] > scores[0, 0]
