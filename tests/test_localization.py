@@ -76,7 +76,7 @@ def _two_place_features(n: int, generator: torch.Generator) -> tuple[torch.Tenso
 def test_per_location_density_flags_a_normal_feature_in_the_wrong_place():
     generator = torch.Generator().manual_seed(0)
     train, a, b = _two_place_features(60, generator)
-    # A grid of 2 positions is not square; use a 1 x 2 layout through a grid of side... pad to 2 x 2.
+    # A 2 x 2 grid: the two-place pattern repeated.
     train4 = torch.cat([train, train], 1)  # positions 0..3: a, b, a, b
     swapped = torch.stack([b, a, a, b])[None] + 0.05 * torch.randn(1, 4, 16, generator=generator)
     normal = torch.stack([a, b, a, b])[None] + 0.05 * torch.randn(1, 4, 16, generator=generator)
