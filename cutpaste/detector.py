@@ -81,14 +81,7 @@ class Detector:
         out = []
         # Chunks bound the feature memory: 32 images x 3249 patches x 512 floats is 213 MB.
         for chunk in images.split(32):
-            features = dense_embeddings(
-                self.model,
-                chunk,
-                image_size=cfg.image_size,
-                patch_size=cfg.patch_size,
-                stride=cfg.patch_stride,
-                patch_batch_size=cfg.patch_batch_size,
-            )
+            features = _patch_features(self.model, chunk, cfg)
             out.append(self.local.score(features.to(self.device)).view(-1, grid, grid).cpu())
         return torch.cat(out)
 
@@ -101,10 +94,7 @@ class Detector:
         if mode not in MAP_MODES:
             raise ConfigError(f"map mode: unknown {mode!r}; choose one of {', '.join(MAP_MODES)}")
         if mode == "dense" or (mode == "auto" and self.is_patch_model):
-            cfg = self.config
-            maps = upsample_scores(
-                self.grid_scores(images), image_size=cfg.image_size, patch_size=cfg.patch_size, stride=cfg.patch_stride
-            )
+            maps = _pixel_maps(self.grid_scores(images), self.config)
             return maps.flatten(1).amax(1).double(), maps
         if self.is_patch_model:
             raise ConfigError("map mode gradcam: needs the image-level model; this bundle holds a patch model")
@@ -225,6 +215,24 @@ def fit_detector(
     )
 
 
+def _patch_features(model: CutPasteNet, images: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """``(N, G * G, D)`` patch features on the grid the config describes."""
+    return dense_embeddings(
+        model,
+        images,
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        stride=config.patch_stride,
+        patch_batch_size=config.patch_batch_size,
+    )
+
+
+def _pixel_maps(grid_scores: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    return upsample_scores(
+        grid_scores, image_size=config.image_size, patch_size=config.patch_size, stride=config.patch_stride
+    )
+
+
 def _fit_patch_detector(
     model: CutPasteNet,
     train_images: torch.Tensor,
@@ -238,14 +246,7 @@ def _fit_patch_detector(
     maxima of training images scored by densities fitted without them (k-fold, as for the image model)."""
     device = next(model.parameters()).device
     grid = grid_size(config.image_size, config.patch_size, config.patch_stride)
-    features = dense_embeddings(
-        model,
-        train_images,
-        image_size=config.image_size,
-        patch_size=config.patch_size,
-        stride=config.patch_stride,
-        patch_batch_size=config.patch_batch_size,
-    )
+    features = _patch_features(model, train_images, config)
     layout = resolve_layout(config.local_density, category)
 
     def fit(subset: torch.Tensor) -> LocalDensity:
@@ -259,9 +260,7 @@ def _fit_patch_detector(
         keep = torch.ones(n, dtype=torch.bool)
         keep[part] = False
         scores = fit(features[keep]).score(features[part].to(device)).view(-1, grid, grid)
-        maps = upsample_scores(
-            scores, image_size=config.image_size, patch_size=config.patch_size, stride=config.patch_stride
-        )
+        maps = _pixel_maps(scores, config)
         held_out_max[part] = maps.flatten(1).amax(1).double().cpu()
         grid_values.append(scores.flatten().cpu())
     meta = dict(meta or {})

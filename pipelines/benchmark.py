@@ -137,17 +137,7 @@ def _log_finished_run(
     model_uri = log_detector_model(files, run_id=run_id)
     tracking.set_tags(client, run_id, {TAG_MODEL_URI: model_uri})
     tracking.finish_run(client, run_id)
-    record = asdict(
-        RunRecord(
-            spec.category,
-            spec.seed,
-            "finished",
-            image_auroc=final["image_auroc"],
-            pixel_auroc=final.get("pixel_auroc"),
-            aupro=final.get("aupro"),
-            run_name=spec.name,
-        )
-    )
+    record = _finished_record(spec, final)
     samples = evaluation["samples"]
     record.update(
         mlflow_run_id=run_id,
@@ -158,12 +148,9 @@ def _log_finished_run(
     return record
 
 
-def _record_from_mlflow(client: MlflowClient, run_id: str, spec: RunSpec) -> dict[str, Any] | None:
-    run = client.get_run(run_id)
-    if run.info.status != "FINISHED" or "image_auroc" not in run.data.metrics or TAG_MODEL_URI not in run.data.tags:
-        return None
-    metrics = run.data.metrics
-    record = asdict(
+def _finished_record(spec: RunSpec, metrics: dict[str, float]) -> dict[str, Any]:
+    """The results-table record of a finished run from its final metrics (pixel ones where logged)."""
+    return asdict(
         RunRecord(
             spec.category,
             spec.seed,
@@ -174,6 +161,13 @@ def _record_from_mlflow(client: MlflowClient, run_id: str, spec: RunSpec) -> dic
             run_name=spec.name,
         )
     )
+
+
+def _record_from_mlflow(client: MlflowClient, run_id: str, spec: RunSpec) -> dict[str, Any] | None:
+    run = client.get_run(run_id)
+    if run.info.status != "FINISHED" or "image_auroc" not in run.data.metrics or TAG_MODEL_URI not in run.data.tags:
+        return None
+    record = _finished_record(spec, run.data.metrics)
     record.update(mlflow_run_id=run_id, model_uri=run.data.tags[TAG_MODEL_URI], skipped=True)
     return record
 
