@@ -1,17 +1,22 @@
 """What the Ray + MLflow pipeline costs over the bare library, on this machine with the `ci` preset.
 
-    .venv/bin/python bench/orchestration.py --categories 2
+    .venv/bin/python bench/orchestration.py --categories 2 --repeats 3
 
 Times the same training + evaluation of K synthetic categories (1) sequentially with the library in one
 process and (2) through `pipelines.benchmark.run_benchmark` on a local Ray with a sqlite MLflow store
-(model logging and registration included). Ray's start-up is measured separately. JSON: `pipeline_s`,
-`library_s`, `overhead` (= pipeline_s / library_s - 1), `ray_startup_s`.
+(model logging and registration included), alternating the two `--repeats` times so machine noise hits
+both alike; medians are reported. Start-up is measured separately: Ray's (`ray.init`) and Ray Train's own
+per-run cost (`TorchTrainer.fit` of a loop that only imports the worker code and reports once: the
+controller, worker and helper actor processes every run starts). JSON: `pipeline_s`, `library_s`,
+`overhead` (= pipeline_s / library_s - 1), `ray_startup_s`, `train_run_startup_s`,
+`overhead_beyond_startup` (the runs' start-up, their "queued" phase, taken out) and per-run `phases`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -21,60 +26,108 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ray  # noqa: E402
+from ray.train import RunConfig, ScalingConfig  # noqa: E402
+from ray.train.torch import TorchTrainer  # noqa: E402
 
 from cutpaste.atomic import atomic_write_text  # noqa: E402
 from cutpaste.config import preset  # noqa: E402
 from cutpaste.data.synth import generate_dataset  # noqa: E402
 from cutpaste.workflow import evaluate_category, train_category  # noqa: E402
-from pipelines.benchmark import BenchmarkConfig, run_benchmark  # noqa: E402
+from pipelines.benchmark import PREEMPTION_WATCHER_ENV, BenchmarkConfig, run_benchmark  # noqa: E402
+
+
+def _empty_loop(_config: dict) -> None:
+    import ray.train
+
+    import pipelines.train_run  # noqa: F401  (what a real worker imports before training)
+
+    ray.train.report({"done": 1})
+
+
+def train_run_startup(storage: Path) -> float:
+    """Wall time of one Ray Train run that does no work, on one CPU, with the pipeline's settings."""
+    import os
+
+    os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
+    started = time.perf_counter()
+    TorchTrainer(
+        _empty_loop,
+        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name=f"empty-{time.time_ns()}", storage_path=str(storage)),
+    ).fit()
+    return time.perf_counter() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--categories", type=int, default=2)
     parser.add_argument("--preset", default="ci")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="bench/results/orchestration.json")
     args = parser.parse_args()
     config = preset(args.preset)
+    library, pipeline, startups, beyond, phases = [], [], [], [], {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         names = generate_dataset(work / "data", categories=args.categories, size=64, seed=0)
-
-        started = time.perf_counter()
-        library_auroc = {}
-        for name in names:
-            run = train_category(config, work / "data", name, work / "lib" / name, device="cpu", progress=False)
-            library_auroc[name] = evaluate_category(run.detector, work / "data", name).metrics.image_auroc
-        library_s = time.perf_counter() - started
-
         started = time.perf_counter()
         ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
         ray_startup_s = time.perf_counter() - started
-        bench = BenchmarkConfig(
-            benchmark_id="orchestration",
-            data=str(work / "data"),
-            categories=tuple(names),
-            seeds=1,
-            mlflow_uri=f"sqlite:///{work / 'mlflow.db'}",
-            out=str(work / "out"),
-            storage=str(work / "storage"),
-            artifact_root=str(work / "artifacts"),
-        )
-        started = time.perf_counter()
-        records, _ = run_benchmark(bench, config)
-        pipeline_s = time.perf_counter() - started
+        for repeat in range(args.repeats):
+            startups.append(train_run_startup(work / "empty"))
+
+            started = time.perf_counter()
+            library_auroc = {}
+            for name in names:
+                out = work / f"lib{repeat}" / name
+                run = train_category(config, work / "data", name, out, device="cpu", progress=False)
+                library_auroc[name] = evaluate_category(run.detector, work / "data", name).metrics.image_auroc
+            library.append(time.perf_counter() - started)
+
+            bench = BenchmarkConfig(
+                benchmark_id=f"orchestration-{repeat}",
+                data=str(work / "data"),
+                categories=tuple(names),
+                seeds=1,
+                mlflow_uri=f"sqlite:///{work / 'mlflow.db'}",
+                out=str(work / f"out{repeat}"),
+                storage=str(work / "storage"),
+                artifact_root=str(work / "artifacts"),
+            )
+            started = time.perf_counter()
+            records, _ = run_benchmark(bench, config)
+            pipeline.append(time.perf_counter() - started)
+            # Seconds per run in each state: queued (until its worker started training), training,
+            # evaluating, logging (MLflow, driver side).
+            phases = {r["category"]: {k: round(v, 2) for k, v in r.get("phases", {}).items()} for r in records}
+            # The runs start together, so their start-up costs the wall clock once: the longest queue.
+            queued = max((r.get("phases", {}).get("queued", 0.0) for r in records), default=0.0)
+            beyond.append((pipeline[-1] - queued) / library[-1] - 1)
+            print(f"repeat {repeat}: library {library[-1]:.1f}s, pipeline {pipeline[-1]:.1f}s", flush=True)
         ray.shutdown()
+    pipeline_s, library_s = statistics.median(pipeline), statistics.median(library)
     result = {
         "pipeline_s": pipeline_s,
         "library_s": library_s,
         "overhead": pipeline_s / library_s - 1,
         "ray_startup_s": ray_startup_s,
+        "train_run_startup_s": statistics.median(startups),
+        # The same, less the runs' own start-up (their longest "queued" phase): median over repeats.
+        "overhead_beyond_startup": statistics.median(beyond),
+        "samples": {
+            "pipeline_s": pipeline,
+            "library_s": library,
+            "train_run_startup_s": startups,
+            "overhead_beyond_startup": beyond,
+        },
         "categories": len(names),
         "preset": config.preset,
         "library_auroc": library_auroc,
         "pipeline_auroc": {r["category"]: r.get("image_auroc") for r in records},
-        "note": "library: sequential in one process (2 threads); pipeline: runs in parallel, 1 CPU each, "
-        "plus MLflow logging of params, metrics, density and pyfunc model, and registry",
+        "phases": phases,
+        "note": "medians of alternating repeats; library: sequential in one process (2 threads); pipeline: "
+        "runs in parallel, 1 CPU each, plus MLflow logging of params, metrics, density and pyfunc model, "
+        "and registry",
     }
     print(json.dumps({k: v for k, v in result.items() if k != "note"}, indent=2))
     atomic_write_text(json.dumps(result, indent=2), Path(args.out))

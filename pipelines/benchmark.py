@@ -1,16 +1,21 @@
 """The benchmark driver: one Ray Train run per (category, seed), tracked in MLflow, summarised as a table.
 
-Runs are Ray tasks that each call ``TorchTrainer.fit()``, so as many train at once as the cluster has
-room for. A benchmark id names everything it writes (Ray run names, MLflow runs, results), so running
-the same id again skips finished runs and resumes unfinished ones from their checkpoints.
+Each run's ``TorchTrainer.fit()`` is called from a thread of the driver (Ray Train supports that), as
+many at once as the cluster has room for plus one waiting, so a run needs no process of its own beyond
+Ray Train's controller and workers. A benchmark id names everything it writes (Ray run names, MLflow
+runs, results), so running the same id again skips finished runs and resumes unfinished ones from their
+checkpoints.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
+import threading
 import time
 import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +35,7 @@ from pipelines.status import StatusBoard, StatusPrinter
 from pipelines.train_run import HEATMAPS_NAME, RunSpec, build_trainer, fetch_result_files
 
 EXPERIMENT = "cutpaste-benchmark"
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 TAG_MODEL_URI = "cutpaste.model_uri"
 
 
@@ -67,12 +73,12 @@ class BenchmarkConfig:
         return f"{self.benchmark_id}-{category}-seed{seed}"
 
 
-@ray.remote(num_cpus=0, max_retries=0)
 def execute_run(spec: RunSpec, bench: BenchmarkConfig, board: Any) -> dict[str, Any]:
-    """Trains and evaluates one run on Ray Train. Never raises: a failure comes back as a reason.
+    """Trains and evaluates one run on Ray Train (called in a driver thread). Never raises: a failure comes
+    back as a reason.
 
-    It does not touch MLflow: the driver is the only writer, which keeps a sqlite store consistent and
-    puts tracking outages in one place.
+    It does not touch MLflow: the driver's main thread is the only writer, which keeps a sqlite store
+    consistent and puts tracking outages in one place.
     """
     try:
         trainer = build_trainer(
@@ -92,6 +98,21 @@ def execute_run(spec: RunSpec, bench: BenchmarkConfig, board: Any) -> dict[str, 
         reason = _reason(exc)
         board.update.remote(spec.name, "failed", detail=reason)
         return {"status": "failed", "error": reason}
+
+
+def _start_run(spec: RunSpec, bench: BenchmarkConfig, board: Any) -> Future:
+    """``execute_run`` in a daemon thread: Ctrl-C or ``ray job stop`` ends the driver at once (Ray then
+    stops the runs' controllers and workers, which the driver owns) instead of waiting for every fit()."""
+    future: Future = Future()
+
+    def target() -> None:
+        try:
+            future.set_result(execute_run(spec, bench, board))
+        except BaseException as exc:  # never lose a thread's end: the driver waits on this future
+            future.set_exception(exc)
+
+    threading.Thread(target=target, name=f"cutpaste-{spec.name}", daemon=True).start()
+    return future
 
 
 def _reason(exc: BaseException) -> str:
@@ -174,6 +195,9 @@ def _record_from_mlflow(client: MlflowClient, run_id: str, spec: RunSpec) -> dic
 
 def run_benchmark(bench: BenchmarkConfig, train_config: TrainConfig) -> tuple[list[dict[str, Any]], dict[str, Path]]:
     """Runs (or resumes) the whole benchmark; returns the run records and the results files."""
+    # Ray Train starts a preemption-watcher actor (one more process, ~2 CPU-s) per run, for observability
+    # only; recovery from a lost node is FailureConfig's. Off unless the user turned it on.
+    os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
     mlflow.set_tracking_uri(bench.mlflow_uri)  # the fluent API (model logging) uses it
     client = MlflowClient(bench.mlflow_uri)
     artifact_root = Path(bench.artifact_root) if bench.artifact_root else None
@@ -196,7 +220,7 @@ def run_benchmark(bench: BenchmarkConfig, train_config: TrainConfig) -> tuple[li
     board = StatusBoard.remote()
     printer = StatusPrinter(board)
     records: list[dict[str, Any]] = []
-    pending: dict[Any, tuple[RunSpec, str]] = {}
+    queue: list[tuple[RunSpec, str]] = []
     buffers: dict[str, tracking.MetricBuffer] = {}
     for category in bench.categories:
         for seed in range(bench.seeds):
@@ -228,16 +252,24 @@ def run_benchmark(bench: BenchmarkConfig, train_config: TrainConfig) -> tuple[li
             client.update_run(run_id, status="RUNNING")
             board.update.remote(name, "queued")
             buffers[name] = tracking.MetricBuffer(bench.mlflow_uri, run_id)
-            pending[execute_run.remote(spec, bench, board)] = (spec, run_id)
+            queue.append((spec, run_id))
     printer.poll(force=True)
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
+    running: dict[Future, tuple[RunSpec, str]] = {}
+    while queue or running:
+        # Started only when the cluster can take them: a waiting run would hold a controller process.
+        while queue and len(running) < runs_at_once(bench):
+            spec, run_id = queue.pop(0)
+            running[_start_run(spec, bench, board)] = (spec, run_id)
+        ready, _ = wait(running, timeout=2.0, return_when=FIRST_COMPLETED)
         _forward_metrics(board, buffers)
-        for ref in ready:
-            spec, run_id = pending.pop(ref)
-            records.append(_finish(client, spec, run_id, ray.get(ref), bench, board, buffers[spec.name]))
+        for future in ready:
+            spec, run_id = running.pop(future)
+            records.append(_finish(client, spec, run_id, future.result(), bench, board, buffers[spec.name]))
         printer.poll()
     printer.poll(force=True)
+    phases = ray.get(board.phase_seconds.remote())
+    for record in records:
+        record["phases"] = phases.get(record.get("run_name"), {})
 
     if bench.register_models:
         _register_champions(client, records, bench.benchmark_id)
@@ -254,6 +286,16 @@ def run_benchmark(bench: BenchmarkConfig, train_config: TrainConfig) -> tuple[li
             f"trained detectors in {bench.storage}; run the same --benchmark-id again once MLflow is back"
         ) from None
     return records, paths
+
+
+def runs_at_once(bench: BenchmarkConfig) -> int:
+    """How many runs the cluster holds now, plus one that waits for the next free slot (its start-up then
+    overlaps the others' training, and an autoscaler sees the demand). Re-read as nodes come and go."""
+    total = ray.cluster_resources()
+    fits = total.get("CPU", 0.0) // max(bench.cpus_per_worker * bench.workers_per_run, 1e-9)
+    if bench.gpus_per_run:
+        fits = min(fits, total.get("GPU", 0.0) // bench.gpus_per_run)
+    return int(fits) + 1
 
 
 def _forward_metrics(board: Any, buffers: dict[str, tracking.MetricBuffer]) -> None:

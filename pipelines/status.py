@@ -5,6 +5,7 @@ Lines are plain text (no terminal control codes), so they read well in ``ray job
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -27,21 +28,39 @@ class RunStatus:
         return f"{name}: {self.state}" + (f" {self.detail}" if self.detail else "")
 
 
+def phase_durations(changes: list[tuple[str, float]]) -> dict[str, float]:
+    """``[(state, t), ...]`` -> seconds per state, from each change to the next (the last state is open)."""
+    out: dict[str, float] = {}
+    for (state, start), (_, end) in itertools.pairwise(changes):
+        out[state] = out.get(state, 0.0) + end - start
+    return out
+
+
 @ray.remote(num_cpus=0)
 class StatusBoard:
     def __init__(self) -> None:
         self.runs: dict[str, RunStatus] = {}
         self.metrics: dict[str, list[dict[str, float]]] = {}
+        # (state, wall time) at each change of state, per run: where a run's time went.
+        self.changes: dict[str, list[tuple[str, float]]] = {}
 
     def update(self, name: str, state: str, **fields) -> None:
         status = self.runs.setdefault(name, RunStatus())
+        now = time.time()
+        changes = self.changes.setdefault(name, [])
+        if not changes or changes[-1][0] != state:
+            changes.append((state, now))
         status.state = state
         for key, value in fields.items():
             setattr(status, key, value)
-        status.updated = time.time()
+        status.updated = now
 
     def snapshot(self) -> dict[str, RunStatus]:
         return dict(self.runs)
+
+    def phase_seconds(self) -> dict[str, dict[str, float]]:
+        """Seconds each run spent in each state it left (queued, training, evaluating, logging)."""
+        return {name: phase_durations(changes) for name, changes in self.changes.items()}
 
     def add_metrics(self, name: str, record: dict[str, float]) -> None:
         """Training records from workers; the driver drains them into MLflow (one writer per store)."""

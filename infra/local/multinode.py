@@ -155,17 +155,25 @@ def _ray_state(kind: str, address: str, env: dict[str, str], *filters: str) -> l
 def _wait_for_nodes(address: str, env: dict[str, str], names: list[str], timeout_s: float) -> dict[str, str]:
     """Node name -> node id once every node is alive in the cluster."""
     deadline = time.monotonic() + timeout_s
+    last_error = ""
     while True:
         found: dict[str, str] = {}
-        with contextlib.suppress(subprocess.CalledProcessError, RuntimeError):
+        try:
             for node in _ray_state("nodes", address, env, "state=ALIVE"):
                 for name in names:
                     if f"{NODE_RESOURCE}_{name}" in node.get("resources_total", {}):
                         found[name] = node["node_id"]
+        except subprocess.CalledProcessError as exc:
+            last_error = f"`ray list nodes` exited {exc.returncode}: {(exc.stdout or '') + (exc.stderr or '')}"
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            last_error = str(exc)
         if len(found) == len(names):
             return found
         if time.monotonic() > deadline:
-            raise TimeoutError(f"Ray nodes {sorted(set(names) - set(found))} did not join within {timeout_s:.0f}s")
+            missing = sorted(set(names) - set(found))
+            raise TimeoutError(
+                f"Ray nodes {missing} did not join within {timeout_s:.0f}s; last error: {last_error[-2000:] or 'none'}"
+            )
         time.sleep(1.0)
 
 
@@ -195,7 +203,11 @@ def two_node_cluster(work: Path, env: dict[str, str], *, timeout_s: float = 120)
         address = f"http://127.0.0.1:{dashboard_port}"
         wait_http(f"{address}/api/version", timeout_s, nodes[0].process, any_status=True)
         nodes.append(_start_node("b", work, env, [f"--address=127.0.0.1:{gcs_port}", "--num-cpus=1"]))
-        node_ids = _wait_for_nodes(address, env, ["a", "b"], timeout_s)
+        try:
+            node_ids = _wait_for_nodes(address, env, ["a", "b"], timeout_s)
+        except TimeoutError as exc:
+            tails = "".join(f"\n--- {n.log} ---\n{n.log.read_text(errors='replace')[-1500:]}" for n in nodes)
+            raise TimeoutError(f"{exc}{tails}") from None
         yield {"address": address, "env": env, "nodes": {n.name: n for n in nodes}, "node_ids": node_ids}
     finally:
         _stop_nodes(nodes)
