@@ -124,7 +124,12 @@ def _reason(exc: BaseException) -> str:
 
 
 def _log_finished_run(
-    client: MlflowClient, spec: RunSpec, run_id: str, files: Path, bench: BenchmarkConfig
+    client: MlflowClient,
+    spec: RunSpec,
+    run_id: str,
+    files: Path,
+    bench: BenchmarkConfig,
+    phases: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     import torch
 
@@ -142,6 +147,8 @@ def _log_finished_run(
     }
     if evaluation.get("aupro") is not None:
         final.update(pixel_auroc=evaluation["pixel_auroc"], aupro=evaluation["aupro"])
+    # Where the run's time went, as the status board saw it (seconds queued, training, evaluating).
+    final.update({f"seconds_{state}": value for state, value in (phases or {}).items()})
     log = tracking.MetricBuffer(bench.mlflow_uri, run_id)
     log.log(final, step=int(bundle["meta"].get("steps", 0)))
     log.close()
@@ -325,7 +332,8 @@ def _finish(
         board.update.remote(spec.name, "logging")
         with tempfile.TemporaryDirectory(prefix="cutpaste-result-") as tmp:
             files = fetch_result_files(outcome["checkpoint"], Path(tmp))
-            record = _log_finished_run(client, spec, run_id, files, bench)
+            phases = ray.get(board.phase_seconds.remote()).get(spec.name)
+            record = _log_finished_run(client, spec, run_id, files, bench, phases)
         board.update.remote(spec.name, "done", detail=f"image AUROC {100 * record['image_auroc']:.1f}")
         return record
     except Exception as exc:

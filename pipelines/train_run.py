@@ -99,13 +99,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     config = TrainConfig.from_dict(spec.train_config, source=f"run {spec.name}")
     data_root = localize(spec.data, [spec.category], endpoint_url=spec.s3_endpoint)
+    # Scratch space only: every checkpoint is in Ray's storage once report() returns (uploads are
+    # synchronous), so the directory goes when the run ends. Left behind, each run would keep its
+    # checkpoints on the node's disk for good.
     work = Path(tempfile.mkdtemp(prefix=f"cutpaste-{spec.name}-"))
-    if spec.validation is not None:
-        _validation_loop(spec, config, data_root, work, world)
-        return
-    if _restore_checkpoint(work, rank):
-        return
+    try:
+        if spec.validation is not None:
+            _validation_loop(spec, config, data_root, work, world)
+        elif not _restore_checkpoint(work, rank):
+            _train_and_evaluate(spec, config, data_root, work, board, rank, world)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
+
+def _train_and_evaluate(
+    spec: RunSpec, config: TrainConfig, data_root: Path, work: Path, board: Any, rank: int, world: int
+) -> None:
     def on_log(record: dict[str, float]) -> None:
         if board is not None and rank == 0:
             board.add_metrics.remote(spec.name, record)

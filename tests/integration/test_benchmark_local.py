@@ -92,7 +92,10 @@ def test_a_failing_run_does_not_stop_the_others(local_ray, data, tmp_path, capsy
     by_name = {r.info.run_name: r for r in runs}
     failed = by_name[f"f1-{broken}-seed0"]
     assert failed.info.status == "FAILED" and first.name in failed.data.tags["cutpaste.error"]
-    assert by_name[f"f1-{healthy}-seed0"].info.status == "FINISHED"
+    finished = by_name[f"f1-{healthy}-seed0"]
+    assert finished.info.status == "FINISHED"
+    # Where its time went: the status board's phases, as metrics of the run.
+    assert finished.data.metrics["seconds_training"] > 0 and finished.data.metrics["seconds_queued"] > 0
     assert by_name["f1"].info.status == "FAILED"
     assert f"f1-{broken}-seed0: failed" in out
 
