@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,16 @@ def _members(records: list[dict[str, Any]], category: str, size: int) -> list[di
     return sorted(finished, key=lambda r: r["seed"])[:size]
 
 
+def _load_member(model_uri: str) -> Any:
+    """The member's detector, in memory; its downloaded copy goes (MLflow would leave it in /tmp for good)."""
+    with tempfile.TemporaryDirectory(prefix="cutpaste-member-") as tmp:
+        return mlflow.pyfunc.load_model(model_uri, dst_path=tmp).unwrap_python_model().detector
+
+
 def _ensemble_category(
     bench: Any, category: str, members: list[dict[str, Any]], rule: str, out: Path
 ) -> tuple[dict[str, Any], Path]:
-    detectors = [mlflow.pyfunc.load_model(r["model_uri"]).unwrap_python_model().detector for r in members]
+    detectors = [_load_member(r["model_uri"]) for r in members]
     root = localize(bench.data, [category], endpoint_url=bench.s3_endpoint)
     size = max(d.config.image_size for d in detectors)
     train_images = load_images([s.path for s in list_samples(root, category, "train")], size)

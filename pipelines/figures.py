@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,12 @@ from sklearn.metrics import roc_curve
 def _evaluation(client: MlflowClient, record: dict[str, Any]) -> dict[str, Any] | None:
     if "scores" in record:
         return {"scores": record["scores"], "labels": record["labels"]}
-    try:
-        path = client.download_artifacts(record["mlflow_run_id"], "results/evaluation.json")
-    except Exception:
-        return None
-    samples = json.loads(Path(path).read_text())["samples"]
+    with tempfile.TemporaryDirectory(prefix="cutpaste-evaluation-") as tmp:
+        try:
+            path = client.download_artifacts(record["mlflow_run_id"], "results/evaluation.json", tmp)
+        except Exception:
+            return None
+        samples = json.loads(Path(path).read_text())["samples"]
     return {"scores": [s["score"] for s in samples], "labels": [s["label"] for s in samples]}
 
 

@@ -120,9 +120,13 @@ def test_benchmark_job_end_to_end(stack):
     image_path = next((stack["data"] / category / "test" / "good").iterdir())
     image = np.asarray(Image.open(image_path).convert("RGB"))
     mlflow.set_tracking_uri(stack["mlflow"])
-    served = mlflow.pyfunc.load_model(f"models:/cutpaste-{category}@champion")
+    (stack["work"] / "served").mkdir()
+    (stack["work"] / "dl").mkdir()  # MLflow's default download place is a new /tmp dir it never removes
+    served = mlflow.pyfunc.load_model(f"models:/cutpaste-{category}@champion", dst_path=str(stack["work"] / "served"))
     prediction = served.predict(image[None])
-    model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/cutpaste-{category}@champion"))
+    model_dir = Path(
+        mlflow.artifacts.download_artifacts(f"models:/cutpaste-{category}@champion", dst_path=str(stack["work"] / "dl"))
+    )
     detector = Detector.load(next(model_dir.rglob("detector.pt")))
     expected = detector.score(torch.from_numpy(image).permute(2, 0, 1)[None]).item()
     assert prediction["score"].iloc[0] == pytest.approx(expected, rel=1e-6)
