@@ -114,8 +114,9 @@ def test_a_killed_driver_resumes_with_the_same_benchmark_id(stack):
     argv += ["--out", str(out), "--storage", str(storage)]
     address = ray.get_runtime_context().gcs_address
     log = open(stack.work / "driver-kill.log", "wb")  # noqa: SIM115
+    command = [sys.executable, "pipelines/full_benchmark.py", *argv, "--ray-address", address]
     driver = subprocess.Popen(
-        [sys.executable, "pipelines/full_benchmark.py", *argv, "--ray-address", address],
+        command,
         cwd=REPO,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -145,13 +146,7 @@ def test_a_killed_driver_resumes_with_the_same_benchmark_id(stack):
     assert _mlflow_runs(stack, "driver-kill")[interrupted].info.status == "RUNNING"
 
     # The second driver is a process of its own too, as a user's rerun would be.
-    again = subprocess.run(
-        [sys.executable, "pipelines/full_benchmark.py", *argv, "--ray-address", address],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     printed = again.stdout
     assert again.returncode == 0, (printed + again.stderr)[-3000:]
     assert f"{done}: skipped finished earlier" in printed
