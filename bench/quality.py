@@ -1,21 +1,34 @@
-"""Image AUROC of a trained detector on one category, next to the floors it must beat.
+"""The quality matrix: per category, every scoring choice and training option side by side, in one run.
 
-    .venv/bin/python bench/quality.py --data ../shared/data/mvtec_ad --category bottle --preset demo
+    .venv/bin/python bench/quality.py --data ../shared/data/mvtec_ad --categories bottle,transistor
+    .venv/bin/python bench/quality.py --synth synth_weave,synth_grain --rows short,short-untrained
 
-Writes JSON with ``image_auroc`` (trained), ``untrained_auroc`` (same network, random init, same
-density), ``pixel_stats_auroc`` (global colour statistics), the paper's number and the wall time; with
-masks also ``pixel_auroc`` and ``aupro`` (GradCAM for the image-level model, dense maps for a patch
-model: ``--set patch_size=32``), trained and untrained, next to the paper's pixel AUROC.
+Rows (``--rows``, default all): ``pixel-stats`` (global colour statistics), ``untrained`` (the paper's
+image model with random weights, same density), ``paper-image`` (the paper's image model: 3-way
+CutPaste, SGD, pooled embedding, one Gaussian), ``patch`` (the paper's patch model, image score the
+maximum of its map), one row per option on top of ``paper-image`` (``multiscale``, ``local``,
+``combined``, ``blend``, ``adamw``), and ``short`` / ``short-untrained`` (the ``short`` preset,
+trained and with random weights). Option rows use ``--preset`` (default ``demo``) for their budget
+and size, with the paper's choices wherever the row does not name another.
+
+Every trained row trains on 80% of ``train/good``; the other 20% plus one Perlin-texture anomaly
+each (:mod:`cutpaste.validation`) give the validation AUROC, the only column a choice may be read
+from. Test image AUROC, pixel AUROC and AUPRO (where masks exist) are reported next to it, never used.
+Results merge into ``bench/results/quality.json`` (one entry per category and row; a rerun replaces
+its own) and the Markdown table ``bench/results/quality.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,81 +37,234 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cutpaste.atomic import atomic_write_text
 from cutpaste.baselines import pixel_statistics_scores, untrained_detector
 from cutpaste.cli import build_config
+from cutpaste.config import TrainConfig, preset
 from cutpaste.data import list_samples, load_images
+from cutpaste.data.synth import SYNTH_CATEGORIES, generate_dataset
+from cutpaste.detector import fit_detector
+from cutpaste.errors import CutPasteError
 from cutpaste.evaluate import evaluate_detector
 from cutpaste.metrics import image_metrics
 from cutpaste.paper import PAPER_IMAGE_AUROC, PAPER_PIXEL_AUROC
-from cutpaste.workflow import train_category
+from cutpaste.train import train_model
+from cutpaste.validation import score_validation, split_train, synthetic_validation
+
+# The paper's choices for the image model; option rows change one of them.
+PAPER_CHOICES: dict[str, Any] = {
+    "variant": "3way",
+    "optimizer": "sgd",
+    "warmup_steps": 0,
+    "embedding": "pooled",
+    "image_score": "global",
+    "patch_size": 0,
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the matrix: how its config is built and whether it trains."""
+
+    description: str
+    changes: dict[str, Any]
+    train: bool = True
+    # Built from the short preset instead of --preset.
+    short: bool = False
+
+
+ROWS: dict[str, Row] = {
+    "pixel-stats": Row("per-image colour mean and std, one Gaussian", {}, train=False),
+    "untrained": Row("paper-image with random weights", {}, train=False),
+    "paper-image": Row("3-way CutPaste, SGD, pooled embedding, one Gaussian (the paper's)", {}),
+    "patch": Row(
+        "patch model: 32 px crops, one shared Gaussian, image score the map maximum",
+        {"patch_size": 32, "patch_stride": 8, "local_density": "shared"},
+    ),
+    "multiscale": Row("paper-image + pooled layer2..4 embedding", {"embedding": "multiscale"}),
+    "local": Row("paper-image + feature-map Gaussians, image score their maximum", {"image_score": "local"}),
+    "combined": Row("paper-image + global and feature-map scores, standardised sum", {"image_score": "combined"}),
+    "blend": Row("paper-image + blended foreign patches as a 4th class (4way)", {"variant": "4way"}),
+    "adamw": Row(
+        "paper-image trained with AdamW 1e-3, 10% warm-up",
+        {"optimizer": "adamw", "learning_rate": 1e-3, "weight_decay": 1e-2, "warmup_steps": -10},
+    ),
+    "short": Row("the short preset (chosen on validation)", {}, short=True),
+    "short-untrained": Row("the short preset's scoring with random weights", {}, train=False, short=True),
+}
+
+
+def row_config(row: Row, base: TrainConfig, budget: dict[str, Any] | None = None) -> TrainConfig:
+    """The row's config: the short preset at its own budget (``budget``: the flags given explicitly, e.g.
+    ``--steps 2`` for a smoke run), or ``base`` with the paper's choices and the row's."""
+    if row.short:
+        return preset("short").override({"seed": base.seed, **(budget or {})})
+    changes = {**PAPER_CHOICES, **row.changes}
+    if changes.get("warmup_steps", 0) < 0:  # a negative warm-up is a percentage of the row's steps
+        changes["warmup_steps"] = base.steps * -changes["warmup_steps"] // 100
+    return base.override(changes, source=f"row {row.description!r}")
+
+
+def run_row(name: str, row: Row, config: TrainConfig, data: Path, category: str) -> dict[str, Any]:
+    """Trains (unless the row is a floor), then scores validation and test; returns the row's numbers."""
+    samples = list_samples(data, category, "train")
+    train_samples, held_out = split_train(samples)
+    validation = synthetic_validation(held_out)
+    test = list_samples(data, category, "test")
+    train_images = load_images([s.path for s in train_samples], config.image_size)
+    out: dict[str, Any] = {"category": category, "row": name, "description": row.description}
+    if name == "pixel-stats":
+        started = time.perf_counter()
+        test_images = load_images([s.path for s in test], config.image_size)
+        labels, defects = [s.label for s in test], [s.defect_type for s in test]
+        test_scores = pixel_statistics_scores(train_images, test_images)
+        val_images = load_images_tensor(validation.images, config.image_size)
+        val_scores = pixel_statistics_scores(train_images, val_images)
+        out.update(
+            image_auroc=image_metrics(labels, test_scores.tolist(), defects).image_auroc,
+            val_auroc=score_validation(val_scores, validation)["val_auroc"],
+            train_s=0.0,
+            score_s=time.perf_counter() - started,
+        )
+        return out
+    started = time.perf_counter()
+    if row.train:
+        result = train_model(config, train_images, device="auto", progress=False)
+        detector = fit_detector(result.model, train_images, config, category=category)
+        out["final_accuracy"] = result.history[-1]["accuracy"] if result.history else None
+    else:
+        detector = untrained_detector(config, train_images, category=category)
+    out["train_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    out["val_auroc"] = score_validation(detector.score(validation.images), validation)["val_auroc"]
+    evaluation = evaluate_detector(detector, test)
+    out["score_s"] = time.perf_counter() - started
+    out["image_auroc"] = evaluation.metrics.image_auroc
+    out["per_defect_auroc"] = evaluation.metrics.per_defect_auroc
+    if evaluation.pixel is not None:
+        out["pixel_auroc"], out["aupro"] = evaluation.pixel.pixel_auroc, evaluation.pixel.aupro
+    return out
+
+
+def load_images_tensor(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Validation images (uint8, any size) at ``size``, as uint8 like decoded ones."""
+    if images.shape[-1] == size:
+        return images
+    x = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def merge(path: Path, fresh: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Earlier entries of other (category, row) pairs are kept; this run's replace theirs."""
+    old = json.loads(path.read_text())["rows"] if path.is_file() else []
+    mine = {(r["category"], r["row"]) for r in fresh}
+    return [r for r in old if (r["category"], r["row"]) not in mine] + fresh
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    """One table per category, rows in matrix order, then the mean over categories per row."""
+    order = list(ROWS)
+    lines = []
+    categories = sorted({r["category"] for r in rows})
+    header = (
+        "| row | val AUROC | image AUROC | pixel AUROC | AUPRO | train s | score s | config |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
+    for category in categories:
+        paper = PAPER_IMAGE_AUROC.get(category)
+        pixel = PAPER_PIXEL_AUROC.get(category)
+        note = f" (paper: image {paper}, pixel {pixel})" if paper else ""
+        lines += [f"**{category}**{note}", "", header]
+        mine = sorted((r for r in rows if r["category"] == category), key=lambda r: order.index(r["row"]))
+        for r in mine:
+            cfg = r.get("config_summary", "")
+            lines.append(
+                f"| {r['row']} | {_fmt(r.get('val_auroc'))} | {_fmt(r.get('image_auroc'))} | "
+                f"{_fmt(r.get('pixel_auroc'))} | {_fmt(r.get('aupro'))} | {_fmt(r.get('train_s'), 0)} | "
+                f"{_fmt(r.get('score_s'), 0)} | {cfg} |"
+            )
+        lines.append("")
+    if len(categories) > 1:
+        lines += ["**mean over categories**", "", "| row | val AUROC | image AUROC | categories |", "|---|---|---|---|"]
+        for name in order:
+            mine = [r for r in rows if r["row"] == name]
+            if mine:
+                val = statistics.mean(r["val_auroc"] for r in mine)
+                test = statistics.mean(r["image_auroc"] for r in mine)
+                lines.append(f"| {name} | {val:.3f} | {test:.3f} | {len(mine)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def config_summary(config: TrainConfig) -> str:
+    kind = f"patch {config.patch_size}/{config.patch_stride}" if config.patch_size else config.image_score
+    return (
+        f"{config.variant}, {config.optimizer} {config.learning_rate:g}, {config.steps}x"
+        f"{config.batch_size * config.num_classes} @ {config.image_size}px, {config.embedding}, {kind}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--category", required=True)
-    parser.add_argument("--preset", default="demo")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="MVTec-layout root")
+    source.add_argument("--synth", help="comma-separated synthetic categories, generated into a temporary folder")
+    parser.add_argument("--categories", help="comma-separated categories under --data")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows: {', '.join(ROWS)}")
+    parser.add_argument("--preset", default="demo", help="budget and size of the option rows (default demo)")
     parser.add_argument("--config")
-    for flag in ("seed", "steps", "size", "batch_size", "head_depth", "checkpoint_every"):
+    for flag in ("seed", "steps", "size", "batch_size"):
         parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=int)
-    for flag in ("variant", "backbone", "pretrained"):
-        parser.add_argument(f"--{flag}", dest=flag)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--set", action="append")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", help="JSON path (default bench/results/quality_<category>_<preset>.json)")
+    parser.add_argument("--set", action="append", help="config field for the option rows, e.g. learning_rate=0.01")
+    parser.add_argument("--synth-size", type=int, default=128)
+    parser.add_argument("--out", default="bench/results/quality.json")
     args = parser.parse_args()
-    config = build_config(args)
-    train = list_samples(args.data, args.category, "train")
-    test = list_samples(args.data, args.category, "test")
-    train_images = load_images([s.path for s in train], config.image_size)
-    test_images = load_images([s.path for s in test], config.image_size)
-    labels, defects = [s.label for s in test], [s.defect_type for s in test]
-
-    pixel = image_metrics(labels, pixel_statistics_scores(train_images, test_images).tolist(), defects)
-    untrained = evaluate_detector(untrained_detector(config, train_images, category=args.category), test)
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        run = train_category(config, args.data, args.category, tmp, device=args.device)
-    wall = time.perf_counter() - started
-    started = time.perf_counter()
-    trained = evaluate_detector(run.detector, test)
-    eval_wall = time.perf_counter() - started
-    result = {
-        "category": args.category,
-        "image_auroc": trained.metrics.image_auroc,
-        "untrained_auroc": untrained.metrics.image_auroc,
-        "pixel_stats_auroc": pixel.image_auroc,
-        "paper_image_auroc": PAPER_IMAGE_AUROC.get(args.category, None),
-        "per_defect_auroc": trained.metrics.per_defect_auroc,
-        "pixel_auroc": trained.pixel.pixel_auroc if trained.pixel else None,
-        "aupro": trained.pixel.aupro if trained.pixel else None,
-        "untrained_pixel_auroc": untrained.pixel.pixel_auroc if untrained.pixel else None,
-        "untrained_aupro": untrained.pixel.aupro if untrained.pixel else None,
-        "paper_pixel_auroc": PAPER_PIXEL_AUROC.get(args.category, None),
-        "maps": "dense" if config.patch_size else "gradcam",
-        "wall_s": wall,
-        "eval_wall_s": eval_wall,
-        "train_img_s": run.training.history[-1]["img_s"] if run.training.history else None,
-        "final_loss": run.detector.meta["final_loss"],
-        "final_accuracy": run.detector.meta["final_accuracy"],
-        "config": config.to_dict(),
-        "device": str(run.detector.device),
-        "threads": torch.get_num_threads(),
-    }
-    print(
-        f"{args.category} ({config.preset}: {config.steps} steps, {config.image_size}px, batch "
-        f"{config.batch_size}x{config.num_classes}): trained {result['image_auroc']:.4f}, untrained "
-        f"{result['untrained_auroc']:.4f}, pixel statistics {result['pixel_stats_auroc']:.4f}; {wall:.0f}s"
-    )
-    if result["pixel_auroc"] is not None:
-        print(
-            f"  {result['maps']} maps: pixel AUROC {result['pixel_auroc']:.4f} (untrained "
-            f"{result['untrained_pixel_auroc']:.4f}), AUPRO {result['aupro']:.4f} (untrained "
-            f"{result['untrained_aupro']:.4f}); paper pixel AUROC {result['paper_pixel_auroc']}; eval {eval_wall:.0f}s"
-        )
-    kind = f"_patch{config.patch_size}" if config.patch_size else ""
-    out = Path(args.out or f"bench/results/quality_{args.category}_{config.preset}{kind}.json")
-    atomic_write_text(json.dumps(result, indent=2), out)
-    print(f"wrote {out}")
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown:
+        parser.error(f"--rows: unknown {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+    try:
+        base = build_config(args)
+    except CutPasteError as exc:
+        parser.error(str(exc))
+    fields = {"steps": "steps", "size": "image_size", "batch_size": "batch_size"}
+    budget = {field: getattr(args, flag) for flag, field in fields.items() if getattr(args, flag) is not None}
+    out = Path(args.out)
+    with tempfile.TemporaryDirectory(prefix="cutpaste-quality-") as scratch:
+        if args.synth:
+            categories = [c.strip() for c in args.synth.split(",") if c.strip()]
+            bad = sorted(set(categories) - set(SYNTH_CATEGORIES))
+            if bad:
+                parser.error(f"--synth: unknown {', '.join(bad)}; choose from {', '.join(SYNTH_CATEGORIES)}")
+            data = Path(scratch) / "data"
+            generate_dataset(data, categories=categories, size=args.synth_size, seed=0)
+        else:
+            if not args.categories:
+                parser.error("--categories is required with --data")
+            data, categories = Path(args.data), [c.strip() for c in args.categories.split(",") if c.strip()]
+        fresh = []
+        for category in categories:
+            for name in rows:
+                row = ROWS[name]
+                config = row_config(row, base, budget)
+                started = time.perf_counter()
+                result = run_row(name, row, config, data, category)
+                result["config_summary"] = config_summary(config) if name != "pixel-stats" else ""
+                result["config"] = config.to_dict()
+                result["threads"] = torch.get_num_threads()
+                result["wall_s"] = time.perf_counter() - started
+                fresh.append(result)
+                print(
+                    f"{category:>12} {name:<16} val {result['val_auroc']:.3f}  image {result['image_auroc']:.3f}  "
+                    f"pixel {_fmt(result.get('pixel_auroc'))}  aupro {_fmt(result.get('aupro'))}  "
+                    f"train {result['train_s']:.0f}s  score {result['score_s']:.0f}s",
+                    flush=True,
+                )
+                merged = merge(out, fresh)  # written after every row: an interrupted matrix keeps what it has
+                atomic_write_text(json.dumps({"rows": merged}, indent=2), out)
+                atomic_write_text(to_markdown(merged), out.with_suffix(".md"))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -431,7 +431,9 @@ def make_views(
     images: ``(B, 3, H, W)`` float in [0, 1]. Returns views ``(B * K, 3, H, W)`` in [0, 1] and labels
     ``(B * K,)`` int64, in blocks of B: ``normal`` and ``scar`` give ``[x, aug(x)]`` labelled 0, 1;
     ``3way`` gives ``[x, cutpaste(x), scar(x)]`` labelled 0, 1, 2; ``union`` gives ``[x, u(x)]``
-    labelled 0, 1 where each sample of ``u`` is CutPaste or scar with probability 1/2.
+    labelled 0, 1 where each sample of ``u`` is CutPaste or scar with probability 1/2; ``blend`` gives
+    ``[x, blend(x)]`` (:func:`cutpaste.blend.blend_batch`: another image's content in a Perlin-cut
+    region) and ``4way`` ``[x, cutpaste(x), scar(x), blend(x)]`` labelled 0..3.
     ``pixel_scale`` converts the 256 px sizes (translation, scar) to these images; default H / 256.
     Crops of a larger image pass the full image's scale, so a scar keeps its size on the object.
     """
@@ -439,7 +441,7 @@ def make_views(
         raise ValueError(f"unknown CutPaste variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     _check_images(images, generator)
     batch, channels, height, width = images.shape
-    kinds = 3 if variant == "3way" else 2
+    kinds = {"3way": 3, "4way": 4}.get(variant, 2)
     views = torch.empty((kinds * batch, channels, height, width), dtype=images.dtype, device=images.device)
     # Pre-augmentation, written straight into the first block: translation by up to pre_translate px
     # (at 256 px), then colour jitter of the whole image.
@@ -450,13 +452,25 @@ def make_views(
     for k in range(1, kinds):
         views[k * batch : (k + 1) * batch] = x
     patches = []
-    if variant != "scar":
+    if variant in ("normal", "3way", "union", "4way"):
         patches.append(_cutpaste_geometry(x, config.area_ratio, config.aspect_ratio, generator))
-    if variant != "normal":
+    if variant in ("scar", "3way", "union", "4way"):
         patches.append(_scar_geometry(x, config.scar_width, config.scar_length, config.scar_rotation, generator, scale))
     if variant == "union":  # each sample keeps its CutPaste or its scar with probability 1/2
         patches = [_select(_rand(generator, x, batch) < 0.5, *patches)]
     for k, patch in enumerate(patches, start=1):
         params = _draw_jitter(batch, (config.patch_jitter,) * 4, generator, x)
         _paste(x, views[k * batch : (k + 1) * batch], patch, params)
+    if variant in ("blend", "4way"):
+        # Imported here: blend builds on this module's translation and jitter.
+        from cutpaste.blend import blend_batch
+
+        views[(kinds - 1) * batch :] = blend_batch(
+            x,
+            generator=generator,
+            area_ratio=config.area_ratio,
+            aspect_ratio=config.aspect_ratio,
+            opacity=config.blend_opacity,
+            jitter=config.patch_jitter,
+        )
     return views, torch.arange(kinds, device=x.device).repeat_interleave(batch)

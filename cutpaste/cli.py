@@ -16,7 +16,9 @@ from typing import Any
 
 from cutpaste.errors import ConfigError, CutPasteError
 
-MAP_MODES = ("auto", "dense", "gradcam")  # as cutpaste.detector.MAP_MODES, without importing torch here
+MAP_MODES = ("auto", "dense", "local", "gradcam")  # as cutpaste.detector.MAP_MODES, without importing torch here
+
+_MAPS_HELP = "dense (patch model), local (image model with feature-map Gaussians), gradcam, or auto"
 
 # Flag -> config field; every flag here is a field of TrainConfig.
 _FIELD_FLAGS: dict[str, tuple[str, type]] = {
@@ -33,6 +35,10 @@ _FIELD_FLAGS: dict[str, tuple[str, type]] = {
     "patch_size": ("patch_size", int),
     "stride": ("patch_stride", int),
     "local_density": ("local_density", str),
+    "optimizer": ("optimizer", str),
+    "warmup_steps": ("warmup_steps", int),
+    "embedding": ("embedding", str),
+    "image_score": ("image_score", str),
 }
 
 
@@ -256,7 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--category", help="default: the category the detector was trained on")
     evaluate.add_argument("--json", help="write metrics and per-image scores to this file")
     evaluate.add_argument("--no-pixel", action="store_true", help="skip anomaly maps and pixel metrics")
-    evaluate.add_argument("--maps", default="auto", choices=MAP_MODES, help="dense (patch model), gradcam, or auto")
+    evaluate.add_argument(
+        "--maps",
+        default="auto",
+        choices=MAP_MODES,
+        help=_MAPS_HELP,
+    )
     evaluate.add_argument("--device", default="auto")
     evaluate.set_defaults(func=_cmd_evaluate)
 
@@ -266,7 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--threshold", type=float, help="override the detector's calibrated threshold")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
     predict.add_argument("--heatmap", metavar="DIR", help="write an overlay PNG per image to DIR")
-    predict.add_argument("--maps", default="auto", choices=MAP_MODES, help="dense (patch model), gradcam, or auto")
+    predict.add_argument(
+        "--maps",
+        default="auto",
+        choices=MAP_MODES,
+        help=_MAPS_HELP,
+    )
     predict.add_argument("--device", default="auto")
     predict.set_defaults(func=_cmd_predict)
 
@@ -276,7 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     localize.add_argument("--s3-endpoint", help="S3-compatible endpoint (default $AWS_ENDPOINT_URL)")
     localize.add_argument("--category", help="default: the category the detector was trained on")
     localize.add_argument("--out", required=True, help="directory for overlays, the grid figure and metrics.json")
-    localize.add_argument("--maps", default="auto", choices=MAP_MODES, help="dense (patch model), gradcam, or auto")
+    localize.add_argument(
+        "--maps",
+        default="auto",
+        choices=MAP_MODES,
+        help=_MAPS_HELP,
+    )
     localize.add_argument("--device", default="auto")
     localize.add_argument("--no-progress", action="store_true")
     localize.set_defaults(func=_cmd_localize)

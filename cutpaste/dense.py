@@ -60,10 +60,14 @@ def gaussian_kernel(size: int, sigma: float | None = None) -> Tensor:
     return torch.outer(line, line)
 
 
-def upsample_scores(grid_scores: Tensor, *, image_size: int, patch_size: int, stride: int) -> Tensor:
+def upsample_scores(
+    grid_scores: Tensor, *, image_size: int, patch_size: int, stride: int, sigma: float | None = None
+) -> Tensor:
     """``(N, G, G)`` patch scores -> ``(N, S, S)`` pixel scores, each pixel a Gaussian-weighted mean of
-    the scores of the patches that cover it."""
-    kernel = gaussian_kernel(patch_size).to(grid_scores.device)[None, None]
+    the scores of the patches that cover it; ``sigma`` in px (default a quarter of the patch), at least
+    half the stride, so that a pixel between two patch centres still gets weight from both."""
+    sigma = max(sigma or patch_size / 4.0, stride / 2.0)
+    kernel = gaussian_kernel(patch_size, sigma).to(grid_scores.device)[None, None]
     scores = grid_scores.float()[:, None]
     weighted = F.conv_transpose2d(scores, kernel, stride=stride)
     coverage = F.conv_transpose2d(torch.ones_like(scores[:1]), kernel, stride=stride)

@@ -21,13 +21,17 @@ from cutpaste.density import GaussianDensity, out_of_fold_scores
 from cutpaste.errors import ConfigError, ModelBundleError
 from cutpaste.gradcam import gradcam_maps
 from cutpaste.local_density import LocalDensity, resolve_layout
+from cutpaste.local_scores import grid_to_maps, image_and_grid_features, standardise
 from cutpaste.model import CutPasteNet, as_float_images, build_model
 from cutpaste.patches import grid_size
 
 BUNDLE_FORMAT = 1
 BUNDLE_NAME = "detector.pt"
-MAP_MODES = ("auto", "dense", "gradcam")
+MAP_MODES = ("auto", "dense", "local", "gradcam")
 SUMMARY_NAME = "detector.json"
+# Bundles written before these fields existed scored patch models by the map maximum with a kernel of
+# a quarter patch, and chose densities with "auto": they keep scoring as their threshold was calibrated.
+_LEGACY_SCORING = {"patch_score": "map_max", "map_sigma": 0.0, "local_density": "auto"}
 
 
 @torch.no_grad()
@@ -57,6 +61,9 @@ class Detector:
     meta: dict[str, Any] = field(default_factory=dict)
     # The patch-level model's per-grid-position densities; None for the image-level model.
     local: LocalDensity | None = None
+    # The image-level model's Gaussians over a stage's feature-map positions (image_score local or
+    # combined, cutpaste/local_scores.py); None when it scores with the global Gaussian alone.
+    feature_local: LocalDensity | None = None
 
     @property
     def device(self) -> torch.device:
@@ -71,7 +78,9 @@ class Detector:
         """Map values shown as cold and hot: a typical normal value, and twice the way from it to the
         threshold, so that the threshold sits in the middle of the colour scale of every heatmap."""
         low = float(self.meta.get("map_low", 0.0))
-        return low, low + 2.0 * max(self.threshold - low, 1e-6)
+        # A combined score's threshold is in other units than its (local) map: the map's own is kept apart.
+        threshold = float(self.meta.get("map_threshold", self.threshold))
+        return low, low + 2.0 * max(threshold - low, 1e-6)
 
     def grid_scores(self, images: torch.Tensor) -> torch.Tensor:
         """Patch-level model: ``(B, 3, H, W)`` -> ``(B, G, G)`` Mahalanobis distance of every patch."""
@@ -88,16 +97,24 @@ class Detector:
     def anomaly_maps(self, images: torch.Tensor, mode: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, 3, H, W)`` -> scores ``(B,)`` float64 and maps ``(B, S, S)`` float32 at ``image_size``.
 
-        ``dense`` (the patch model's Gaussian-upsampled patch scores, score = max of the map) or
-        ``gradcam`` (the image-level model); ``auto`` picks dense when the bundle has a patch model.
+        ``dense`` (the patch model's Gaussian-upsampled patch scores, score = max of the map), ``local``
+        (the image model's feature-map grid, upsampled; needs image_score local or combined) or
+        ``gradcam`` (the image-level model); ``auto`` picks dense for a patch model, local where the
+        image model has feature-map Gaussians, GradCAM otherwise.
         """
         if mode not in MAP_MODES:
             raise ConfigError(f"map mode: unknown {mode!r}; choose one of {', '.join(MAP_MODES)}")
         if mode == "dense" or (mode == "auto" and self.is_patch_model):
-            maps = _pixel_maps(self.grid_scores(images), self.config)
-            return maps.flatten(1).amax(1).double(), maps
+            grid = self.grid_scores(images)
+            maps = _pixel_maps(grid, self.config)
+            return _patch_image_scores(grid, maps, self.config), maps
         if self.is_patch_model:
-            raise ConfigError("map mode gradcam: needs the image-level model; this bundle holds a patch model")
+            raise ConfigError(f"map mode {mode}: needs the image-level model; this bundle holds a patch model")
+        if mode == "local" or (mode == "auto" and self.feature_local is not None):
+            if self.feature_local is None:
+                raise ConfigError("map mode local: this detector scores globally (train with --set image_score=local)")
+            global_scores, grid = self._image_scores(images)
+            return self._combine(global_scores, grid), grid_to_maps(grid, self.config.image_size)
         _, maps = gradcam_maps(
             self.model, self.density, images, image_size=self.config.image_size, batch_size=self.config.eval_batch_size
         )
@@ -113,10 +130,29 @@ class Detector:
     def score(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` uint8 or float in [0, 1], any H, W -> ``(B,)`` float64 anomaly scores.
 
-        The patch-level model scores an image by the maximum of its anomaly map."""
+        The patch-level model scores an image by the maximum of its anomaly map; the image-level model
+        by its global Gaussian, its feature-map grid's maximum, or both (``config.image_score``)."""
         if self.is_patch_model:
             return self.anomaly_maps(images, "dense")[0]
-        return self.density.score(self.embed(images))
+        if self.feature_local is None:
+            return self.density.score(self.embed(images))
+        return self._combine(*self._image_scores(images))
+
+    def _image_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global scores ``(B,)`` and feature-map grid scores ``(B, G, G)`` from one forward pass."""
+        if self.feature_local is None:
+            raise ConfigError("this detector has no feature-map Gaussians")
+        embeddings, grid_features = image_and_grid_features(self.model, images, self.config)
+        grid = self.config.local_grid
+        local = self.feature_local.score(grid_features.to(self.device)).view(-1, grid, grid).cpu()
+        return self.density.score(embeddings), local
+
+    def _combine(self, global_scores: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        local = grid.flatten(1).amax(1).double()
+        if self.config.image_score == "local":
+            return local
+        norm = self.meta["score_norm"]
+        return standardise(global_scores, norm["global"]) + standardise(local, norm["local"])
 
     def is_anomalous(self, scores: torch.Tensor) -> torch.Tensor:
         return scores >= self.threshold
@@ -135,13 +171,15 @@ class Detector:
             "threshold": self.threshold,
             "meta": self.meta,
             "local": None if self.local is None else self.local.state_dict(),
+            "feature_local": None if self.feature_local is None else self.feature_local.state_dict(),
         }
         path = directory / BUNDLE_NAME
         atomic_torch_save(bundle, path)
         summary = {k: bundle[k] for k in ("format", "version", "config", "category", "threshold", "meta")}
         summary["density"] = self.density.summary()
-        if self.local is not None:
-            summary["local_density"] = self.local.summary()
+        for name, local in (("local_density", self.local), ("feature_local_density", self.feature_local)):
+            if local is not None:
+                summary[name] = local.summary()
         atomic_write_text(json.dumps(summary, indent=2, sort_keys=True, default=str), directory / SUMMARY_NAME)
         return path
 
@@ -166,12 +204,15 @@ class Detector:
                 f"{path} has bundle format {found!r}; this cutpaste {__version__} reads format {BUNDLE_FORMAT}"
             )
         try:
-            config = TrainConfig.from_dict({k: v for k, v in bundle["config"].items()}, source=str(path))
+            config = TrainConfig.from_dict({**_LEGACY_SCORING, **bundle["config"]}, source=str(path))
             # The weights are in the bundle: never look for pretrained files when loading.
             model = build_model(config.override({"pretrained": None}))
             model.load_state_dict(bundle["model"])
             density = GaussianDensity.from_state_dict(bundle["density"])
             local = LocalDensity.from_state_dict(bundle["local"]) if bundle.get("local") else None
+            feature_local = (
+                LocalDensity.from_state_dict(bundle["feature_local"]) if bundle.get("feature_local") else None
+            )
         except (KeyError, RuntimeError, TypeError) as exc:
             raise ModelBundleError(f"{path} does not match this version's model: {exc}") from None
         model.eval().to(device)
@@ -183,6 +224,7 @@ class Detector:
             category=str(bundle.get("category", "")),
             meta=dict(bundle.get("meta", {})),
             local=local,
+            feature_local=feature_local,
         )
 
 
@@ -201,6 +243,8 @@ def fit_detector(
     """
     if config.patch_size:
         return _fit_patch_detector(model, train_images, config, category=category, meta=meta)
+    if config.image_score != "global":
+        return _fit_local_image_detector(model, train_images, config, category=category, meta=meta)
     features = embed_images(model, train_images, batch_size=config.eval_batch_size, size=config.image_size)
     density = GaussianDensity.fit(features)
     calibration = out_of_fold_scores(features, seed=config.seed)
@@ -228,9 +272,20 @@ def _patch_features(model: CutPasteNet, images: torch.Tensor, config: TrainConfi
 
 
 def _pixel_maps(grid_scores: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    sigma = config.map_sigma * config.image_size / 256.0 if config.map_sigma > 0 else None
     return upsample_scores(
-        grid_scores, image_size=config.image_size, patch_size=config.patch_size, stride=config.patch_stride
+        grid_scores,
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        stride=config.patch_stride,
+        sigma=sigma,
     )
+
+
+def _patch_image_scores(grid_scores: torch.Tensor, maps: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """``(B,)`` float64: the maximum of the raw grid (the paper's) or of the pixel map."""
+    source = grid_scores if config.patch_score == "grid_max" else maps
+    return source.flatten(1).amax(1).double()
 
 
 def _fit_patch_detector(
@@ -260,8 +315,7 @@ def _fit_patch_detector(
         keep = torch.ones(n, dtype=torch.bool)
         keep[part] = False
         scores = fit(features[keep]).score(features[part].to(device)).view(-1, grid, grid)
-        maps = _pixel_maps(scores, config)
-        held_out_max[part] = maps.flatten(1).amax(1).double().cpu()
+        held_out_max[part] = _patch_image_scores(scores, _pixel_maps(scores, config), config).cpu()
         grid_values.append(scores.flatten().cpu())
     meta = dict(meta or {})
     meta["map_low"] = float(torch.cat(grid_values).median())
@@ -275,4 +329,60 @@ def _fit_patch_detector(
         category=category,
         meta=meta,
         local=fit(features),
+    )
+
+
+def _fit_local_image_detector(
+    model: CutPasteNet,
+    train_images: torch.Tensor,
+    config: TrainConfig,
+    *,
+    category: str,
+    meta: dict[str, Any] | None,
+    folds: int = 5,
+) -> Detector:
+    """The image model with feature-map Gaussians: the global Gaussian as usual, the grid Gaussians on
+    the same forward pass, and out-of-fold scores of both to standardise them (``combined``) and to
+    calibrate the threshold of the score the detector reports."""
+    device = next(model.parameters()).device
+    embeddings, grid_features = image_and_grid_features(model, train_images, config)
+    layout = resolve_layout(config.feature_density, category)
+    grid = config.local_grid
+
+    def fit(subset: torch.Tensor) -> LocalDensity:
+        return LocalDensity.fit(subset.to(device), layout=layout, grid=grid, dim=config.local_dim, seed=config.seed)
+
+    n = embeddings.shape[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
+    local_oof = torch.empty(n, dtype=torch.float64)
+    grid_values = []
+    for part in torch.tensor_split(order, max(2, min(folds, n // 2))):
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[part] = False
+        scores = fit(grid_features[keep]).score(grid_features[part].to(device)).cpu()
+        local_oof[part] = scores.amax(1).double()
+        grid_values.append(scores.flatten())
+    global_oof = out_of_fold_scores(embeddings, seed=config.seed)
+    norm = {
+        "global": [float(global_oof.mean()), float(global_oof.std())],
+        "local": [float(local_oof.mean()), float(local_oof.std())],
+    }
+    calibration = (
+        local_oof
+        if config.image_score == "local"
+        else standardise(global_oof, norm["global"]) + standardise(local_oof, norm["local"])
+    )
+    meta = dict(meta or {})
+    meta["score_norm"] = norm
+    meta["map_low"] = float(torch.cat(grid_values).median())
+    meta["map_threshold"] = float(torch.quantile(local_oof, config.threshold_quantile))
+    meta["local_layout"] = layout
+    return Detector(
+        model=model.eval(),
+        density=GaussianDensity.fit(embeddings),
+        threshold=float(torch.quantile(calibration, config.threshold_quantile)),
+        config=config,
+        category=category,
+        meta=meta,
+        feature_local=fit(grid_features),
     )

@@ -115,6 +115,18 @@ def build_encoder(backbone: str, pretrained: str | None = None) -> tuple[nn.Modu
     return encoder, spec.feature_dim
 
 
+RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+# Stages whose pooled features the ``multiscale`` embedding concatenates.
+MULTISCALE_STAGES = (2, 3, 4)
+
+
+def stage_width(encoder: nn.Module, stage: int) -> int:
+    """Channels of a ResNet stage's output (``stage`` 1..4)."""
+    block = getattr(encoder, RESNET_STAGES[stage - 1])[-1]
+    last = block.bn3 if hasattr(block, "bn3") else block.bn2
+    return int(last.num_features)
+
+
 class CutPasteNet(nn.Module):
     def __init__(
         self,
@@ -124,26 +136,66 @@ class CutPasteNet(nn.Module):
         head_width: int = 512,
         num_classes: int = 3,
         pretrained: str | None = None,
+        embedding: str = "pooled",
     ) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.encoder, self.feature_dim = build_encoder(backbone, pretrained)
+        self.encoder, pooled_dim = build_encoder(backbone, pretrained)
+        if embedding not in ("pooled", "multiscale"):
+            raise ConfigError(f"embedding: unknown {embedding!r}; choose pooled or multiscale")
+        if embedding == "multiscale" and not hasattr(self.encoder, "layer4"):
+            raise ConfigError(f"embedding: multiscale needs a ResNet backbone, got {backbone!r}")
+        self.embedding = embedding
+        # Width of what :meth:`embed` returns (the density's features); the head always sees the pooled last stage.
+        self.feature_dim = (
+            sum(stage_width(self.encoder, s) for s in MULTISCALE_STAGES) if embedding == "multiscale" else pooled_dim
+        )
         layers: list[nn.Module] = []
-        width = self.feature_dim
+        width = pooled_dim
         for _ in range(head_depth):
             layers += [nn.Linear(width, head_width), nn.BatchNorm1d(head_width), nn.ReLU(inplace=True)]
             width = head_width
         self.head = nn.Sequential(*layers)
         self.classifier = nn.Linear(width, num_classes)
 
+    def stage_maps(self, images: torch.Tensor, stages: tuple[int, ...]) -> list[torch.Tensor]:
+        """ResNet feature maps ``(B, C_s, H_s, W_s)`` of the given stages (1..4), from one forward pass."""
+        e = self.encoder
+        if not hasattr(e, "layer4"):
+            raise ConfigError("stage feature maps need a ResNet backbone")
+        x = e.maxpool(e.relu(e.bn1(e.conv1((images - self.mean) / self.std))))
+        out: list[torch.Tensor] = []
+        for index, name in enumerate(RESNET_STAGES, start=1):
+            x = getattr(e, name)(x)
+            if index in stages:
+                out.append(x)
+            if index >= max(stages):
+                break
+        return out
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` in [0, 1] -> ``(B, feature_dim)`` pooled backbone features."""
-        return self.encoder((images - self.mean) / self.std)
+        """``(B, 3, H, W)`` in [0, 1] -> ``(B, feature_dim)``: the pooled last stage, or with the
+        ``multiscale`` embedding the pooled layer2..layer4, each L2-normalised so no stage dominates."""
+        if self.embedding == "pooled":
+            return self.encoder((images - self.mean) / self.std)
+        maps = self.stage_maps(images, MULTISCALE_STAGES)
+        return torch.cat([F.normalize(m.float().mean((2, 3)), dim=1) for m in maps], dim=1)
+
+    def embed_with_map(self, images: torch.Tensor, stage: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass -> (:meth:`embed` ``(B, feature_dim)``, the feature map of ``stage`` ``(B, C, h, w)``)."""
+        wanted = tuple(sorted({stage, 4} | (set(MULTISCALE_STAGES) if self.embedding == "multiscale" else set())))
+        maps = dict(zip(wanted, self.stage_maps(images, wanted), strict=True))
+        if self.embedding == "pooled":
+            embedding = maps[4].float().mean((2, 3))
+        else:
+            embedding = torch.cat([F.normalize(maps[s].float().mean((2, 3)), dim=1) for s in MULTISCALE_STAGES], 1)
+        return embedding, maps[stage]
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns ``(embeddings (B, feature_dim), logits (B, num_classes))``."""
-        features = self.embed(images)
+        """Returns ``(pooled last-stage features (B, D), logits (B, num_classes))``; the proxy task
+        always trains on the pooled last stage, whatever the density's embedding."""
+        features = self.encoder((images - self.mean) / self.std)
         return features, self.classifier(self.head(features))
 
 
@@ -154,4 +206,5 @@ def build_model(config: TrainConfig) -> CutPasteNet:
         head_width=config.head_width,
         num_classes=config.num_classes,
         pretrained=config.pretrained,
+        embedding=config.embedding,
     )

@@ -24,6 +24,7 @@ from cutpaste.config import TrainConfig
 from cutpaste.errors import ConfigError, ModelBundleError
 from cutpaste.model import CutPasteNet, build_model
 from cutpaste.patches import random_crops
+from cutpaste.precision import use_amp, use_channels_last
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_NAME = "last.pt"
@@ -39,6 +40,14 @@ _NON_TRAINING_FIELDS = frozenset(
         "local_density",
         "local_dim",
         "patch_batch_size",
+        # How the density is fitted and scored; training does not depend on them.
+        "embedding",
+        "image_score",
+        "local_stage",
+        "local_grid",
+        "feature_density",
+        "map_sigma",
+        "patch_score",
     }
 )
 
@@ -115,6 +124,33 @@ def _norm(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper's), Adam, or AdamW (decoupled weight decay)."""
+    lr, decay = config.learning_rate, config.weight_decay
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum, weight_decay=decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=decay)
+    raise ConfigError(f"optimizer: unknown {config.optimizer!r}")
+
+
+def warmup_length(config: TrainConfig) -> int:
+    """Warm-up steps actually used: the configured ones, at most half the run."""
+    return min(config.warmup_steps, config.steps // 2)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """One cosine cycle over the run (the paper's), after a linear warm-up from lr / 100 when asked."""
+    warmup = warmup_length(config)
+    if not warmup:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
+    ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps - warmup)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+
+
 def train_model(
     config: TrainConfig,
     train_images: torch.Tensor,
@@ -140,15 +176,14 @@ def train_model(
         )
     if train_images.shape[0] < 2:
         raise ValueError(f"need at least 2 training images, got {train_images.shape[0]}")
-    on_cuda = device.type == "cuda"
+    amp = use_amp(device, config.amp)
+    channels_last = use_channels_last(device, config.channels_last)
     torch.manual_seed(config.seed)
     model = build_model(config).to(device)
-    if config.channels_last and on_cuda:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config)
     generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + hooks.rank)
     start, history = 0, []
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
@@ -205,9 +240,9 @@ def train_model(
         views, labels = make_views(
             batch, variant=config.variant, config=config.augment, generator=generator, pixel_scale=pixel_scale
         )
-        if config.channels_last and on_cuda:
+        if channels_last:
             views = views.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and on_cuda):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             _, logits = runner(views)
             loss = F.cross_entropy(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -238,7 +273,8 @@ def train_model(
         if done % config.checkpoint_every == 0 or done == config.steps:
             save(done)
     bar.close()
-    model.eval()
+    # Scoring runs in the default layout, as in a bundle loaded from disk: the same detector scores the same.
+    model.to(memory_format=torch.contiguous_format).eval()
     return TrainResult(
         model=model,
         config=config,

@@ -13,7 +13,6 @@ lists or reads a ``test/`` folder.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from cutpaste.detector import Detector, embed_images, fit_detector
 from cutpaste.ensemble import EnsembleDetector, build_ensemble
 from cutpaste.errors import ConfigError, DataError
 from cutpaste.metrics import image_metrics
+from cutpaste.noise import noise_batch
 from cutpaste.train import TrainHooks, resolve_device, train_model
 
 # Validation images are decoded at one size for every trial, so configurations with different
@@ -77,45 +77,10 @@ def split_train(
     return train, [s for i, s in enumerate(ordered) if i in held_idx]
 
 
-def _fade(t: torch.Tensor) -> torch.Tensor:
-    return t * t * t * (t * (t * 6 - 15) + 10)
-
-
-def perlin_noise(batch: int, size: int, cells: int, generator: torch.Generator) -> torch.Tensor:
-    """``(batch, size, size)`` gradient noise in about [-1, 1] with ``cells`` lattice cells per side."""
-    device = generator.device
-    angles = torch.rand(batch, cells + 1, cells + 1, generator=generator, device=device) * (2 * math.pi)
-    gx, gy = angles.cos(), angles.sin()
-    pos = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) * (cells / size)
-    cell = pos.floor().long().clamp_max(cells - 1)
-    frac = pos - cell
-    iy, ix = cell[:, None], cell[None, :]
-    fy, fx = frac[:, None], frac[None, :]
-
-    def corner(dy: int, dx: int) -> torch.Tensor:
-        return gx[:, iy + dy, ix + dx] * (fx - dx) + gy[:, iy + dy, ix + dx] * (fy - dy)
-
-    u, v = _fade(fx), _fade(fy)
-    top = torch.lerp(corner(0, 0), corner(0, 1), u)
-    bottom = torch.lerp(corner(1, 0), corner(1, 1), u)
-    return torch.lerp(top, bottom, v) * math.sqrt(2)
-
-
-def _noise_batch(batch: int, size: int, generator: torch.Generator, choices: Sequence[int]) -> torch.Tensor:
-    """Perlin noise whose lattice size is drawn per image from ``choices``; one vectorised call per choice."""
-    pick = torch.randint(len(choices), (batch,), generator=generator, device=generator.device)
-    out = torch.empty(batch, size, size, device=generator.device)
-    for i, cells in enumerate(choices):
-        rows = (pick == i).nonzero().flatten()
-        noise = perlin_noise(batch, size, cells, generator)  # drawn for all, so the stream does not depend on pick
-        out[rows] = noise[rows]
-    return out
-
-
 def foreign_textures(batch: int, size: int, generator: torch.Generator) -> torch.Tensor:
     """``(batch, 3, size, size)`` float textures unrelated to the category: two-colour Perlin patterns."""
-    noise = _noise_batch(batch, size, generator, (4, 8, 16))
-    stripes = _noise_batch(batch, size, generator, (16, 32))
+    noise = noise_batch(batch, size, generator, (4, 8, 16))
+    stripes = noise_batch(batch, size, generator, (16, 32))
     pattern = (0.5 + 0.35 * noise + 0.15 * torch.sin(12 * stripes)).clamp(0, 1).unsqueeze(1)
     colours = torch.rand(batch, 2, 3, 1, 1, generator=generator, device=generator.device)
     return colours[:, 0] * pattern + colours[:, 1] * (1 - pattern)
@@ -137,7 +102,7 @@ def perlin_anomalies(
     if h != w:
         raise ValueError(f"perlin_anomalies expects square images, got {h}x{w}")
     device = generator.device
-    noise = _noise_batch(b, h, generator, (2, 4, 8))
+    noise = noise_batch(b, h, generator, (2, 4, 8))
     lo, hi = area_ratio
     area = lo + (hi - lo) * torch.rand(b, generator=generator, device=device)
     cut = torch.quantile(noise.flatten(1), 1 - area, dim=1).diagonal()

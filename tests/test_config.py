@@ -16,6 +16,22 @@ def test_paper_preset_matches_the_paper():
     assert config.augment.scar_width == (2.0, 16.0) and config.augment.scar_length == (10.0, 25.0)
 
 
+def test_paper_preset_localizes_as_the_paper():
+    """As we read the paper: 32 px patches at stride 4 (57 x 57 at 256 px), one Gaussian over all patch
+    embeddings, a Gaussian of sigma 4 px over each receptive field, image score the raw grid's maximum."""
+    config = preset("paper").override({"patch_size": 32})
+    assert (config.patch_size, config.patch_stride, config.image_size) == (32, 4, 256)
+    assert config.local_density == "shared" and config.map_sigma == 4.0 and config.patch_score == "grid_max"
+    assert config.image_score == "global" and config.embedding == "pooled" and config.variant == "3way"
+    assert config.optimizer == "sgd" and config.warmup_steps == 0
+
+
+def test_a_bad_option_is_one_line_naming_the_field():
+    with pytest.raises(ConfigError) as info:
+        preset("short").override({"optimizer": "lion"})
+    assert "\n" not in str(info.value) and str(info.value).startswith("optimizer:")
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_presets_validate_and_round_trip(name):
     config = preset(name).validate()
@@ -34,7 +50,18 @@ def test_override_accepts_dotted_and_nested_keys():
     [
         ({"stepz": 3}, "stepz"),
         ({"augment.area": [0.1, 0.2]}, "area"),
-        ({"variant": "4way"}, "variant"),
+        ({"variant": "5way"}, "variant"),
+        ({"optimizer": "lion"}, "optimizer"),
+        ({"warmup_steps": -1}, "warmup_steps"),
+        ({"embedding": "spatial"}, "embedding"),
+        ({"image_score": "max"}, "image_score"),
+        ({"image_score": "local", "patch_size": 32}, "image_score"),
+        ({"embedding": "multiscale", "backbone": "efficientnet_b0"}, "embedding"),
+        ({"local_stage": 5}, "local_stage"),
+        ({"feature_density": "here"}, "feature_density"),
+        ({"patch_score": "mean"}, "patch_score"),
+        ({"map_sigma": -1}, "map_sigma"),
+        ({"augment.blend_opacity": [0.9, 0.2]}, "blend_opacity"),
         ({"backbone": "vgg"}, "backbone"),
         ({"augment.area_ratio": [0.2, 0.1]}, "area_ratio"),
         ({"augment.area_ratio": [0.1, 1.5]}, "area_ratio"),

@@ -157,6 +157,11 @@ def test_patch_detector_round_trips_and_reports_pixel_metrics(patch_run):
     torch.testing.assert_close(loaded.score(images), detector.score(images))
     scores, maps = loaded.anomaly_maps(images)
     assert maps.shape == (2, 64, 64)
+    # The paper's image score: the maximum of the raw patch-score grid, not of the smoothed map.
+    torch.testing.assert_close(scores, loaded.grid_scores(images).flatten(1).amax(1).double())
+    assert (scores >= maps.flatten(1).amax(1).double() - 1e-4).all(), "smoothing never raises the maximum"
+    loaded.config = loaded.config.override({"patch_score": "map_max"})
+    scores, maps = loaded.anomaly_maps(images)
     torch.testing.assert_close(scores, maps.flatten(1).amax(1).double())
     with pytest.raises(ConfigError, match="gradcam"):
         loaded.anomaly_maps(images, "gradcam")

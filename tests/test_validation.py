@@ -15,10 +15,10 @@ from cutpaste.config import preset
 from cutpaste.data.layout import list_samples
 from cutpaste.data.synth import generate_dataset
 from cutpaste.errors import DataError
+from cutpaste.noise import perlin_noise
 from cutpaste.validation import (
     folder_validation,
     perlin_anomalies,
-    perlin_noise,
     prepare_validation,
     split_train,
     validate_config,

@@ -1,0 +1,56 @@
+"""bench/quality.py end to end in a tiny configuration: every row kind runs, the JSON and Markdown
+table are written, reruns merge, and a bad row name is refused before any work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run_matrix(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "quality.py"), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_the_matrix_runs_every_row_kind_and_merges(tmp_path):
+    out = tmp_path / "quality.json"
+    rows = "pixel-stats,untrained,paper-image,patch,local,combined,blend,adamw,short,short-untrained"
+    tiny = ["--synth", "synth_disc", "--synth-size", "64", "--preset", "ci", "--steps", "3", "--size", "64"]
+    done = run_matrix(tmp_path, *tiny, "--rows", rows, "--set", "patch_stride=16", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())["rows"]
+    assert [r["row"] for r in result] == rows.split(",")
+    for r in result:
+        assert 0 <= r["val_auroc"] <= 1 and 0 <= r["image_auroc"] <= 1, r
+        assert r["train_s"] >= 0 and r["score_s"] > 0
+    by_row = {r["row"]: r for r in result}
+    assert by_row["patch"]["config"]["patch_size"] == 32 and "pixel_auroc" in by_row["patch"]
+    assert by_row["local"]["config"]["image_score"] == "local" and "aupro" in by_row["local"]
+    assert by_row["blend"]["config"]["variant"] == "4way"
+    assert by_row["paper-image"]["config"]["optimizer"] == "sgd"
+    assert by_row["short"]["config"]["preset"] == "short" and by_row["short"]["config"]["steps"] == 3
+    table = out.with_suffix(".md").read_text()
+    assert "| paper-image |" in table and "val AUROC" in table
+    assert not list(tmp_path.glob("cutpaste-quality-*")), "generated data is removed"
+
+    again = run_matrix(tmp_path, *tiny, "--rows", "pixel-stats", "--seed", "1", "--out", str(out))
+    assert again.returncode == 0, again.stderr[-2000:]
+    merged = json.loads(out.read_text())["rows"]
+    assert len(merged) == len(result), "a rerun replaces its own entries and keeps the others"
+
+
+def test_an_unknown_row_is_refused(tmp_path):
+    done = run_matrix(tmp_path, "--synth", "synth_disc", "--rows", "paper-image,magic")
+    assert done.returncode == 2 and "magic" in done.stderr
