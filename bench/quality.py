@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cutpaste.atomic import atomic_write_text
 from cutpaste.baselines import pixel_statistics_scores, untrained_detector
-from cutpaste.cli import build_config
+from cutpaste.cli import _parse_set, build_config
 from cutpaste.config import TrainConfig, preset
 from cutpaste.data import list_samples, load_images
 from cutpaste.data.synth import SYNTH_CATEGORIES, generate_dataset
@@ -44,8 +44,9 @@ from cutpaste.detector import fit_detector
 from cutpaste.errors import CutPasteError
 from cutpaste.evaluate import evaluate_detector
 from cutpaste.metrics import image_metrics
+from cutpaste.model import build_model
 from cutpaste.paper import PAPER_IMAGE_AUROC, PAPER_PIXEL_AUROC
-from cutpaste.train import train_model
+from cutpaste.train import train_model, training_fields
 from cutpaste.validation import score_validation, split_train, synthetic_validation
 
 # The paper's choices for the image model; option rows change one of them.
@@ -87,23 +88,39 @@ ROWS: dict[str, Row] = {
         {"optimizer": "adamw", "learning_rate": 1e-3, "weight_decay": 1e-2, "warmup_steps": -10},
     ),
     "short": Row("the short preset (chosen on validation)", {}, short=True),
+    "short-global": Row("the short preset's training, the paper's global score", {"image_score": "global"}, short=True),
+    "short-local": Row("the short preset's training, feature-map score alone", {"image_score": "local"}, short=True),
+    "short-stage3": Row("the short preset, feature maps of layer3", {"local_stage": 3}, short=True),
     "short-untrained": Row("the short preset's scoring with random weights", {}, train=False, short=True),
 }
 
 
-def row_config(row: Row, base: TrainConfig, budget: dict[str, Any] | None = None) -> TrainConfig:
-    """The row's config: the short preset at its own budget (``budget``: the flags given explicitly, e.g.
-    ``--steps 2`` for a smoke run), or ``base`` with the paper's choices and the row's."""
+def row_config(row: Row, base: TrainConfig, explicit: dict[str, Any] | None = None) -> TrainConfig:
+    """The row's config: the short preset at its own budget, or ``base`` with the paper's choices and the
+    row's; then ``explicit``, the fields given on the command line (``--steps 2`` for a smoke run,
+    ``--set local_density=per_location``), which win over the row's own."""
+    explicit = explicit or {}
     if row.short:
-        return preset("short").override({"seed": base.seed, **(budget or {})})
+        return preset("short").override({"seed": base.seed, **row.changes, **explicit})
     changes = {**PAPER_CHOICES, **row.changes}
     if changes.get("warmup_steps", 0) < 0:  # a negative warm-up is a percentage of the row's steps
-        changes["warmup_steps"] = base.steps * -changes["warmup_steps"] // 100
-    return base.override(changes, source=f"row {row.description!r}")
+        steps = int(explicit.get("steps", base.steps))
+        changes["warmup_steps"] = steps * -changes["warmup_steps"] // 100
+    return base.override({**changes, **explicit}, source=f"row {row.description!r}")
+
+
+def training_key(config: TrainConfig, category: str) -> str:
+    """Rows whose configs differ only in how the density is fitted and scored share one trained model."""
+    return json.dumps([category, training_fields(config)], sort_keys=True, default=str)
+
+
+# Trained models by training_key: (model state, seconds it took, final accuracy).
+_TRAINED: dict[str, tuple[dict[str, torch.Tensor], float, float | None]] = {}
 
 
 def run_row(name: str, row: Row, config: TrainConfig, data: Path, category: str) -> dict[str, Any]:
-    """Trains (unless the row is a floor), then scores validation and test; returns the row's numbers."""
+    """Trains (unless the row is a floor, or a row with the same training already ran: its model is
+    reused and its training time reported), then scores validation and test; returns the row's numbers."""
     samples = list_samples(data, category, "train")
     train_samples, held_out = split_train(samples)
     validation = synthetic_validation(held_out)
@@ -126,12 +143,21 @@ def run_row(name: str, row: Row, config: TrainConfig, data: Path, category: str)
         return out
     started = time.perf_counter()
     if row.train:
-        result = train_model(config, train_images, device="auto", progress=False)
-        detector = fit_detector(result.model, train_images, config, category=category)
-        out["final_accuracy"] = result.history[-1]["accuracy"] if result.history else None
+        key = training_key(config, category)
+        if key not in _TRAINED:
+            result = train_model(config, train_images, device="auto", progress=False)
+            accuracy = result.history[-1]["accuracy"] if result.history else None
+            state = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
+            _TRAINED[key] = (state, time.perf_counter() - started, accuracy)
+        else:
+            out["shared_training"] = True
+        state, out["train_s"], out["final_accuracy"] = _TRAINED[key]
+        model = build_model(config)
+        model.load_state_dict(state)
+        detector = fit_detector(model.eval(), train_images, config, category=category)
     else:
         detector = untrained_detector(config, train_images, category=category)
-    out["train_s"] = time.perf_counter() - started
+        out["train_s"] = 0.0
     started = time.perf_counter()
     out["val_auroc"] = score_validation(detector.score(validation.images), validation)["val_auroc"]
     evaluation = evaluate_detector(detector, test)
@@ -229,7 +255,8 @@ def main() -> None:
     except CutPasteError as exc:
         parser.error(str(exc))
     fields = {"steps": "steps", "size": "image_size", "batch_size": "batch_size"}
-    budget = {field: getattr(args, flag) for flag, field in fields.items() if getattr(args, flag) is not None}
+    explicit = {field: getattr(args, flag) for flag, field in fields.items() if getattr(args, flag) is not None}
+    explicit.update(_parse_set(args.set or []))
     out = Path(args.out)
     with tempfile.TemporaryDirectory(prefix="cutpaste-quality-") as scratch:
         if args.synth:
@@ -247,7 +274,7 @@ def main() -> None:
         for category in categories:
             for name in rows:
                 row = ROWS[name]
-                config = row_config(row, base, budget)
+                config = row_config(row, base, explicit)
                 started = time.perf_counter()
                 result = run_row(name, row, config, data, category)
                 result["config_summary"] = config_summary(config) if name != "pixel-stats" else ""

@@ -281,7 +281,16 @@ PRESETS: dict[str, TrainConfig] = {
     "demo": TrainConfig(preset="demo", image_size=64, steps=250, batch_size=16, checkpoint_every=50, log_every=10),
     # The best detector this project trains in at most 10 minutes per category on a 2-core CPU, chosen on
     # validation data (bench/quality.py); options the paper does not have are named in its fields.
-    "short": TrainConfig(preset="short", image_size=128, steps=600, batch_size=32, checkpoint_every=100, log_every=25),
+    "short": TrainConfig(
+        preset="short",
+        image_size=128,
+        steps=600,
+        batch_size=32,
+        image_score="combined",
+        local_stage=2,
+        checkpoint_every=100,
+        log_every=25,
+    ),
     # The test suite's budget: about half a minute per category on a 2-core CPU.
     "ci": TrainConfig(
         preset="ci",

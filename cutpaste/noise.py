@@ -45,3 +45,15 @@ def noise_batch(batch: int, size: int, generator: torch.Generator, choices: Sequ
         noise = perlin_noise(batch, size, cells, generator)  # drawn for all, so the stream does not depend on pick
         out[rows] = noise[rows]
     return out
+
+
+def perlin_masks(
+    batch: int, size: int, generator: torch.Generator, area_ratio: tuple[float, float], cells: Sequence[int] = (2, 4, 8)
+) -> torch.Tensor:
+    """``(batch, size, size)`` bool: the top ``area`` fraction of a Perlin field, ``area`` drawn per image
+    from ``area_ratio``, so a mask is an irregular blob (or several) and never empty."""
+    noise = noise_batch(batch, size, generator, cells)
+    lo, hi = area_ratio
+    area = lo + (hi - lo) * torch.rand(batch, generator=generator, device=generator.device)
+    cut = torch.quantile(noise.flatten(1), 1 - area, dim=1).diagonal()
+    return noise >= cut.view(batch, 1, 1)

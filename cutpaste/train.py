@@ -96,11 +96,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+def training_fields(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
+    """The dotted config fields that decide the trained weights (not how they are scored or reported)."""
+    flat = _flat(config.to_dict() if isinstance(config, TrainConfig) else config)
+    return {k: v for k, v in flat.items() if k.split(".")[0] not in _NON_TRAINING_FIELDS}
+
+
 def _check_same_run(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
-    mine = {k: v for k, v in _flat(config.to_dict()).items() if k.split(".")[0] not in _NON_TRAINING_FIELDS}
+    mine = training_fields(config)
     # A checkpoint written before a field existed ran with that field's default.
-    saved = {**_flat(TrainConfig().to_dict()), **_flat(saved)}
-    theirs = {k: v for k, v in saved.items() if k.split(".")[0] not in _NON_TRAINING_FIELDS}
+    theirs = training_fields({**_flat(TrainConfig().to_dict()), **_flat(saved)})
     differ = sorted(k for k in mine.keys() | theirs.keys() if _norm(mine.get(k)) != _norm(theirs.get(k)))
     if differ:
         detail = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in differ[:5])

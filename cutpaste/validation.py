@@ -27,14 +27,16 @@ from cutpaste.detector import Detector, embed_images, fit_detector
 from cutpaste.ensemble import EnsembleDetector, build_ensemble
 from cutpaste.errors import ConfigError, DataError
 from cutpaste.metrics import image_metrics
-from cutpaste.noise import noise_batch
+from cutpaste.noise import noise_batch, perlin_masks
+from cutpaste.structural_anomalies import distortion_anomalies, erasure_anomalies
 from cutpaste.train import TrainHooks, resolve_device, train_model
 
 # Validation images are decoded at one size for every trial, so configurations with different
 # image sizes are ranked on the same pixels (each detector resizes to its own size).
 VALIDATION_SIZE = 128
 SPLIT_SEED = 0
-ANOMALY_KIND = "perlin"
+# Each held-out normal image gives one anomaly of each kind; the per-kind AUROC is reported too.
+ANOMALY_KINDS: dict[str, Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]] = {}
 
 
 @dataclass
@@ -102,11 +104,7 @@ def perlin_anomalies(
     if h != w:
         raise ValueError(f"perlin_anomalies expects square images, got {h}x{w}")
     device = generator.device
-    noise = noise_batch(b, h, generator, (2, 4, 8))
-    lo, hi = area_ratio
-    area = lo + (hi - lo) * torch.rand(b, generator=generator, device=device)
-    cut = torch.quantile(noise.flatten(1), 1 - area, dim=1).diagonal()
-    masks = noise >= cut.view(b, 1, 1)
+    masks = perlin_masks(b, h, generator, area_ratio)
     beta = opacity[0] + (opacity[1] - opacity[0]) * torch.rand(b, 1, 1, 1, generator=generator, device=device)
     texture = foreign_textures(b, h, generator)
     x = images.to(device).float().div(255)
@@ -115,18 +113,22 @@ def perlin_anomalies(
     return out.mul(255).round().clamp(0, 255).to(torch.uint8), masks
 
 
+ANOMALY_KINDS.update(perlin=perlin_anomalies, distortion=distortion_anomalies, erasure=erasure_anomalies)
+
+
 def synthetic_validation(
     held_out: Sequence[Sample], *, size: int = VALIDATION_SIZE, seed: int = SPLIT_SEED
 ) -> ValidationSet:
-    """Held-out normal images plus one Perlin-texture anomaly made from each of them."""
+    """Held-out normal images plus three anomalies made from each of them: a foreign texture blended in
+    (changes colour), a region warped and a region's detail erased (keep colour, change structure)."""
     normal = load_images([s.path for s in held_out], size)
     generator = torch.Generator().manual_seed(seed)
-    anomalous, _ = perlin_anomalies(normal, generator)
+    made = {kind: make(normal, generator)[0] for kind, make in ANOMALY_KINDS.items()}
     return ValidationSet(
-        images=torch.cat([normal, anomalous]),
-        labels=[0] * len(normal) + [1] * len(anomalous),
-        kinds=["good"] * len(normal) + [ANOMALY_KIND] * len(anomalous),
-        source="held-out train/good + Perlin-texture anomalies",
+        images=torch.cat([normal, *made.values()]),
+        labels=[0] * len(normal) + [1] * len(normal) * len(made),
+        kinds=["good"] * len(normal) + [kind for kind in made for _ in range(len(normal))],
+        source="held-out train/good + Perlin-shaped anomalies (foreign texture, warp, erasure)",
     )
 
 
@@ -174,8 +176,11 @@ def prepare_validation(
 
 
 def score_validation(scores: torch.Tensor, validation: ValidationSet) -> dict[str, float]:
+    """``val_auroc`` (the objective), AUPR, F1-max, and AUROC per anomaly kind (``val_auroc_<kind>``)."""
     metrics = image_metrics(validation.labels, scores.tolist(), validation.kinds)
-    return {"val_auroc": metrics.image_auroc, "val_aupr": metrics.aupr, "val_f1_max": metrics.f1_max}
+    out = {"val_auroc": metrics.image_auroc, "val_aupr": metrics.aupr, "val_f1_max": metrics.f1_max}
+    out.update({f"val_auroc_{kind}": value for kind, value in metrics.per_defect_auroc.items()})
+    return out
 
 
 def train_validated(
