@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
-from cutpaste.data.images import load_images, load_masks
+from cutpaste.data.images import load_images, load_masks, mask_resolution
 from cutpaste.data.layout import Sample
 from cutpaste.detector import Detector
 from cutpaste.metrics import ImageMetrics, image_metrics
@@ -60,6 +61,19 @@ def score_samples(detector: Detector, samples: Sequence[Sample]) -> torch.Tensor
     return detector.score(images)
 
 
+def pixel_metrics_at_mask_resolution(samples: Sequence[Sample], maps: torch.Tensor) -> PixelMetrics:
+    """Pixel AUROC and AUPRO as the MVTec AD evaluation computes them: maps ``(N, S, S)`` at the model's
+    size are upsampled (bilinear) to the ground-truth masks' own resolution and compared there, not
+    the masks shrunk to the model's input (64 px in ``demo``), which would blur thin defects away."""
+    side = mask_resolution(samples) or maps.shape[-1]
+    masks = load_masks(samples, side)
+    if masks is None:
+        masks = torch.zeros((len(samples), side, side), dtype=torch.bool)
+    if maps.shape[-1] != side:
+        maps = F.interpolate(maps.float()[:, None], size=(side, side), mode="bilinear", align_corners=False)[:, 0]
+    return pixel_metrics(masks, maps, [s.label for s in samples])
+
+
 def evaluate_detector(
     detector: Detector,
     samples: Sequence[Sample],
@@ -89,7 +103,7 @@ def evaluate_detector(
     if masks is not None and maps is not None:
         # Defective images without a mask cannot be scored per pixel; good images are all-normal.
         keep = [i for i, s in enumerate(samples) if s.label == 0 or s.mask_path is not None]
-        pixel_result = pixel_metrics(masks[keep], maps[keep], [labels[i] for i in keep])
+        pixel_result = pixel_metrics_at_mask_resolution([samples[i] for i in keep], maps[keep])
         note = pixel_result.note
     scores = score_tensor.tolist()
     return Evaluation(

@@ -79,3 +79,74 @@ def test_bad_shapes_and_values_are_errors():
         maps = np.zeros((1, 2, 2))
         maps[0, 0, 0] = np.nan
         pixel_metrics(np.eye(2, dtype=bool)[None], maps, [1])
+
+
+def reference_aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
+    """The MVTec AD procedure written the plain way, independently of cutpaste.pixel_metrics: label each
+    image's defect regions with a 3x3 structure (8-connectivity), sweep a threshold down through every
+    distinct score, at each one take the FPR over normal pixels and the mean overlap of all regions,
+    integrate PRO over FPR (trapezoids) up to ``fpr_limit`` with the curve interpolated there, normalise."""
+    from scipy.ndimage import label
+
+    regions = []
+    for image in range(masks.shape[0]):
+        labelled, count = label(masks[image], structure=np.ones((3, 3), dtype=int))
+        regions += [(image, labelled == k) for k in range(1, count + 1)]
+    normal = ~masks
+    fprs, pros = [0.0], [0.0]
+    for threshold in np.unique(maps)[::-1]:
+        predicted = maps >= threshold
+        fprs.append((predicted & normal).sum() / normal.sum())
+        pros.append(np.mean([predicted[image][region].mean() for image, region in regions]))
+    fprs, pros = np.asarray(fprs), np.asarray(pros)
+    inside = fprs <= fpr_limit
+    x, y = list(fprs[inside]), list(pros[inside])
+    if x[-1] < fpr_limit:
+        after = int(np.argmax(fprs > fpr_limit))
+        f0, f1, p0, p1 = fprs[after - 1], fprs[after], pros[after - 1], pros[after]
+        x.append(fpr_limit)
+        y.append(p0 + (p1 - p0) * (fpr_limit - f0) / (f1 - f0))
+    area = sum((x[i + 1] - x[i]) * (y[i + 1] + y[i]) / 2 for i in range(len(x) - 1))
+    return area / fpr_limit
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_aupro_matches_a_straightforward_mvtec_implementation(seed):
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((4, 20, 20), bool)
+    for image in range(3):  # blobs of random sizes, some touching only diagonally
+        for _ in range(rng.integers(1, 4)):
+            y, x = rng.integers(0, 16, 2)
+            masks[image, y : y + rng.integers(1, 5), x : x + rng.integers(1, 5)] = True
+    masks[0, 18, 18] = masks[0, 19, 19] = True  # one region under 8-connectivity, two under 4
+    maps = rng.random(masks.shape) + 0.4 * masks * rng.random(masks.shape)
+    maps = np.round(maps, 2)  # ties, as real maps have
+    assert aupro(masks, maps) == pytest.approx(reference_aupro(masks, maps), abs=1e-3)
+
+
+def test_diagonal_neighbours_form_one_region():
+    masks = np.zeros((1, 4, 4), bool)
+    masks[0, 0, 0] = masks[0, 1, 1] = True
+    result = pixel_metrics(masks, np.random.default_rng(0).random((1, 4, 4)), [1])
+    assert result.num_regions == 1
+
+
+def test_maps_are_compared_with_masks_at_the_masks_resolution(tmp_path):
+    import torch
+    import torch.nn.functional as F
+
+    from cutpaste.data import list_samples
+    from cutpaste.data.images import load_masks
+    from cutpaste.evaluate import pixel_metrics_at_mask_resolution
+    from tests.conftest import write_tiny_category
+
+    write_tiny_category(tmp_path, size=48)
+    samples = list_samples(tmp_path, "widget", "test")
+    maps = torch.rand(len(samples), 16, 16, generator=torch.Generator().manual_seed(0))
+    result = pixel_metrics_at_mask_resolution(samples, maps)
+    native = load_masks(samples, 48)
+    upsampled = F.interpolate(maps[:, None], size=(48, 48), mode="bilinear", align_corners=False)[:, 0]
+    expected = pixel_metrics(native, upsampled, [s.label for s in samples])
+    assert result.pixel_auroc == pytest.approx(expected.pixel_auroc) and result.aupro == pytest.approx(expected.aupro)
+    shrunk = pixel_metrics(load_masks(samples, 16), maps, [s.label for s in samples])
+    assert shrunk.pixel_auroc != pytest.approx(result.pixel_auroc), "the resolution changes the number"

@@ -104,6 +104,13 @@ def load_images(paths: Sequence[str | Path], size: int) -> torch.Tensor:
     return out
 
 
+def mask_resolution(samples: Sequence[Sample]) -> int | None:
+    """The side at which pixel metrics compare maps with masks: the masks' own resolution (the largest
+    side among them, read from the headers alone); None when no sample has a mask."""
+    sides = [max(_size(Path(s.mask_path))) for s in samples if s.mask_path is not None]
+    return max(sides) if sides else None
+
+
 def load_masks(samples: Sequence[Sample], size: int) -> torch.Tensor | None:
     """``(N, size, size)`` bool; good images are all False. None when no defective sample has a mask."""
     if not any(s.mask_path is not None for s in samples):
