@@ -39,6 +39,7 @@ _FIELD_FLAGS: dict[str, tuple[str, type]] = {
     "warmup_steps": ("warmup_steps", int),
     "embedding": ("embedding", str),
     "image_score": ("image_score", str),
+    "target_fpr": ("target_fpr", float),
 }
 
 
@@ -110,6 +111,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"final loss {meta['final_loss']:.4f}, accuracy {meta['final_accuracy']:.3f}; "
         f"threshold {run.detector.threshold:.4f}; saved {run.out_dir}"
     )
+    calibration = meta.get("calibration")
+    if calibration:
+        print(
+            f"expected false-positive rate on normal images {calibration['expected_fpr']:.1%} "
+            f"(95% bootstrap interval {calibration['fpr_low']:.1%}-{calibration['fpr_high']:.1%}, "
+            f"{calibration['samples']} out-of-fold training scores)"
+        )
     if args.evaluate:
         _print_evaluation(evaluate_category(run.detector, data, args.category).to_dict())
     return 0

@@ -115,6 +115,9 @@ class TrainConfig:
     eval_batch_size: int = 64
     # Decision threshold: this quantile of out-of-fold anomaly scores of the normal training images.
     threshold_quantile: float = 0.99
+    # The false-positive rate on normal images to calibrate for instead (0: use threshold_quantile);
+    # the expected rate and its bootstrap interval are reported either way (cutpaste/threshold.py).
+    target_fpr: float = 0.0
     # Localization. 0: the image-level model (maps come from GradCAM). 32 or 64: a patch-level model
     # trained on random crops of this size, scored densely at every ``patch_stride`` px.
     patch_size: int = 0
@@ -193,6 +196,8 @@ class TrainConfig:
             )
         if self.local_dim < 1 or self.patch_batch_size < 1:
             raise ConfigError("local_dim and patch_batch_size: must be >= 1")
+        if not 0 <= self.target_fpr < 1:
+            raise ConfigError(f"target_fpr: must lie in [0, 1), got {self.target_fpr}")
         if not 0 < self.threshold_quantile < 1:
             raise ConfigError(f"threshold_quantile: must lie in (0, 1), got {self.threshold_quantile}")
         self.augment.validate()

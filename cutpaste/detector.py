@@ -24,6 +24,7 @@ from cutpaste.local_density import LocalDensity, resolve_layout
 from cutpaste.local_scores import grid_to_maps, image_and_grid_features, standardise
 from cutpaste.model import CutPasteNet, as_float_images, build_model
 from cutpaste.patches import grid_size
+from cutpaste.threshold import calibrate, threshold_quantile
 
 BUNDLE_FORMAT = 1
 BUNDLE_NAME = "detector.pt"
@@ -238,8 +239,10 @@ def fit_detector(
 ) -> Detector:
     """Fits the density on the normal training images and calibrates the threshold without test data.
 
-    The threshold is the ``config.threshold_quantile`` quantile of out-of-fold scores of the training
-    images, so about ``1 - q`` of normal images are flagged at test time.
+    The threshold is the ``threshold_quantile`` (or ``1 - target_fpr``) quantile of out-of-fold scores
+    of the training images, so about that share of normal images is flagged at test time; ``meta``
+    records those scores (``oof_scores``, what an ensemble standardises a member with) and the
+    calibration with its expected false-positive rate and bootstrap interval (``calibration``).
     """
     if config.patch_size:
         return _fit_patch_detector(model, train_images, config, category=category, meta=meta)
@@ -247,16 +250,25 @@ def fit_detector(
         return _fit_local_image_detector(model, train_images, config, category=category, meta=meta)
     features = embed_images(model, train_images, batch_size=config.eval_batch_size, size=config.image_size)
     density = GaussianDensity.fit(features)
-    calibration = out_of_fold_scores(features, seed=config.seed)
-    threshold = float(torch.quantile(calibration, config.threshold_quantile))
+    oof = out_of_fold_scores(features, seed=config.seed)
+    meta, threshold = _calibrated(meta, oof, config)
     return Detector(
         model=model.eval(),
         density=density,
         threshold=threshold,
         config=config,
         category=category,
-        meta=dict(meta or {}),
+        meta=meta,
     )
+
+
+def _calibrated(meta: dict[str, Any] | None, oof: torch.Tensor, config: TrainConfig) -> tuple[dict[str, Any], float]:
+    """``meta`` with the out-of-fold scores of the reported score and their calibration; the threshold."""
+    calibration = calibrate(oof, threshold_quantile(config), seed=config.seed)
+    meta = dict(meta or {})
+    meta["oof_scores"] = [float(v) for v in oof.tolist()]
+    meta["calibration"] = calibration.to_dict()
+    return meta, calibration.threshold
 
 
 def _patch_features(model: CutPasteNet, images: torch.Tensor, config: TrainConfig) -> torch.Tensor:
@@ -317,14 +329,14 @@ def _fit_patch_detector(
         scores = fit(features[keep]).score(features[part].to(device)).view(-1, grid, grid)
         held_out_max[part] = _patch_image_scores(scores, _pixel_maps(scores, config), config).cpu()
         grid_values.append(scores.flatten().cpu())
-    meta = dict(meta or {})
+    meta, threshold = _calibrated(meta, held_out_max, config)
     meta["map_low"] = float(torch.cat(grid_values).median())
     meta["local_layout"] = layout
     return Detector(
         model=model.eval(),
         # An image-level Gaussian of the mean patch feature: summary statistics for tracking.
         density=GaussianDensity.fit(features.mean(1)),
-        threshold=float(torch.quantile(held_out_max, config.threshold_quantile)),
+        threshold=threshold,
         config=config,
         category=category,
         meta=meta,
@@ -372,15 +384,15 @@ def _fit_local_image_detector(
         if config.image_score == "local"
         else standardise(global_oof, norm["global"]) + standardise(local_oof, norm["local"])
     )
-    meta = dict(meta or {})
+    meta, threshold = _calibrated(meta, calibration, config)
     meta["score_norm"] = norm
     meta["map_low"] = float(torch.cat(grid_values).median())
-    meta["map_threshold"] = float(torch.quantile(local_oof, config.threshold_quantile))
+    meta["map_threshold"] = float(torch.quantile(local_oof, threshold_quantile(config)))
     meta["local_layout"] = layout
     return Detector(
         model=model.eval(),
         density=GaussianDensity.fit(embeddings),
-        threshold=float(torch.quantile(calibration, config.threshold_quantile)),
+        threshold=threshold,
         config=config,
         category=category,
         meta=meta,

@@ -34,6 +34,8 @@ from cutpaste.config import TrainConfig
 from cutpaste.density import out_of_fold_scores
 from cutpaste.detector import BUNDLE_NAME, Detector
 from cutpaste.errors import ConfigError, ModelBundleError
+from cutpaste.threshold import calibrate
+from cutpaste.threshold import threshold_quantile as _threshold_quantile
 
 ENSEMBLE_FORMAT = 1
 MANIFEST_NAME = "ensemble.json"
@@ -72,6 +74,13 @@ class EnsembleDetector:
         _check_rule(self.rule)
         if not self.members:
             raise ConfigError("ensemble: needs at least one member")
+        if self.rule == "logdensity":
+            for i, member in enumerate(self.members):
+                if not reports_global_density(member):
+                    raise ConfigError(
+                        f"ensemble rule logdensity: member {i} does not score by one Gaussian on its image "
+                        f"embedding ({_score_kind(member)}); use --ensemble-rule mean or max"
+                    )
         if not len(self.members) == len(self.member_mean) == len(self.member_std):
             raise ModelBundleError("ensemble: members and their standardisation differ in length")
         self._constants = [_log_norm_constant(m) for m in self.members] if self.rule == "logdensity" else []
@@ -107,6 +116,21 @@ class EnsembleDetector:
     def score(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` uint8 or float in [0, 1], any H, W -> ``(B,)`` float64 anomaly scores."""
         return self.combine(self.member_scores(images))
+
+    def anomaly_maps(self, images: torch.Tensor, mode: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B,)`` ensemble scores and ``(B, S, S)`` maps at the largest member's size: the mean of the
+        members' maps (each in its own ``mode``), each standardised like that member's score."""
+        size = self.config.image_size
+        scores, maps = [], []
+        for member, mean, std in zip(self.members, self.member_mean, self.member_std, strict=True):
+            member_scores, member_maps = member.anomaly_maps(images, mode)
+            if member_maps.shape[-1] != size:
+                member_maps = torch.nn.functional.interpolate(
+                    member_maps[:, None], size=(size, size), mode="bilinear", align_corners=False
+                )[:, 0]
+            scores.append(member_scores)
+            maps.append((member_maps.double() - mean) / std)
+        return self.combine(torch.stack(scores)), torch.stack(maps).mean(0).float()
 
     def is_anomalous(self, scores: torch.Tensor) -> torch.Tensor:
         return scores >= self.threshold
@@ -194,17 +218,18 @@ def build_ensemble(
 ) -> EnsembleDetector:
     """Standardises and calibrates an ensemble on the members' normal training images ``(N, 3, H, W)``.
 
-    Each member's training features get out-of-fold scores (as :func:`cutpaste.detector.fit_detector`
-    does for its threshold); their mean/std standardise that member, and the ``threshold_quantile``
-    (default: the first member's) of the combined out-of-fold scores is the ensemble's threshold.
+    Each member is standardised by the mean/std of out-of-fold training scores of the score it reports
+    (map maximum for a patch model, the Gaussian for an image model; recorded by
+    :func:`cutpaste.detector.fit_detector`), and the ``threshold_quantile`` (default: the first
+    member's, or ``1 - target_fpr``) of the combined out-of-fold scores is the ensemble's threshold.
     No test image is involved.
     """
     _check_rule(rule)
     members = list(members)
     if not members:
         raise ConfigError("ensemble: needs at least one member")
-    quantile = members[0].config.threshold_quantile if threshold_quantile is None else threshold_quantile
-    oof = torch.stack([out_of_fold_scores(m.embed(train_images), seed=m.config.seed) for m in members])
+    quantile = _threshold_quantile(members[0].config) if threshold_quantile is None else threshold_quantile
+    oof = torch.stack([member_oof_scores(m, train_images) for m in members])
     mean = oof.mean(1)
     std = oof.std(1).clamp_min(1e-12)
     ensemble = EnsembleDetector(
@@ -216,8 +241,38 @@ def build_ensemble(
         category=category or members[0].category,
         meta=dict(meta or {}),
     )
-    ensemble.threshold = float(torch.quantile(ensemble.combine(oof), quantile))
+    calibration = calibrate(ensemble.combine(oof), quantile, seed=members[0].config.seed)
+    ensemble.threshold = calibration.threshold
+    ensemble.meta["calibration"] = calibration.to_dict()
     return ensemble
+
+
+def reports_global_density(detector: Detector) -> bool:
+    """True when the detector's score is the Mahalanobis distance of its image embedding (the paper's)."""
+    return not detector.is_patch_model and detector.feature_local is None
+
+
+def _score_kind(detector: Detector) -> str:
+    if detector.is_patch_model:
+        return "a patch model scored by its map"
+    if detector.feature_local is not None:
+        return f"image_score {detector.config.image_score}"
+    return "global Gaussian"
+
+
+def member_oof_scores(member: Detector, train_images: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` out-of-fold training scores of the very score the member reports: those recorded when it
+    was fitted on these images, else (bundles from before they were recorded) recomputed for a
+    global-Gaussian member; other kinds of member without them are refused."""
+    recorded = member.meta.get("oof_scores")
+    if recorded is not None and len(recorded) == train_images.shape[0]:
+        return torch.tensor(recorded, dtype=torch.float64)
+    if reports_global_density(member):
+        return out_of_fold_scores(member.embed(train_images), seed=member.config.seed)
+    raise ModelBundleError(
+        f"ensemble: a member ({_score_kind(member)}) has no out-of-fold scores for these "
+        f"{train_images.shape[0]} training images; refit it with this version (cutpaste train --overwrite)"
+    )
 
 
 def load_detector(path: str | Path, *, device: str | torch.device = "cpu") -> Detector | EnsembleDetector:

@@ -36,6 +36,7 @@ _NON_TRAINING_FIELDS = frozenset(
         "eval_batch_size",
         "preset",
         "threshold_quantile",
+        "target_fpr",
         "patch_stride",
         "local_density",
         "local_dim",

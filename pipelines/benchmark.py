@@ -147,6 +147,13 @@ def _log_finished_run(
     }
     if evaluation.get("aupro") is not None:
         final.update(pixel_auroc=evaluation["pixel_auroc"], aupro=evaluation["aupro"])
+    calibration = bundle["meta"].get("calibration")
+    if calibration:  # the false-positive rate the threshold is expected to give, with its bootstrap interval
+        final.update(
+            expected_fpr=calibration["expected_fpr"],
+            expected_fpr_low=calibration["fpr_low"],
+            expected_fpr_high=calibration["fpr_high"],
+        )
     # Where the run's time went, as the status board saw it (seconds queued, training, evaluating).
     final.update({f"seconds_{state}": value for state, value in (phases or {}).items()})
     log = tracking.MetricBuffer(bench.mlflow_uri, run_id)

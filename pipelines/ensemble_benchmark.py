@@ -69,6 +69,8 @@ def _ensemble_category(
         "ensemble_threshold": ensemble.threshold,
         "status": "finished",
     }
+    if evaluation.pixel is not None and evaluation.pixel.pixel_auroc is not None:
+        row.update(ensemble_pixel_auroc=evaluation.pixel.pixel_auroc, ensemble_aupro=evaluation.pixel.aupro)
     return row, directory
 
 
@@ -102,7 +104,8 @@ def run_ensembles(bench: Any, records: list[dict[str, Any]], size: int, rule: st
                 parent_run_id=parent_id,
             )
             tracking.log_params(client, run_id, {"category": category, "ensemble.size": size, "ensemble.rule": rule})
-            metrics = {k: row[k] for k in ("ensemble_image_auroc", "member_image_auroc_mean", "ensemble_threshold")}
+            names = ("ensemble_image_auroc", "member_image_auroc_mean", "ensemble_threshold", "ensemble_pixel_auroc")
+            metrics = {k: row[k] for k in names if k in row}
             tracking.MetricBuffer(bench.mlflow_uri, run_id).log(metrics, 0)
             client.log_artifact(run_id, str(directory / "evaluation.json"), "results")
             row["model_uri"] = log_detector_model(directory, run_id=run_id)
