@@ -34,6 +34,8 @@ class RunRecord:
     aupro: float | None = None
     error: str = ""
     run_name: str = ""
+    # Validation AUROC without test labels (cutpaste.validation.training_validation): what choices read.
+    val_auroc: float | None = None
 
 
 @dataclass

@@ -24,6 +24,7 @@ from cutpaste.detector import BUNDLE_NAME, Detector, fit_detector
 from cutpaste.errors import ConfigError, DataError
 from cutpaste.evaluate import Evaluation, evaluate_detector
 from cutpaste.train import TrainHooks, TrainResult, resolve_device, train_model, write_history
+from cutpaste.validation import training_validation
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -96,6 +97,8 @@ def train_category(
         },
     )
     if hooks is None or hooks.rank == 0:
+        # Synthetic anomalies against out-of-fold normals: what a champion is chosen by, no test label read.
+        detector.meta["validation"] = training_validation(detector, images, seed=config.seed)
         write_history(result.history, out_dir / "train_log.jsonl")
         detector.save(out_dir)
     return CategoryRun(detector=detector, training=result, out_dir=out_dir)
