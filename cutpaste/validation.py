@@ -22,8 +22,7 @@ import torch
 from cutpaste.config import TrainConfig
 from cutpaste.data.images import load_images
 from cutpaste.data.layout import IMAGE_SUFFIXES, Sample, list_samples
-from cutpaste.density import GaussianDensity
-from cutpaste.detector import Detector, embed_images, fit_detector
+from cutpaste.detector import Detector, fit_detector
 from cutpaste.ensemble import EnsembleDetector, build_ensemble
 from cutpaste.errors import ConfigError, DataError
 from cutpaste.metrics import image_metrics
@@ -206,11 +205,14 @@ def train_validated(
         return model
 
     def evaluate(step: int, _path: Path | None) -> None:
+        # The detector as it would ship at this step, scored on what it reports (map maximum for a patch
+        # model, the configured image score otherwise); the model goes back to training mode after.
         model = holder["model"]
-        features = embed_images(model, train_images, batch_size=config.eval_batch_size, size=config.image_size)
-        density = GaussianDensity.fit(features)
-        val_features = embed_images(model, validation.images, batch_size=config.eval_batch_size, size=config.image_size)
-        record = {"step": float(step), **score_validation(density.score(val_features), validation), **last_loss}
+        was_training = model.training
+        detector = fit_detector(model, train_images, config, category=category)
+        scores = detector.score(validation.images)
+        model.train(was_training)
+        record = {"step": float(step), **score_validation(scores, validation), **last_loss}
         history.append(record)
         if on_eval is not None:
             on_eval(record)
