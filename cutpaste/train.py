@@ -65,6 +65,9 @@ class TrainHooks:
     # E.g. DistributedDataParallel wrapping; the loop keeps the bare module for checkpoints.
     wrap_model: Callable[[nn.Module], nn.Module] | None = None
     rank: int = 0
+    # Data-parallel workers of one run: the config's batch_size stays the global batch (each worker draws
+    # and augments its share), and logged loss/accuracy are averaged over the workers.
+    world_size: int = 1
 
 
 @dataclass
@@ -75,6 +78,8 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     wall_s: float = 0.0
     resumed_from_step: int = 0
+    # Normal images this worker drew per step: its share of the configured (global) batch_size.
+    local_batch: int = 0
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -182,6 +187,11 @@ def train_model(
         )
     if train_images.shape[0] < 2:
         raise ValueError(f"need at least 2 training images, got {train_images.shape[0]}")
+    world = max(1, hooks.world_size)
+    if config.batch_size < world:
+        raise ConfigError(f"batch_size: {config.batch_size} normal images per step cannot be shared by {world} workers")
+    # This worker's share of the global batch (the first ranks take one more when it does not divide).
+    share = config.batch_size // world + (1 if hooks.rank < config.batch_size % world else 0)
     amp = use_amp(device, config.amp)
     channels_last = use_channels_last(device, config.channels_last)
     torch.manual_seed(config.seed)
@@ -204,6 +214,10 @@ def train_model(
     resumed_from = start
 
     images = train_images.to(device, non_blocking=True)
+    if world > 1 and device.type == "cuda" and torch.distributed.is_initialized():
+        # Batch statistics over the global batch, not each worker's share (SyncBatchNorm is CUDA-only:
+        # CPU workers normalise their own share, one remaining difference from a single worker).
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     runner = hooks.wrap_model(model) if hooks.wrap_model else model
     runner.train()
     num_images = images.shape[0]
@@ -238,7 +252,7 @@ def train_model(
             hooks.on_checkpoint(step, written)
 
     for step in range(start, config.steps):
-        index = torch.randint(num_images, (config.batch_size,), device=device, generator=generator)
+        index = torch.randint(num_images, (share,), device=device, generator=generator)
         batch = images[index].float().div_(255)
         if config.patch_size:
             # The patch-level model: CutPaste inside a random crop, sizes in the full image's pixels.
@@ -261,6 +275,11 @@ def train_model(
         done = step + 1
         bar.update(1)
         if done % config.log_every == 0 or done == config.steps:
+            if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+                # Every rank logs at the same steps, so this collective stays in step; the record is the run's.
+                sums = torch.stack([loss_sum, correct_sum])
+                torch.distributed.all_reduce(sums)
+                loss_sum, correct_sum = sums[0] / world, sums[1] / world
             elapsed = time.perf_counter() - window_start
             record = {
                 "step": float(done),
@@ -288,6 +307,7 @@ def train_model(
         history=history,
         wall_s=time.perf_counter() - began,
         resumed_from_step=resumed_from,
+        local_batch=share,
     )
 
 

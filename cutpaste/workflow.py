@@ -31,7 +31,8 @@ CHECKPOINT_DIR = "checkpoints"
 
 @dataclass
 class CategoryRun:
-    detector: Detector
+    # None on the workers of a data-parallel run other than rank 0: only rank 0 fits and saves.
+    detector: Detector | None
     training: TrainResult
     out_dir: Path
 
@@ -81,6 +82,10 @@ def train_category(
         hooks=hooks,
         progress=progress,
     )
+    if hooks is not None and hooks.rank != 0:
+        # Workers change how fast a run trains, not what it produces: rank 0 alone fits the density,
+        # calibrates the threshold and saves; the other ranks' models are the same weights.
+        return CategoryRun(detector=None, training=result, out_dir=out_dir)
     last = result.history[-1] if result.history else {}
     detector = fit_detector(
         result.model,
@@ -96,11 +101,10 @@ def train_category(
             "final_accuracy": last.get("accuracy"),
         },
     )
-    if hooks is None or hooks.rank == 0:
-        # Synthetic anomalies against out-of-fold normals: what a champion is chosen by, no test label read.
-        detector.meta["validation"] = training_validation(detector, images, seed=config.seed)
-        write_history(result.history, out_dir / "train_log.jsonl")
-        detector.save(out_dir)
+    # Synthetic anomalies against out-of-fold normals: what a champion is chosen by, no test label read.
+    detector.meta["validation"] = training_validation(detector, images, seed=config.seed)
+    write_history(result.history, out_dir / "train_log.jsonl")
+    detector.save(out_dir)
     return CategoryRun(detector=detector, training=result, out_dir=out_dir)
 
 

@@ -131,6 +131,7 @@ def _train_and_evaluate(
         on_checkpoint=on_checkpoint,
         wrap_model=ray.train.torch.prepare_model if world > 1 else None,
         rank=rank,
+        world_size=world,
     )
     if board is not None and rank == 0:
         board.update.remote(spec.name, "training", step=0, steps=config.steps)
