@@ -159,7 +159,7 @@ def run_row(name: str, row: Row, config: TrainConfig, data: Path, category: str)
         detector = untrained_detector(config, train_images, category=category)
         out["train_s"] = 0.0
     started = time.perf_counter()
-    out["val_auroc"] = score_validation(detector.score(validation.images), validation)["val_auroc"]
+    out.update(score_validation(detector.score(validation.images), validation))
     evaluation = evaluate_detector(detector, test)
     out["score_s"] = time.perf_counter() - started
     out["image_auroc"] = evaluation.metrics.image_auroc

@@ -37,7 +37,7 @@ def _space(tmp_path: Path, content: dict) -> str:
         ({"area_ratio_min": [-0.1, 0.02]}, "area_ratio_min: area ratios must lie inside (0, 1)"),
         ({"area_ratio_min": [0.01, 0.2], "area_ratio_max": [0.1, 0.3]}, "area_ratio_min: its max 0.2 exceeds"),
         ({"scar_width_min": [9, 8]}, "scar_width_min: min 9.0 is larger than max 8.0"),
-        ({"variant": ["4way"]}, "variant: unknown '4way'"),
+        ({"variant": ["5way"]}, "variant: unknown '5way'"),
         ({"ensemble_rule": ["median"]}, "ensemble_rule: unknown 'median'"),
         ({"ensemble_size": [0]}, "ensemble_size: values must be integers >= 1"),
         ({"patch_jitter": [0.1, 0.9]}, "patch_jitter: must lie in [0, 0.5]"),
