@@ -81,7 +81,7 @@ def build_config(args: argparse.Namespace):
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="demo", help="named config: paper, demo, ci (default: demo)")
+    parser.add_argument("--preset", default="demo", help="named config: paper, short, demo, ci (default: demo)")
     parser.add_argument("--config", help="JSON file: a short difference from a preset")
     for flag, (field, kind) in _FIELD_FLAGS.items():
         parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=f"config field {field}")

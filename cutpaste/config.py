@@ -19,7 +19,7 @@ VARIANTS = ("normal", "scar", "3way", "union", "blend", "4way")
 LOCAL_DENSITIES = ("auto", "per_location", "shared")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 EMBEDDINGS = ("pooled", "multiscale")
-IMAGE_SCORES = ("global", "local", "combined")
+IMAGE_SCORES = ("global", "local", "combined", "auto")
 PATCH_SCORES = ("grid_max", "map_max")
 
 
@@ -104,6 +104,8 @@ class TrainConfig:
     # ``local_grid`` square, laid out as ``local_density`` says), image score its maximum, and anomaly
     # maps from that grid instead of GradCAM; combined: the sum of both, each standardised on
     # out-of-fold training scores. Local scoring is an addition of ours, not the paper's protocol.
+    # auto: combined for the aligned MVTec objects (where validation preferred it), global otherwise
+    # (textures, unknown categories, patch models); the detector records what it resolved to.
     image_score: str = "global"
     local_stage: int = 3
     local_grid: int = 8
@@ -166,7 +168,7 @@ class TrainConfig:
             raise ConfigError(f"warmup_steps: must be >= 0, got {self.warmup_steps}")
         if self.embedding != "pooled" and not self.backbone.startswith("resnet"):
             raise ConfigError(f"embedding: {self.embedding!r} needs a ResNet backbone, got {self.backbone!r}")
-        if self.image_score != "global":
+        if self.image_score not in ("global", "auto"):
             if self.patch_size:
                 raise ConfigError("image_score: local and combined apply to the image-level model (patch_size 0)")
             if not self.backbone.startswith("resnet"):
@@ -291,7 +293,7 @@ PRESETS: dict[str, TrainConfig] = {
         image_size=128,
         steps=600,
         batch_size=32,
-        image_score="combined",
+        image_score="auto",
         local_stage=2,
         checkpoint_every=100,
         log_every=25,

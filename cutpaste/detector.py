@@ -20,7 +20,7 @@ from cutpaste.dense import dense_embeddings, upsample_scores
 from cutpaste.density import GaussianDensity, out_of_fold_scores
 from cutpaste.errors import ConfigError, ModelBundleError
 from cutpaste.gradcam import gradcam_maps
-from cutpaste.local_density import LocalDensity, resolve_layout
+from cutpaste.local_density import ALIGNED_OBJECTS, LocalDensity, resolve_layout
 from cutpaste.local_scores import grid_to_maps, image_and_grid_features, standardise
 from cutpaste.model import CutPasteNet, as_float_images, build_model
 from cutpaste.patches import grid_size
@@ -244,6 +244,8 @@ def fit_detector(
     records those scores (``oof_scores``, what an ensemble standardises a member with) and the
     calibration with its expected false-positive rate and bootstrap interval (``calibration``).
     """
+    if config.image_score == "auto":
+        config = config.override({"image_score": resolve_image_score(config, category)})
     if config.patch_size:
         return _fit_patch_detector(model, train_images, config, category=category, meta=meta)
     if config.image_score != "global":
@@ -260,6 +262,17 @@ def fit_detector(
         category=category,
         meta=meta,
     )
+
+
+def resolve_image_score(config: TrainConfig, category: str) -> str:
+    """``image_score=auto``: ``combined`` for the aligned MVTec objects, where the quality matrix's validation
+    AUROC preferred it (transistor 0.975 vs 0.957, bottle 0.981 vs 0.947 at the short budget), ``global``
+    elsewhere (textures preferred it on validation; unknown categories and patch models keep the paper's)."""
+    if config.image_score != "auto":
+        return config.image_score
+    if config.patch_size or not config.backbone.startswith("resnet"):
+        return "global"
+    return "combined" if category in ALIGNED_OBJECTS else "global"
 
 
 def _calibrated(meta: dict[str, Any] | None, oof: torch.Tensor, config: TrainConfig) -> tuple[dict[str, Any], float]:

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ensemble", type=int, default=0, help="also combine the first N seeds of each category into one detector"
     )
     parser.add_argument("--ensemble-rule", default="mean", help="mean (default), max or logdensity")
-    parser.add_argument("--preset", default="demo", help="paper, demo or ci (default: demo)")
+    parser.add_argument("--preset", default="demo", help="paper, short, demo or ci (default: demo)")
     parser.add_argument("--config", help="JSON config file: a short difference from a preset")
     parser.add_argument("--benchmark-id", help="names this benchmark; the same id again resumes it")
     parser.add_argument("--mlflow-uri", help="tracking URI; default $MLFLOW_TRACKING_URI or a sqlite store in runs/")

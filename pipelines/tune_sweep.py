@@ -416,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="dataset root (local path or s3://bucket/prefix)")
     parser.add_argument("--categories", nargs="+", help="default: every category under --data (one sweep each)")
     parser.add_argument("--num-samples", type=int, default=8, help="trials per category (grid: repeats of the grid)")
-    parser.add_argument("--preset", default="demo", help="base config: paper, demo or ci (default: demo)")
+    parser.add_argument("--preset", default="demo", help="base config: paper, short, demo or ci (default: demo)")
     parser.add_argument("--config", help="JSON base config: a short difference from a preset")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="base config field, e.g. steps=60")
     parser.add_argument("--space", default="default", help=f"search space: {', '.join(SPACES)} or a JSON file")
