@@ -80,6 +80,9 @@ def _resolve(args: argparse.Namespace):
         print(f"no --data: using synthetic demo data in {data_dir}", flush=True)
         generate_dataset(data_dir, categories=DEMO_CATEGORIES, size=128, seed=0)
         data = str(data_dir)
+    elif "://" not in data:
+        # Workers run in another directory: a relative local path would name nothing there.
+        data = str(Path(data).expanduser().resolve())
     found = list_categories(data, endpoint_url=args.s3_endpoint)
     categories = args.categories or found
     unknown = sorted(set(categories) - set(found))
