@@ -2,9 +2,9 @@
 
 On a CPU with AMX or AVX512-BF16, oneDNN runs bf16 convolutions natively: the training loop at 128 px,
 batch 96, ran at 163 img/s with bf16 + channels_last against 79 img/s in fp32 on this project's
-2-core AVX512-BF16 machine (``bench/train_step.py``, same AUROC from the same seed). Without those instructions bf16 is emulated
-and slower than fp32, so it is detected from the CPU, never assumed; the decision depends only on
-the machine, so a seed reproduces its run on that machine.
+2-core AVX512-BF16 machine (``bench/train_step.py``, same AUROC from the same seed). Without those
+instructions bf16 is emulated and slower than fp32, so it is detected from the CPU, never assumed;
+the decision depends only on the machine, so a seed reproduces its run on that machine.
 """
 
 from __future__ import annotations
