@@ -104,7 +104,7 @@ class TrainConfig:
     # ``local_grid`` square, laid out as ``local_density`` says), image score its maximum, and anomaly
     # maps from that grid instead of GradCAM; combined: the sum of both, each standardised on
     # out-of-fold training scores. Local scoring is an addition of ours, not the paper's protocol.
-    # auto: combined for the aligned MVTec objects (where validation preferred it), global otherwise
+    # auto: local for the aligned MVTec objects (where validation preferred it), global otherwise
     # (textures, unknown categories, patch models); the detector records what it resolved to.
     image_score: str = "global"
     local_stage: int = 3

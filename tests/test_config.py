@@ -107,13 +107,13 @@ def test_image_score_auto_follows_the_category_group():
 
     short = preset("short")
     assert short.image_score == "auto"
-    assert resolve_image_score(short, "transistor") == "combined"
+    assert resolve_image_score(short, "transistor") == "local"
     assert resolve_image_score(short, "carpet") == "global" and resolve_image_score(short, "synth_disc") == "global"
     assert resolve_image_score(short.override({"patch_size": 32}), "bottle") == "global"
     assert resolve_image_score(short.override({"image_score": "local"}), "carpet") == "local"
     images = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     small = short.override({"image_size": 64, "local_grid": 4})
     bottle = untrained_detector(small, images, category="bottle")
-    assert bottle.config.image_score == "combined" and bottle.feature_local is not None, "the bundle keeps the choice"
+    assert bottle.config.image_score == "local" and bottle.feature_local is not None, "the bundle keeps the choice"
     carpet = untrained_detector(small, images, category="carpet")
     assert carpet.config.image_score == "global" and carpet.feature_local is None
