@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -37,7 +36,7 @@ from cutpaste.detector import fit_detector
 from cutpaste.evaluate import evaluate_detector
 from cutpaste.model import build_model
 from cutpaste.precision import cpu_has_native_bf16, use_amp, use_channels_last
-from cutpaste.train import TrainHooks, resolve_device, train_model
+from cutpaste.train import TrainHooks, optimisation_step, resolve_device, train_model
 
 
 def _sync(device: torch.device) -> None:
@@ -64,12 +63,7 @@ def bare_round(config: TrainConfig, device: torch.device, steps: int, state: dic
     _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            _, logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimisation_step(model, optimizer, x, y, amp=amp)
     _sync(device)
     return steps * x.shape[0] / (time.perf_counter() - start)
 

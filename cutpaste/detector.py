@@ -7,6 +7,7 @@ Loading needs only the model definition, never the training code path.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -333,18 +334,11 @@ def _fit_patch_detector(
     def fit(subset: torch.Tensor) -> LocalDensity:
         return LocalDensity.fit(subset.to(device), layout=layout, grid=grid, dim=config.local_dim, seed=config.seed)
 
-    n = features.shape[0]
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
-    held_out_max = torch.empty(n, dtype=torch.float64)
-    grid_values = []
-    for part in torch.tensor_split(order, max(2, min(folds, n // 2))):
-        keep = torch.ones(n, dtype=torch.bool)
-        keep[part] = False
-        scores = fit(features[keep]).score(features[part].to(device)).view(-1, grid, grid)
-        held_out_max[part] = _patch_image_scores(scores, _pixel_maps(scores, config), config).cpu()
-        grid_values.append(scores.flatten().cpu())
+    scores = _out_of_fold_local_scores(features, fit, device=device, seed=config.seed, folds=folds)
+    scores = scores.view(-1, grid, grid)
+    held_out_max = _patch_image_scores(scores, _pixel_maps(scores, config), config)
     meta, threshold = _calibrated(meta, held_out_max, config)
-    meta["map_low"] = float(torch.cat(grid_values).median())
+    meta["map_low"] = float(scores.median())
     meta["local_layout"] = layout
     return Detector(
         model=model.eval(),
@@ -356,6 +350,26 @@ def _fit_patch_detector(
         meta=meta,
         local=fit(features),
     )
+
+
+def _out_of_fold_local_scores(
+    features: torch.Tensor,
+    fit: Callable[[torch.Tensor], LocalDensity],
+    *,
+    device: torch.device,
+    seed: int,
+    folds: int = 5,
+) -> torch.Tensor:
+    """``(N, L, D)`` position features -> ``(N, L)`` scores of each image's positions under densities
+    fitted without that image (k-fold): the unbiased normal scores a threshold is calibrated on."""
+    n = features.shape[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    out = torch.empty(features.shape[:2])
+    for part in torch.tensor_split(order, max(2, min(folds, n // 2))):
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[part] = False
+        out[part] = fit(features[keep]).score(features[part].to(device)).float().cpu()
+    return out
 
 
 def _fit_local_image_detector(
@@ -378,16 +392,8 @@ def _fit_local_image_detector(
     def fit(subset: torch.Tensor) -> LocalDensity:
         return LocalDensity.fit(subset.to(device), layout=layout, grid=grid, dim=config.local_dim, seed=config.seed)
 
-    n = embeddings.shape[0]
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
-    local_oof = torch.empty(n, dtype=torch.float64)
-    grid_values = []
-    for part in torch.tensor_split(order, max(2, min(folds, n // 2))):
-        keep = torch.ones(n, dtype=torch.bool)
-        keep[part] = False
-        scores = fit(grid_features[keep]).score(grid_features[part].to(device)).cpu()
-        local_oof[part] = scores.amax(1).double()
-        grid_values.append(scores.flatten())
+    scores = _out_of_fold_local_scores(grid_features, fit, device=device, seed=config.seed, folds=folds)
+    local_oof = scores.amax(1).double()
     global_oof = out_of_fold_scores(embeddings, seed=config.seed)
     norm = {
         "global": [float(global_oof.mean()), float(global_oof.std())],
@@ -400,7 +406,7 @@ def _fit_local_image_detector(
     )
     meta, threshold = _calibrated(meta, calibration, config)
     meta["score_norm"] = norm
-    meta["map_low"] = float(torch.cat(grid_values).median())
+    meta["map_low"] = float(scores.median())
     meta["map_threshold"] = float(torch.quantile(local_oof, threshold_quantile(config)))
     meta["local_layout"] = layout
     return Detector(

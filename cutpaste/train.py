@@ -162,6 +162,20 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> to
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
 
 
+def optimisation_step(
+    runner: nn.Module, optimizer: torch.optim.Optimizer, views: torch.Tensor, labels: torch.Tensor, *, amp: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward/backward/update of the proxy classifier (bf16 autocast when ``amp``); the loss and
+    logits come back for the caller's running sums."""
+    with torch.autocast(views.device.type, dtype=torch.bfloat16, enabled=amp):
+        _, logits = runner(views)
+        loss = F.cross_entropy(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
+
+
 def train_model(
     config: TrainConfig,
     train_images: torch.Tensor,
@@ -262,12 +276,7 @@ def train_model(
         )
         if channels_last:
             views = views.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            _, logits = runner(views)
-            loss = F.cross_entropy(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, logits = optimisation_step(runner, optimizer, views, labels, amp=amp)
         scheduler.step()
         loss_sum += loss.detach()
         correct_sum += (logits.detach().argmax(1) == labels).float().mean()

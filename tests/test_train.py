@@ -4,6 +4,7 @@ import torch
 from cutpaste.config import preset
 from cutpaste.data import list_samples, load_images
 from cutpaste.errors import ConfigError, ModelBundleError
+from cutpaste.precision import cpu_has_native_bf16
 from cutpaste.train import CHECKPOINT_NAME, TrainHooks, train_model
 
 CONFIG = preset("ci").override(
@@ -20,8 +21,23 @@ def _state(result):
     return {k: v.clone() for k, v in result.model.state_dict().items()}
 
 
-def test_interrupted_run_resumes_and_ends_where_an_uninterrupted_run_ends(images, tmp_path):
-    reference = train_model(CONFIG, images, device="cpu", checkpoint_dir=tmp_path / "a", progress=False)
+BF16 = pytest.param(
+    True,
+    id="bf16",
+    marks=pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16"),
+)
+
+
+@pytest.mark.parametrize("amp", [pytest.param(False, id="fp32"), BF16])
+def test_interrupted_run_resumes_and_ends_where_an_uninterrupted_run_ends(images, tmp_path, amp):
+    """In fp32 (the ci preset) and with bf16 autocast + channels_last where the CPU has native bf16."""
+    config = CONFIG.override({"amp": amp, "channels_last": amp})
+    reference = train_model(config, images, device="cpu", checkpoint_dir=tmp_path / "a", progress=False)
+    again = train_model(config, images, device="cpu", progress=False)
+    assert [r["loss"] for r in again.history] == [r["loss"] for r in reference.history], "seeded"
+    assert all(r["loss"] == r["loss"] for r in reference.history), "no NaN loss"
+    # The returned model is in the default memory layout, like one loaded from a bundle.
+    assert reference.model.encoder.conv1.weight.is_contiguous()
 
     def stop_at_3(step, path):
         if step == 3:
@@ -29,10 +45,10 @@ def test_interrupted_run_resumes_and_ends_where_an_uninterrupted_run_ends(images
 
     with pytest.raises(KeyboardInterrupt):
         train_model(
-            CONFIG, images, device="cpu", checkpoint_dir=tmp_path / "b", hooks=TrainHooks(on_checkpoint=stop_at_3)
+            config, images, device="cpu", checkpoint_dir=tmp_path / "b", hooks=TrainHooks(on_checkpoint=stop_at_3)
         )
     assert (tmp_path / "b" / CHECKPOINT_NAME).exists()
-    resumed = train_model(CONFIG, images, device="cpu", checkpoint_dir=tmp_path / "b", progress=False)
+    resumed = train_model(config, images, device="cpu", checkpoint_dir=tmp_path / "b", progress=False)
     assert resumed.resumed_from_step == 3
     for key, value in _state(reference).items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
