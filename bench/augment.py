@@ -28,7 +28,6 @@ import math
 import os
 import random
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,8 +36,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cutpaste.augment import IMAGENET_MEAN, IMAGENET_STD, make_views
 from cutpaste.config import AugmentConfig

@@ -13,13 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cutpaste.atomic import atomic_write_text
 from cutpaste.dense import dense_embeddings, upsample_scores

@@ -17,23 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import ray
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
 
-import ray  # noqa: E402
-from ray.train import RunConfig, ScalingConfig  # noqa: E402
-from ray.train.torch import TorchTrainer  # noqa: E402
-
-from cutpaste.atomic import atomic_write_text  # noqa: E402
-from cutpaste.config import preset  # noqa: E402
-from cutpaste.data.synth import generate_dataset  # noqa: E402
-from cutpaste.workflow import evaluate_category, train_category  # noqa: E402
-from pipelines.benchmark import PREEMPTION_WATCHER_ENV, BenchmarkConfig, run_benchmark  # noqa: E402
+from cutpaste.atomic import atomic_write_text
+from cutpaste.config import preset
+from cutpaste.data.synth import generate_dataset
+from cutpaste.workflow import evaluate_category, train_category
+from pipelines.benchmark import PREEMPTION_WATCHER_ENV, BenchmarkConfig, run_benchmark
 
 
 def _empty_loop(_config: dict) -> None:
@@ -71,7 +67,7 @@ def main() -> None:
         work = Path(tmp)
         names = generate_dataset(work / "data", categories=args.categories, size=64, seed=0)
         started = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+        ray.init(num_cpus=2, include_dashboard=False)
         ray_startup_s = time.perf_counter() - started
         for repeat in range(args.repeats):
             startups.append(train_run_startup(work / "empty"))

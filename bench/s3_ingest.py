@@ -33,18 +33,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+from infra.local.services import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "bench" / "results" / "s3_ingest.json"
 CATEGORY = "synth_weave"
 LATENCY_S = 0.02
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_moto(port: int) -> subprocess.Popen:
@@ -98,10 +93,9 @@ def latency_proxy(listen_port: int, target_port: int, delay_s: float) -> None:
 
 
 def start_latency_proxy(target_port: int, delay_s: float) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
-    code = f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import s3_ingest as b; "
-    code += f"b.latency_proxy({port}, {target_port}, {delay_s})"
-    proc = subprocess.Popen([sys.executable, "-c", code])
+    port = free_port()
+    # This script again, in proxy mode: the proxy needs its own process (its own event loop and GIL).
+    proc = subprocess.Popen([sys.executable, __file__, "--latency-proxy", str(port), str(target_port), str(delay_s)])
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -138,7 +132,7 @@ def main() -> None:
     from cutpaste.data.images import load_images
     from cutpaste.data.layout import list_samples
     from cutpaste.data.synth import generate_dataset
-    from cutpaste.storage import localize, upload
+    from cutpaste.storage import materialize, upload
     from cutpaste.storage.manifest import read_manifest
     from cutpaste.storage.s3 import S3Connection, parse_s3_uri
 
@@ -148,7 +142,7 @@ def main() -> None:
     generate_dataset(data, categories=[CATEGORY], size=256, train_count=200)
     print(f"data ready in {time.perf_counter() - started:.1f}s: {data}", file=sys.stderr)
 
-    port = _free_port()
+    port = free_port()
     server = start_moto(port)
     endpoint = f"http://127.0.0.1:{port}"
     os.environ.update(
@@ -174,7 +168,7 @@ def main() -> None:
         for rep in range(args.repeats):
             cache = work / f"cache-{rep}"
             t0 = time.perf_counter()
-            localize(uri, [CATEGORY], cache_dir=cache, workers=args.workers)
+            materialize(uri, [CATEGORY], cache_dir=cache, workers=args.workers)
             parallel.append(time.perf_counter() - t0)
 
             out = work / f"seq-{rep}"
@@ -196,10 +190,10 @@ def main() -> None:
             timings[key].append(time.perf_counter() - t0)
 
         def warm_read(ttl: float | None) -> None:
-            _read_all(_files(localize(uri, [CATEGORY], cache_dir=warm_cache, verify_ttl=ttl), CATEGORY))
+            _read_all(_files(materialize(uri, [CATEGORY], cache_dir=warm_cache, verify_ttl=ttl), CATEGORY))
 
         def warm_decode() -> None:
-            root = localize(uri, [CATEGORY], cache_dir=warm_cache)
+            root = materialize(uri, [CATEGORY], cache_dir=warm_cache)
             load_images([s.path for s in list_samples(root, CATEGORY, "train")], 256)
 
         for _ in range(3 * args.repeats):  # a few milliseconds each: more repeats against noise
@@ -215,7 +209,7 @@ def main() -> None:
         try:
             via = f"http://127.0.0.1:{proxy_port}"
             t0 = time.perf_counter()
-            localize(
+            materialize(
                 uri, [CATEGORY], cache_dir=work / "cache-latency", endpoint_url=via, verify_ttl=0, workers=args.workers
             )
             latency_parallel = time.perf_counter() - t0
@@ -227,7 +221,7 @@ def main() -> None:
         finally:
             proxy.terminate()
             proxy.wait(10)
-        root = localize(uri, [CATEGORY], cache_dir=warm_cache)
+        root = materialize(uri, [CATEGORY], cache_dir=warm_cache)
         assert [p.read_bytes() for p in _files(root, CATEGORY)] == [p.read_bytes() for p in _files(data, CATEGORY)]
     finally:
         server.terminate()
@@ -283,4 +277,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--latency-proxy"]:
+        latency_proxy(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
+        sys.exit(0)
     main()

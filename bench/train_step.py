@@ -18,14 +18,11 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cutpaste.atomic import atomic_write_text
 from cutpaste.baselines import untrained_detector

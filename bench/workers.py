@@ -14,7 +14,6 @@ import json
 import os
 import socket
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,8 +22,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cutpaste.atomic import atomic_write_text
 from cutpaste.config import TrainConfig, preset

@@ -43,32 +43,9 @@ _FIELD_FLAGS: dict[str, tuple[str, type]] = {
 }
 
 
-def _parse_set(items: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        value: Any
-        if "," in raw:
-            value = [json.loads(v) if _is_json(v) else v for v in raw.split(",")]
-        else:
-            value = json.loads(raw) if _is_json(raw) else raw
-        out[key.strip()] = value
-    return out
-
-
-def _is_json(text: str) -> bool:
-    try:
-        json.loads(text)
-    except ValueError:
-        return False
-    return True
-
-
 def build_config(args: argparse.Namespace):
     """Preset (or --config file), then explicit flags, then --set overrides."""
-    from cutpaste.config import load_config, preset
+    from cutpaste.config import load_config, parse_overrides, preset
 
     config = load_config(args.config, base=preset(args.preset)) if args.config else preset(args.preset)
     changes = {
@@ -76,7 +53,7 @@ def build_config(args: argparse.Namespace):
         for flag, (field, kind) in _FIELD_FLAGS.items()
         if getattr(args, flag, None) is not None  # scripts may define only some of the flags
     }
-    changes.update(_parse_set(args.set or []))
+    changes.update(parse_overrides(args.set or []))
     return config.override(changes, source="command line") if changes else config.validate()
 
 
@@ -125,9 +102,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _local_data(args: argparse.Namespace, categories: list[str] | None) -> str:
     """A local dataset root: ``s3://`` data is fetched through the per-node cache first."""
-    from cutpaste.storage import localize
+    from cutpaste.storage import materialize
 
-    return str(localize(args.data, categories, endpoint_url=args.s3_endpoint, progress=True))
+    return str(materialize(args.data, categories, endpoint_url=args.s3_endpoint, progress=True))
 
 
 def _print_evaluation(report: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -313,6 +314,31 @@ PRESETS: dict[str, TrainConfig] = {
         eval_batch_size=32,
     ),
 }
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` strings (``--set``) as config changes: JSON values where they parse, a comma makes a list
+    (``augment.area_ratio=0.02,0.1``), anything else a string; the changes go through ``override``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        value: Any
+        if "," in raw:
+            value = [json.loads(v) if _is_json(v) else v for v in raw.split(",")]
+        else:
+            value = json.loads(raw) if _is_json(raw) else raw
+        out[key.strip()] = value
+    return out
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def preset(name: str) -> TrainConfig:

@@ -38,7 +38,7 @@ from cutpaste.threshold import calibrate
 from cutpaste.threshold import threshold_quantile as _threshold_quantile
 
 ENSEMBLE_FORMAT = 1
-MANIFEST_NAME = "ensemble.json"
+ENSEMBLE_MANIFEST = "ensemble.json"
 RULES = ("mean", "max", "logdensity")
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -158,20 +158,20 @@ class EnsembleDetector:
                 "meta": self.meta,
             }
             # The manifest is written last: a directory with it is complete.
-            atomic_write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str), staging / MANIFEST_NAME)
+            atomic_write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str), staging / ENSEMBLE_MANIFEST)
             _replace_dir(staging, directory)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return directory / MANIFEST_NAME
+        return directory / ENSEMBLE_MANIFEST
 
     @classmethod
     def load(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> EnsembleDetector:
         directory = Path(directory)
-        path = directory / MANIFEST_NAME
+        path = directory / ENSEMBLE_MANIFEST
         try:
             manifest = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ModelBundleError(f"no {MANIFEST_NAME} in {directory}") from None
+            raise ModelBundleError(f"no {ENSEMBLE_MANIFEST} in {directory}") from None
         except (OSError, json.JSONDecodeError) as exc:
             raise ModelBundleError(f"{path} is unreadable: {exc}") from None
         if not isinstance(manifest, dict) or manifest.get("format") != ENSEMBLE_FORMAT:
@@ -278,10 +278,10 @@ def member_oof_scores(member: Detector, train_images: torch.Tensor) -> torch.Ten
 def load_detector(path: str | Path, *, device: str | torch.device = "cpu") -> Detector | EnsembleDetector:
     """A single detector (``detector.pt`` or its directory) or an ensemble directory (``ensemble.json``)."""
     path = Path(path)
-    if path.is_dir() and (path / MANIFEST_NAME).is_file():
+    if path.is_dir() and (path / ENSEMBLE_MANIFEST).is_file():
         return EnsembleDetector.load(path, device=device)
-    if path.is_file() and path.name == MANIFEST_NAME:
+    if path.is_file() and path.name == ENSEMBLE_MANIFEST:
         return EnsembleDetector.load(path.parent, device=device)
     if path.is_dir() and not (path / BUNDLE_NAME).exists() and any(path.glob(f"member-*/{BUNDLE_NAME}")):
-        raise ModelBundleError(f"{path} has ensemble members but no {MANIFEST_NAME}: it is incomplete")
+        raise ModelBundleError(f"{path} has ensemble members but no {ENSEMBLE_MANIFEST}: it is incomplete")
     return Detector.load(path, device=device)

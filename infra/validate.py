@@ -30,11 +30,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from cutpaste.errors import CutPasteError
 
-from cutpaste.errors import CutPasteError  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # the repository: entrypoints name its scripts
 
 REQUIRED_ENV = {
     "MLFLOW_TRACKING_URI": "the MLflow tracking server the benchmark driver logs to",

@@ -23,7 +23,7 @@ from cutpaste.atomic import atomic_write_text
 from cutpaste.data.images import load_images
 from cutpaste.data.layout import list_samples
 from cutpaste.ensemble import build_ensemble
-from cutpaste.storage import localize
+from cutpaste.storage import materialize
 from cutpaste.workflow import evaluate_category
 from pipelines import tracking
 from pipelines.pyfunc_model import log_detector_model
@@ -44,7 +44,7 @@ def _ensemble_category(
     bench: Any, category: str, members: list[dict[str, Any]], rule: str, out: Path
 ) -> tuple[dict[str, Any], Path]:
     detectors = [_load_member(r["model_uri"]) for r in members]
-    root = localize(bench.data, [category], endpoint_url=bench.s3_endpoint)
+    root = materialize(bench.data, [category], endpoint_url=bench.s3_endpoint)
     size = max(d.config.image_size for d in detectors)
     train_images = load_images([s.path for s in list_samples(root, category, "train")], size)
     ensemble = build_ensemble(

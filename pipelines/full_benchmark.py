@@ -9,37 +9,37 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-# `python pipelines/full_benchmark.py` puts pipelines/ on sys.path, not the repository root.
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from cutpaste.errors import CutPasteError
+from pipelines.launcher import (
+    RUNS_DIR,
+    absolute_data,
+    add_common_arguments,
+    base_config,
+    connect_ray,
+    resolve_categories,
+    tracking_uri,
+)
 
-from cutpaste.config import load_config, preset  # noqa: E402
-from cutpaste.errors import CutPasteError  # noqa: E402
-
-DEFAULT_RUNS_DIR = Path("runs")
 DEMO_CATEGORIES = 4
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", help="dataset root (local path or s3://bucket/prefix); default: synthetic demo data")
-    parser.add_argument("--categories", nargs="+", help="default: every category found under --data")
+    add_common_arguments(
+        parser,
+        experiment="cutpaste-benchmark",
+        data_help="dataset root (local path or s3://bucket/prefix); default: synthetic demo data",
+    )
     parser.add_argument("--seeds", type=int, default=1, help="runs per category, seeds base..base+N-1 (paper: 5)")
     parser.add_argument(
         "--ensemble", type=int, default=0, help="also combine the first N seeds of each category into one detector"
     )
     parser.add_argument("--ensemble-rule", default="mean", help="mean (default), max or logdensity")
-    parser.add_argument("--preset", default="demo", help="paper, short, demo or ci (default: demo)")
-    parser.add_argument("--config", help="JSON config file: a short difference from a preset")
     parser.add_argument("--benchmark-id", help="names this benchmark; the same id again resumes it")
-    parser.add_argument("--mlflow-uri", help="tracking URI; default $MLFLOW_TRACKING_URI or a sqlite store in runs/")
-    parser.add_argument("--experiment", default="cutpaste-benchmark", help="MLflow experiment name")
     parser.add_argument("--gpus-per-run", type=float, default=None, help="GPUs per run (0.25 shares a GPU by four)")
     parser.add_argument("--workers-per-run", type=int, default=1, help="DDP workers per run (each its own GPU)")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
@@ -49,17 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tracking-timeout", type=float, default=120.0, help="seconds a finished run waits for MLflow to come back"
     )
-    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint (default $AWS_ENDPOINT_URL)")
     parser.add_argument("--wait-for-resources", type=float, default=0.0, help="seconds to wait for GPUs to join")
-    parser.add_argument("--ray-address", help="default $RAY_ADDRESS, else a local Ray is started")
     parser.add_argument("--no-register", action="store_true", help="do not register champion models")
     return parser
 
 
-def _resolve(args: argparse.Namespace):
-    from cutpaste.storage import list_categories
-    from pipelines.benchmark import BenchmarkConfig, BenchmarkError
-    from pipelines.tracking import credentials_to_env, default_tracking_uri
+def _check_flags(args: argparse.Namespace) -> None:
+    from pipelines.benchmark import BenchmarkError
 
     if args.seeds < 1:
         raise BenchmarkError(f"--seeds must be >= 1, got {args.seeds}")
@@ -69,36 +65,37 @@ def _resolve(args: argparse.Namespace):
         raise BenchmarkError(f"--ensemble {args.ensemble}: members are seeds: 2 <= N <= --seeds ({args.seeds})")
     if args.ensemble_rule not in ("mean", "max", "logdensity"):
         raise BenchmarkError(f"--ensemble-rule {args.ensemble_rule!r}: choose mean, max or logdensity")
-    train_config = load_config(args.config, base=preset(args.preset)) if args.config else preset(args.preset)
-    benchmark_id = args.benchmark_id or time.strftime("bench-%Y%m%d-%H%M%S")
-    runs_dir = DEFAULT_RUNS_DIR.resolve()
-    data = args.data
-    if data is None:
-        from cutpaste.data.synth import generate_dataset
-
-        data_dir = runs_dir / "demo-data"
-        print(f"no --data: using synthetic demo data in {data_dir}", flush=True)
-        generate_dataset(data_dir, categories=DEMO_CATEGORIES, size=128, seed=0)
-        data = str(data_dir)
-    elif "://" not in data:
-        # Workers run in another directory: a relative local path would name nothing there.
-        data = str(Path(data).expanduser().resolve())
-    found = list_categories(data, endpoint_url=args.s3_endpoint)
-    categories = args.categories or found
-    unknown = sorted(set(categories) - set(found))
-    if unknown:
-        raise BenchmarkError(f"--categories: {', '.join(unknown)} not under {data} (found: {', '.join(found)})")
-    uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(runs_dir)
-    uri = credentials_to_env(uri)  # never printed, logged or stored inside the URI
-    out = Path(args.out or runs_dir / benchmark_id).resolve()
-    gpus = args.gpus_per_run
-    if gpus is None:
-        gpus = 0.0
+    gpus = args.gpus_per_run or 0.0
     if args.workers_per_run > 1 and 0 < gpus / args.workers_per_run < 1:
         raise BenchmarkError(
             f"--gpus-per-run {gpus:g} over {args.workers_per_run} workers would make DDP workers share a GPU; "
             "give each worker at least one GPU"
         )
+
+
+def _data_root(data: str | None, runs_dir: Path) -> str:
+    """``--data`` as workers can reach it; without it, the synthetic demo categories (made once)."""
+    if data is not None:
+        return absolute_data(data)
+    from cutpaste.data.synth import generate_dataset
+
+    data_dir = runs_dir / "demo-data"
+    print(f"no --data: using synthetic demo data in {data_dir}", flush=True)
+    generate_dataset(data_dir, categories=DEMO_CATEGORIES, size=128, seed=0)
+    return str(data_dir)
+
+
+def _resolve(args: argparse.Namespace):
+    from pipelines.benchmark import BenchmarkConfig
+
+    _check_flags(args)
+    train_config = base_config(args)
+    benchmark_id = args.benchmark_id or time.strftime("bench-%Y%m%d-%H%M%S")
+    runs_dir = RUNS_DIR.resolve()
+    data = _data_root(args.data, runs_dir)
+    categories = resolve_categories(data, args.categories, args.s3_endpoint)
+    uri = tracking_uri(args, runs_dir)
+    out = Path(args.out or runs_dir / benchmark_id).resolve()
     bench = BenchmarkConfig(
         benchmark_id=benchmark_id,
         data=data,
@@ -108,7 +105,7 @@ def _resolve(args: argparse.Namespace):
         out=str(out),
         storage=args.storage or str(out / "ray_storage"),
         experiment=args.experiment,
-        gpus_per_run=gpus,
+        gpus_per_run=args.gpus_per_run or 0.0,
         workers_per_run=args.workers_per_run,
         cpus_per_worker=args.cpus_per_worker,
         max_failures=args.max_failures,
@@ -123,21 +120,12 @@ def _resolve(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        import ray
-
         from pipelines.benchmark import run_benchmark, wait_for_resources
         from pipelines.tracking import check_reachable, redact_uri
 
         bench, train_config = _resolve(args)
         check_reachable(bench.mlflow_uri)
-        address = args.ray_address or os.environ.get("RAY_ADDRESS")
-        # Workers import the library and these pipelines from the repository (or the job's working dir).
-        if ray.is_initialized():
-            pass
-        elif address:
-            ray.init(address=address)
-        else:
-            ray.init(runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}}, include_dashboard=False)
+        connect_ray(args.ray_address)
         wait_for_resources(bench.gpus_per_run, bench.cpus_per_worker * bench.workers_per_run, args.wait_for_resources)
         print(
             f"benchmark {bench.benchmark_id}: {len(bench.categories)} categories x {bench.seeds} seeds, "

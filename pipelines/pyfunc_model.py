@@ -22,7 +22,7 @@ from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec
 
 import cutpaste
 from cutpaste.detector import BUNDLE_NAME
-from cutpaste.ensemble import MANIFEST_NAME, load_detector
+from cutpaste.ensemble import ENSEMBLE_MANIFEST, load_detector
 
 PIP_REQUIREMENTS = ["torch", "torchvision", "numpy", "pillow", "scikit-learn", "pandas"]
 
@@ -89,12 +89,12 @@ def log_detector_model(bundle_dir: Path, *, run_id: str, name: str = "model") ->
     MLflow 3 stores a logged model as its own entity, so the URI to register is the one MLflow returns,
     not a path under the run's artifacts.
     """
-    if (bundle_dir / MANIFEST_NAME).is_file():
+    if (bundle_dir / ENSEMBLE_MANIFEST).is_file():
         artifact = bundle_dir  # an ensemble travels as its whole directory
     elif (bundle_dir / BUNDLE_NAME).is_file():
         artifact = bundle_dir / BUNDLE_NAME
     else:
-        raise FileNotFoundError(f"no {BUNDLE_NAME} or {MANIFEST_NAME} in {bundle_dir}")
+        raise FileNotFoundError(f"no {BUNDLE_NAME} or {ENSEMBLE_MANIFEST} in {bundle_dir}")
     library = Path(cutpaste.__file__).parent
     with mlflow.start_run(run_id=run_id, nested=True):
         info = mlflow.pyfunc.log_model(

@@ -26,7 +26,7 @@ from cutpaste.detector import BUNDLE_NAME, SUMMARY_NAME
 from cutpaste.errors import ModelBundleError
 from cutpaste.heatmaps import save_png
 from cutpaste.localize import sample_heatmaps
-from cutpaste.storage import localize
+from cutpaste.storage import materialize
 from cutpaste.train import CHECKPOINT_NAME, TrainHooks, load_checkpoint
 from cutpaste.workflow import CHECKPOINT_DIR, evaluate_category, train_category
 
@@ -98,7 +98,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     config = TrainConfig.from_dict(spec.train_config, source=f"run {spec.name}")
-    data_root = localize(spec.data, [spec.category], endpoint_url=spec.s3_endpoint)
+    data_root = materialize(spec.data, [spec.category], endpoint_url=spec.s3_endpoint)
     # Scratch space only: every checkpoint is in Ray's storage once report() returns (uploads are
     # synchronous), so the directory goes when the run ends. Left behind, each run would keep its
     # checkpoints on the node's disk for good.

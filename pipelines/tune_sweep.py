@@ -17,22 +17,25 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-# `python pipelines/tune_sweep.py` puts pipelines/ on sys.path, not the repository root.
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from ray import tune
 
-from ray import tune  # noqa: E402
-
-from cutpaste.config import TrainConfig, flatten, load_config, preset  # noqa: E402
-from cutpaste.errors import ConfigError, CutPasteError  # noqa: E402
-from pipelines.search_space import (  # noqa: E402
+from cutpaste.config import TrainConfig, flatten, preset
+from cutpaste.errors import ConfigError, CutPasteError
+from pipelines.launcher import (
+    RUNS_DIR,
+    absolute_data,
+    add_common_arguments,
+    base_config,
+    connect_ray,
+    resolve_categories,
+    tracking_uri,
+)
+from pipelines.search_space import (
     METRICS,
     SPACES,
     SearchSpace,
@@ -41,7 +44,7 @@ from pipelines.search_space import (  # noqa: E402
     load_space,
     trial_overrides,
 )
-from pipelines.sweep_trial import (  # noqa: E402
+from pipelines.sweep_trial import (
     TRIAL_DRIVER_CPU,
     MlflowTrials,
     ReleaseTrainerGroups,
@@ -219,13 +222,13 @@ def evaluate_best(outcome: dict[str, Any], data: str, s3_endpoint: str | None) -
     from ray.train import Checkpoint
 
     from cutpaste.ensemble import load_detector
-    from cutpaste.storage import localize
+    from cutpaste.storage import materialize
     from cutpaste.workflow import evaluate_category
 
     path = outcome["best"]["checkpoint_path"]
     if not path:
         raise SweepError(f"the best trial of {outcome['category']} left no checkpoint to evaluate")
-    root = localize(data, [outcome["category"]], endpoint_url=s3_endpoint)
+    root = materialize(data, [outcome["category"]], endpoint_url=s3_endpoint)
     with Checkpoint(path).as_directory() as directory:
         detector = load_detector(directory)
         evaluation = evaluate_category(detector, root, outcome["category"])
@@ -241,7 +244,7 @@ def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     space, base, base_preset, categories, uri, out = _resolve(args)
     tracking.check_reachable(uri)
-    _init_ray(args)
+    connect_ray(args.ray_address)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     artifact_root = (out.parent / "mlartifacts") if uri.startswith("sqlite:") else None
@@ -339,10 +342,9 @@ def _report_category(client: Any, parent_id: str, outcome: dict[str, Any], args:
 
 
 def _resolve(args: argparse.Namespace):
-    from cutpaste.cli import _parse_set
-    from cutpaste.storage import list_categories
-    from pipelines.tracking import default_tracking_uri
-
+    if args.data is None:
+        raise SweepError("--data is required: the dataset root (local path or s3://bucket/prefix)")
+    args.data = absolute_data(args.data)
     if args.num_samples < 1:
         raise SweepError(f"--num-samples must be >= 1 (zero trials would choose nothing), got {args.num_samples}")
     if args.metric not in METRICS:
@@ -362,10 +364,7 @@ def _resolve(args: argparse.Namespace):
         space = load_space(args.space)
     else:
         raise SearchSpaceError(f"--space {args.space!r}: neither a JSON file nor one of {', '.join(SPACES)}")
-    base_preset = preset(args.preset)
-    base = load_config(args.config, base=base_preset) if args.config else base_preset
-    if args.set:
-        base = base.override(_parse_set(args.set), source="--set")
+    base = base_config(args)
     base_preset = preset(base.preset)
     # Every point of the space must make a valid config: check the corners before any trial starts.
     _check_corners(space, base)
@@ -373,14 +372,10 @@ def _resolve(args: argparse.Namespace):
         from cutpaste.validation import folder_validation
 
         folder_validation(args.validation_folder, size=32)
-    found = list_categories(args.data, endpoint_url=args.s3_endpoint)
-    categories = args.categories or found
-    unknown = sorted(set(categories) - set(found))
-    if unknown:
-        raise SweepError(f"--categories: {', '.join(unknown)} not under {args.data} (found: {', '.join(found)})")
+    categories = resolve_categories(args.data, args.categories, args.s3_endpoint)
     args.sweep_id = args.sweep_id or time.strftime("sweep-%Y%m%d-%H%M%S")
-    runs_dir = Path("runs").resolve()
-    uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(runs_dir)
+    runs_dir = RUNS_DIR.resolve()
+    uri = tracking_uri(args, runs_dir)
     out = Path(args.out or runs_dir / args.sweep_id).resolve()
     return space, base, base_preset, categories, uri, out
 
@@ -399,26 +394,12 @@ def _check_corners(space: SearchSpace, base: TrainConfig) -> None:
             raise SearchSpaceError(str(exc)) from None
 
 
-def _init_ray(args: argparse.Namespace) -> None:
-    import ray
-
-    address = args.ray_address or os.environ.get("RAY_ADDRESS")
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}}, include_dashboard=False)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="dataset root (local path or s3://bucket/prefix)")
-    parser.add_argument("--categories", nargs="+", help="default: every category under --data (one sweep each)")
+    add_common_arguments(
+        parser, experiment=EXPERIMENT, data_help="dataset root (local path or s3://bucket/prefix), required"
+    )
     parser.add_argument("--num-samples", type=int, default=8, help="trials per category (grid: repeats of the grid)")
-    parser.add_argument("--preset", default="demo", help="base config: paper, short, demo or ci (default: demo)")
-    parser.add_argument("--config", help="JSON base config: a short difference from a preset")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="base config field, e.g. steps=60")
     parser.add_argument("--space", default="default", help=f"search space: {', '.join(SPACES)} or a JSON file")
     parser.add_argument("--search", choices=SEARCHES, default="random", help="random, grid, or optuna (TPE)")
     parser.add_argument("--scheduler", choices=SCHEDULERS, default="asha", help="asha early stopping or fifo")
@@ -427,14 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--holdout-fraction", type=float, default=0.2, help="train/good share held out")
     parser.add_argument("--gpus-per-trial", type=float, default=0.0)
     parser.add_argument("--cpus-per-trial", type=float, default=1.0)
-    parser.add_argument("--mlflow-uri", help="tracking URI; default $MLFLOW_TRACKING_URI or a sqlite store in runs/")
-    parser.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name")
     parser.add_argument("--export", help="write the best config here (per category: FILE-<category>.json)")
     parser.add_argument("--sweep-id", help="names the sweep's runs (default: sweep-<time>)")
     parser.add_argument("--out", help="sweep directory (default runs/<sweep-id>)")
     parser.add_argument("--no-test-eval", action="store_true", help="do not evaluate the chosen config on test")
-    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint (default $AWS_ENDPOINT_URL)")
-    parser.add_argument("--ray-address", help="default $RAY_ADDRESS, else a local Ray is started")
     return parser
 
 

@@ -18,7 +18,7 @@ from cutpaste.data.layout import list_samples
 from cutpaste.data.synth import generate_dataset
 from cutpaste.density import GaussianDensity, out_of_fold_scores
 from cutpaste.detector import Detector, embed_images
-from cutpaste.ensemble import MANIFEST_NAME, EnsembleDetector, build_ensemble, load_detector
+from cutpaste.ensemble import ENSEMBLE_MANIFEST, EnsembleDetector, build_ensemble, load_detector
 from cutpaste.errors import ConfigError, ModelBundleError
 from cutpaste.model import build_model
 from cutpaste.workflow import evaluate_category, train_category
@@ -105,7 +105,7 @@ def test_bundle_round_trip_and_dispatch(ensemble, train_images, tmp_path):
     original.meta = {"note": "x"}
     target = tmp_path / "ens"
     original.save(target)
-    assert sorted(p.name for p in target.iterdir()) == [MANIFEST_NAME, "member-00", "member-01", "member-02"]
+    assert sorted(p.name for p in target.iterdir()) == [ENSEMBLE_MANIFEST, "member-00", "member-01", "member-02"]
     assert not list(tmp_path.glob(".ens.tmp-*"))
     loaded = load_detector(target)
     assert isinstance(loaded, EnsembleDetector) and loaded.rule == "max" and loaded.meta == {"note": "x"}
@@ -118,12 +118,12 @@ def test_bundle_round_trip_and_dispatch(ensemble, train_images, tmp_path):
     ensemble.members[0].save(tmp_path / "single")
     assert isinstance(load_detector(tmp_path / "single"), Detector)
     # Members without a manifest are an incomplete ensemble, named as such.
-    (target / MANIFEST_NAME).unlink()
+    (target / ENSEMBLE_MANIFEST).unlink()
     with pytest.raises(ModelBundleError, match="incomplete"):
         load_detector(target)
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / MANIFEST_NAME).write_text(json.dumps({"format": 99}))
+    (broken / ENSEMBLE_MANIFEST).write_text(json.dumps({"format": 99}))
     with pytest.raises(ModelBundleError, match="ensemble format 99"):
         load_detector(broken)
 

@@ -5,7 +5,6 @@ the run's (averaged over workers), and only rank 0 fits and saves. Two gloo proc
 from __future__ import annotations
 
 import os
-import socket
 import statistics
 
 import pytest
@@ -17,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from cutpaste.config import TrainConfig, preset
 from cutpaste.errors import ConfigError
 from cutpaste.train import TrainHooks, train_model
+from infra.local.services import free_port
 
 pytestmark = pytest.mark.slow
 STEPS, LOG_EVERY = 60, 10
@@ -50,12 +50,6 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_workers_end_with_the_loss_curve_of_one(tmp_path):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -64,7 +58,7 @@ def test_two_workers_end_with_the_loss_curve_of_one(tmp_path):
     finally:
         torch.set_num_threads(before)
     out = str(tmp_path / "run")
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), out), nprocs=2, join=True)
     ranks = [torch.load(f"{out}.{r}", weights_only=False) for r in range(2)]
     double = ranks[0]["history"]
     assert [r["step"] for r in double] == [r["step"] for r in single]

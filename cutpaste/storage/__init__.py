@@ -2,7 +2,7 @@
 
 Every place that takes a data directory also takes ``s3://bucket/prefix``::
 
-    root = localize(data, [category])          # local dir in MVTec layout; a local path comes back as is
+    root = materialize(data, [category])          # local dir in MVTec layout; a local path comes back as is
     samples = list_samples(root, category, "train")
 
 The endpoint is ``endpoint_url`` or ``AWS_ENDPOINT_URL``; credentials and region come from the standard
@@ -10,8 +10,8 @@ AWS chain. Errors are :class:`StorageError` (a :class:`cutpaste.errors.DataError
 """
 
 from cutpaste.storage.cache import ObjectCache, default_cache_dir
-from cutpaste.storage.datasets import index, list_categories, localize, upload
-from cutpaste.storage.manifest import MANIFEST_NAME, Manifest, ManifestEntry, StaleManifestWarning
+from cutpaste.storage.datasets import index, list_categories, materialize, upload
+from cutpaste.storage.manifest import DATASET_MANIFEST, Manifest, ManifestEntry, StaleManifestWarning
 from cutpaste.storage.s3 import (
     AccessDeniedError,
     BucketNotFoundError,
@@ -28,7 +28,7 @@ from cutpaste.storage.s3 import (
 from cutpaste.storage.transfer import RetryPolicy
 
 __all__ = [
-    "MANIFEST_NAME",
+    "DATASET_MANIFEST",
     "AccessDeniedError",
     "BucketNotFoundError",
     "CorruptObjectError",
@@ -47,7 +47,7 @@ __all__ = [
     "index",
     "is_remote",
     "list_categories",
-    "localize",
+    "materialize",
     "parse_s3_uri",
     "upload",
 ]

@@ -1,4 +1,4 @@
-"""``cutpaste data index|upload|localize|fetch-mvtec``: registered on the ``data`` sub-parser of the CLI.
+"""``cutpaste data index|upload|materialize|fetch-mvtec``: registered on the ``data`` sub-parser of the CLI.
 
 Errors are :class:`~cutpaste.storage.s3.StorageError` (a ``CutPasteError``): the CLI prints one line.
 """
@@ -45,10 +45,10 @@ def _cmd_upload(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_localize(args: argparse.Namespace) -> int:
-    from cutpaste.storage.datasets import localize
+def _cmd_materialize(args: argparse.Namespace) -> int:
+    from cutpaste.storage.datasets import materialize
 
-    root = localize(
+    root = materialize(
         args.s3uri,
         args.category or None,
         endpoint_url=args.s3_endpoint,
@@ -91,13 +91,13 @@ def add_storage_commands(data_subparsers: Any) -> None:
     upload.set_defaults(func=_cmd_upload)
 
     pull = data_subparsers.add_parser(
-        "localize", help="fetch an S3 dataset into the node's cache and print its local MVTec-layout directory"
+        "materialize", help="fetch an S3 dataset into the node's cache and print its local MVTec-layout directory"
     )
     pull.add_argument("s3uri", metavar="S3URI", help="s3://bucket/prefix")
     pull.add_argument("--category", action="append", help="only this category (repeatable; default: all)")
     pull.add_argument("--cache-dir", help="default: $CUTPASTE_CACHE_DIR or ~/.cache/cutpaste")
     _add_endpoint(pull)
-    pull.set_defaults(func=_cmd_localize)
+    pull.set_defaults(func=_cmd_materialize)
 
     fetch = data_subparsers.add_parser("fetch-mvtec", help="download and extract the official MVTec AD archive")
     fetch.add_argument("dir", metavar="DIR", help="extract here (the dataset root)")

@@ -1,6 +1,6 @@
 """Entry points that take a data location: a local directory, or ``s3://bucket/prefix`` made local.
 
-``localize`` turns an S3 dataset into a local MVTec-layout directory that
+``materialize`` turns an S3 dataset into a local MVTec-layout directory that
 :func:`cutpaste.data.layout.list_samples` reads: manifest (built or refreshed when stale), then parallel
 downloads into the per-node cache, then an atomically published view of hard links.
 """
@@ -46,7 +46,7 @@ def _verify_ttl(value: float | None) -> float:
         raise StorageError(f"CUTPASTE_S3_VERIFY_TTL must be a number of seconds, got {raw!r}") from None
 
 
-def localize(
+def materialize(
     data: str | Path,
     categories: Sequence[str] | None = None,
     *,

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from cutpaste.data.layout import IMAGE_SUFFIXES
 from cutpaste.storage.s3 import ObjectInfo, ObjectNotFoundError, PrefixNotFoundError, S3Connection, S3Uri, StorageError
 
-MANIFEST_NAME = "_manifest.parquet"
+DATASET_MANIFEST = "_manifest.parquet"
 MANIFEST_VERSION = "1"
 
 SCHEMA = pa.schema(
@@ -88,7 +88,7 @@ class Manifest:
 
     @property
     def key(self) -> str:
-        return self.uri.key(MANIFEST_NAME)
+        return self.uri.key(DATASET_MANIFEST)
 
     def categories(self) -> list[str]:
         return sorted({e.category for e in self.entries if e.split == "train"})
@@ -126,7 +126,7 @@ class Manifest:
         table = pq.read_table(io.BytesIO(data))
         missing = [n for n in SCHEMA.names if n not in table.column_names]
         if missing:
-            raise StorageError(f"manifest s3://{uri.bucket}/{uri.key(MANIFEST_NAME)} lacks columns {missing}")
+            raise StorageError(f"manifest s3://{uri.bucket}/{uri.key(DATASET_MANIFEST)} lacks columns {missing}")
         rows = table.select(SCHEMA.names).to_pylist()
         entries = [ManifestEntry(**row) for row in rows]
         for entry in entries:
@@ -140,7 +140,7 @@ def _check_entry(uri: S3Uri, entry: ManifestEntry) -> None:
     Keys become local paths (``<view>/<category>/<split>/<defect>/<file>``), so a key with ``..``, an
     absolute part, an empty part or another prefix would write outside the view; the whole manifest is refused.
     """
-    where = f"manifest s3://{uri.bucket}/{uri.key(MANIFEST_NAME)}"
+    where = f"manifest s3://{uri.bucket}/{uri.key(DATASET_MANIFEST)}"
     folder = "good" if entry.split == "train" else entry.defect_type
     expected = [(entry.image_key, (entry.category, entry.split, folder))]
     if entry.mask_key is not None:
@@ -232,7 +232,7 @@ def diff(old: Manifest, new: Manifest, categories: Sequence[str] | None = None) 
 
 def read_manifest(conn: S3Connection, uri: S3Uri) -> Manifest | None:
     """The stored manifest, or None when there is none (a missing bucket still raises)."""
-    key = uri.key(MANIFEST_NAME)
+    key = uri.key(DATASET_MANIFEST)
     try:
         data = conn.client.get_object(Bucket=uri.bucket, Key=key)["Body"].read()
     except Exception as exc:

@@ -1,6 +1,6 @@
 """Local MVTec-layout views of cached S3 datasets, published atomically for several processes at once.
 
-    <cache>/views/<bucket>-<prefix>-<hash>/          the root that ``localize`` returns
+    <cache>/views/<bucket>-<prefix>-<hash>/          the root that ``materialize`` returns
         <category> -> .versions/<category>-<fp>       a symlink, swapped atomically to a newer version
         .versions/<category>-<fp>/train/good/...      hard links to cached objects (copies where links fail)
 

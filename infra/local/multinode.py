@@ -31,11 +31,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from infra.local.services import VENV_BIN, free_port, submit_job, wait_http
 
-from tests.integration.services import VENV_BIN, free_port, submit_job, wait_http  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]  # shipped to the rehearsal cluster as the job's working dir
 
 NODE_RESOURCE = "rehearsal_node"  # custom resource naming each node, so the report can tell them apart
 TRAIN_WORKER_CLASS = "RayTrainWorker"
@@ -339,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             if importlib.util.find_spec("moto") is None:
                 print("multinode: error: --s3-endpoint not given and moto is not installed", file=sys.stderr)
                 return 2
-            from tests.s3_server import FAKE_CREDENTIALS, moto_s3_server
+            from infra.local.s3 import FAKE_CREDENTIALS, moto_s3_server
 
             endpoint = stack.enter_context(moto_s3_server())
             os.environ.update({**FAKE_CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"})

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.integration.services import free_port, wait_http
+from infra.local.services import free_port, wait_http
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from infra.local.multinode import rehearse
-from tests.s3_server import moto_s3_server, s3_env
+from infra.local.s3 import moto_s3_server, s3_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -19,8 +19,8 @@ from cutpaste.data.synth import generate_dataset
 from cutpaste.density import GaussianDensity
 from cutpaste.detector import Detector
 from cutpaste.storage import upload
-from tests.integration.services import VENV_BIN, mlflow_server, ray_head, submit_job
-from tests.s3_server import moto_s3_server, s3_env
+from infra.local.s3 import moto_s3_server, s3_env
+from infra.local.services import VENV_BIN, mlflow_server, ray_head, submit_job
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

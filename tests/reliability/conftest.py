@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.services import VENV_BIN, free_port, wait_http
-from tests.s3_server import moto_s3_server, s3_env
+from infra.local.s3 import moto_s3_server, s3_env
+from infra.local.services import VENV_BIN, free_port, wait_http
 
 REPO = Path(__file__).resolve().parents[2]
 # Found anywhere in what a benchmark writes, each of these is a leak.

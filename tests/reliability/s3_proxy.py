@@ -10,7 +10,7 @@ import contextlib
 import socket
 import threading
 
-from tests.integration.services import free_port
+from infra.local.services import free_port
 
 
 class CuttableProxy:

@@ -14,10 +14,10 @@ import boto3
 import pytest
 
 from cutpaste.data.synth import generate_dataset
-from cutpaste.storage import localize, upload
+from cutpaste.storage import materialize, upload
 from cutpaste.storage.manifest import Manifest, ManifestEntry, read_manifest, write_manifest
 from cutpaste.storage.s3 import S3Connection, S3Uri, StorageError, parse_s3_uri
-from tests.s3_server import moto_s3_server, s3_env
+from infra.local.s3 import moto_s3_server, s3_env
 
 URI = S3Uri("b", "ds")
 GOOD = ManifestEntry("bottle", "train", 0, "good", "ds/bottle/train/good/000.png", 10, "e")
@@ -78,6 +78,6 @@ def test_localize_refuses_a_planted_manifest_and_writes_nothing_outside(tmp_path
         write_manifest(conn, manifest)
         for verify in (False, True):
             with pytest.raises(StorageError, match=r"escaped\.png.*refusing the manifest"):
-                localize(uri, endpoint_url=endpoint, verify_manifest=verify)
+                materialize(uri, endpoint_url=endpoint, verify_manifest=verify)
     written = [p for p in tmp_path.rglob("*") if "escaped" in p.name]
     assert written == [] and not os.path.exists(tmp_path.parent / "escaped.png")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -13,11 +12,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for s3_server
-
-from s3_server import moto_s3_server, s3_env
-
 from cutpaste.storage import RetryPolicy
+from infra.local.s3 import moto_s3_server, s3_env
 
 FAST_RETRY = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.05)
 

@@ -18,7 +18,7 @@ from cutpaste.storage import (
     TransferError,
     is_remote,
     list_categories,
-    localize,
+    materialize,
     parse_s3_uri,
 )
 from cutpaste.storage.s3 import S3Connection
@@ -57,8 +57,8 @@ def test_storage_error_is_a_data_error():
 
 
 def test_local_paths_pass_through(tmp_path, tiny_root):
-    assert localize(str(tiny_root)) == tiny_root
-    assert localize(tiny_root, ["widget"]) == tiny_root
+    assert materialize(str(tiny_root)) == tiny_root
+    assert materialize(tiny_root, ["widget"]) == tiny_root
     assert list_categories(tiny_root) == ["widget"]
 
 

@@ -13,7 +13,6 @@ from contextlib import redirect_stderr
 from pathlib import Path
 
 import pytest
-from s3_server import enforce_auth, moto_s3_server
 
 from cutpaste.data.layout import discover_categories
 from cutpaste.errors import CutPasteError
@@ -26,11 +25,12 @@ from cutpaste.storage import (
     StaleManifestError,
     TransferError,
     list_categories,
-    localize,
+    materialize,
 )
 from cutpaste.storage.cli import add_storage_commands
-from cutpaste.storage.manifest import MANIFEST_NAME, read_manifest, write_manifest
+from cutpaste.storage.manifest import DATASET_MANIFEST, read_manifest, write_manifest
 from cutpaste.storage.s3 import S3Connection, parse_s3_uri
+from infra.local.s3 import enforce_auth, moto_s3_server
 
 
 def run_cli(argv: list[str]) -> tuple[int, str]:
@@ -68,30 +68,30 @@ def _sizes(uri: str) -> set[int]:
 
 def test_missing_bucket(s3):
     with pytest.raises(BucketNotFoundError, match=r"bucket 'no-such-bucket-here' not found at http://127\.0\.0\.1"):
-        localize("s3://no-such-bucket-here/mvtec")
+        materialize("s3://no-such-bucket-here/mvtec")
 
 
 def test_missing_prefix(s3, uploaded):
     bucket = uploaded.split("/")[2]
     with pytest.raises(PrefixNotFoundError, match=rf"no objects under s3://{bucket}/not-there "):
-        localize(f"s3://{bucket}/not-there")
+        materialize(f"s3://{bucket}/not-there")
 
 
 def test_no_category_under_the_prefix(s3, bucket):
     s3.client.put_object(Bucket=bucket, Key="junk/readme.txt", Body=b"hi")
     s3.client.put_object(Bucket=bucket, Key="junk/thing/test/good/000.png", Body=b"x")
     with pytest.raises(PrefixNotFoundError, match=rf"no category under s3://{bucket}/junk \(expected"):
-        localize(f"s3://{bucket}/junk")
+        materialize(f"s3://{bucket}/junk")
 
 
 def test_a_category_prefix_gets_a_hint(s3, uploaded):
     with pytest.raises(PrefixNotFoundError, match=rf"looks like one category: pass its parent {uploaded}\)"):
-        localize(f"{uploaded}/synth_disc")
+        materialize(f"{uploaded}/synth_disc")
 
 
 def test_unknown_category_lists_the_known_ones(s3, uploaded):
     with pytest.raises(PrefixNotFoundError, match=r"category 'nope' not found under s3://.*/mvtec \(found: synth_"):
-        localize(uploaded, ["nope"])
+        materialize(uploaded, ["nope"])
 
 
 def test_wrong_credentials_name_the_bucket_and_the_credential_source(s3, uploaded, monkeypatch):
@@ -100,7 +100,7 @@ def test_wrong_credentials_name_the_bucket_and_the_credential_source(s3, uploade
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-do-not-print")
     with enforce_auth(s3.endpoint):
         with pytest.raises(AccessDeniedError) as caught:
-            localize(uploaded)
+            materialize(uploaded)
         code, stderr = run_cli(["data", "index", uploaded, "--no-progress"])
     for text in (str(caught.value), stderr):
         assert f"bucket '{bucket}'" in text and "credentials from env" in text and "...WXYZ" in text
@@ -110,15 +110,15 @@ def test_wrong_credentials_name_the_bucket_and_the_credential_source(s3, uploade
 
 def test_server_dying_mid_download_leaves_no_partial_file(s3, uploaded, flaky_proxy, fast_retry):
     bucket = uploaded.split("/")[2]
-    manifest_size = s3.client.head_object(Bucket=bucket, Key=f"mvtec/{MANIFEST_NAME}")["ContentLength"]
+    manifest_size = s3.client.head_object(Bucket=bucket, Key=f"mvtec/{DATASET_MANIFEST}")["ContentLength"]
     proxy = flaky_proxy(budget=manifest_size + 30_000)  # dies part-way through the image downloads
     started = time.monotonic()
     with pytest.raises(TransferError, match=rf"s3://{bucket}/mvtec/.*gave up after 2 attempts"):
-        localize(uploaded, endpoint_url=proxy.endpoint, retry=fast_retry, verify_manifest=False, workers=4)
+        materialize(uploaded, endpoint_url=proxy.endpoint, retry=fast_retry, verify_manifest=False, workers=4)
     assert proxy.dead.is_set()
     assert time.monotonic() - started < 20  # bounded retries
     _assert_clean_cache(s3.cache_dir, _sizes(uploaded))
-    root = localize(uploaded)  # the server is back: the run completes from where the cache stands
+    root = materialize(uploaded)  # the server is back: the run completes from where the cache stands
     assert discover_categories(root) == list_categories(uploaded)
     _assert_clean_cache(s3.cache_dir, _sizes(uploaded))
 
@@ -128,14 +128,14 @@ def test_a_stopped_server_fails_fast_with_a_clear_message(s3, uploaded, fast_ret
         pass
     started = time.monotonic()
     with pytest.raises(TransferError, match=rf"connection to {endpoint}.* failed"):
-        localize(uploaded, endpoint_url=endpoint, retry=fast_retry)
+        materialize(uploaded, endpoint_url=endpoint, retry=fast_retry)
     assert time.monotonic() - started < 15
     _assert_clean_cache(s3.cache_dir)
 
 
 def test_a_killed_process_leaves_no_half_object(s3, uploaded, flaky_proxy):
     proxy = flaky_proxy(delay=0.02)  # slow enough to kill the process during the downloads
-    code = f"from cutpaste.storage import localize; localize({uploaded!r}, endpoint_url={proxy.endpoint!r})"
+    code = f"from cutpaste.storage import materialize; materialize({uploaded!r}, endpoint_url={proxy.endpoint!r})"
     proc = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())
     tmp = s3.cache_dir / "tmp"
     deadline = time.monotonic() + 30
@@ -146,7 +146,7 @@ def test_a_killed_process_leaves_no_half_object(s3, uploaded, flaky_proxy):
     proc.wait()
     sizes = _sizes(uploaded)
     assert all(size in sizes for _, size, _ in ObjectCache(s3.cache_dir, max_bytes=10**12).entries())
-    localize(uploaded)  # completes, and sweeps the dead process's .part files
+    materialize(uploaded)  # completes, and sweeps the dead process's .part files
     _assert_clean_cache(s3.cache_dir, sizes)
 
 
@@ -158,7 +158,7 @@ def test_an_undecodable_image_names_its_key(s3, uploaded):
         pytest.warns(UserWarning, match="stale"),
         pytest.raises(CorruptObjectError, match=rf"s3://{bucket}/{key} is not"),
     ):
-        localize(uploaded, workers=2)
+        materialize(uploaded, workers=2)
     _assert_clean_cache(s3.cache_dir)
     assert all(size != 30 for _, size, _ in ObjectCache(s3.cache_dir, max_bytes=10**12).entries())
 
@@ -171,7 +171,7 @@ def test_a_size_mismatch_names_its_key(s3, uploaded, fast_retry):
     manifest.entries[0] = type(entry)(**{**entry.__dict__, "size": entry.size + 5})
     write_manifest(conn, manifest)
     with pytest.raises(CorruptObjectError, match=rf"{entry.image_key}: received {entry.size} bytes, expected"):
-        localize(uploaded, verify_manifest=False, retry=fast_retry)
+        materialize(uploaded, verify_manifest=False, retry=fast_retry)
     _assert_clean_cache(s3.cache_dir)
 
 
@@ -181,17 +181,17 @@ def test_an_object_changed_after_indexing_is_refused_when_the_manifest_is_truste
     body = s3.client.get_object(Bucket=bucket, Key="mvtec/synth_disc/train/good/000.png")["Body"].read()
     s3.client.put_object(Bucket=bucket, Key=key, Body=body)
     with pytest.raises(StaleManifestError, match=rf"s3://{bucket}/{key} changed after the manifest was written"):
-        localize(uploaded, verify_manifest=False)
+        materialize(uploaded, verify_manifest=False)
 
 
-def test_cli_index_upload_and_localize(s3, bucket, synth_root, capsys):
+def test_cli_index_upload_and_materialize(s3, bucket, synth_root, capsys):
     uri = f"s3://{bucket}/cli"
     code, _ = run_cli(["data", "upload", str(synth_root), uri, "--s3-endpoint", s3.endpoint, "--no-progress"])
     out = capsys.readouterr().out
     assert code == 0 and "uploaded" in out and "skipped 0 unchanged" in out
     code, _ = run_cli(["data", "index", uri, "--no-progress"])
     assert code == 0 and "changes since the previous manifest: none" in capsys.readouterr().out
-    code, _ = run_cli(["data", "localize", uri, "--category", "synth_disc", "--no-progress"])
+    code, _ = run_cli(["data", "materialize", uri, "--category", "synth_disc", "--no-progress"])
     root = Path(capsys.readouterr().out.strip())
     assert code == 0 and (root / "synth_disc" / "train" / "good").is_dir()
     assert argparse  # the parser is argparse-based; run_cli reaches the data sub-parser

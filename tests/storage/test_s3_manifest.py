@@ -8,7 +8,7 @@ import warnings
 import pyarrow.parquet as pq
 import pytest
 
-from cutpaste.storage import MANIFEST_NAME, StaleManifestWarning, index, list_categories
+from cutpaste.storage import DATASET_MANIFEST, StaleManifestWarning, index, list_categories
 from cutpaste.storage.manifest import Manifest, load_manifest, manifest_from_listing, read_manifest
 from cutpaste.storage.s3 import ObjectInfo, S3Connection, S3Uri
 
@@ -66,7 +66,9 @@ def test_index_writes_the_manifest_next_to_the_data(s3, uploaded, synth_root):
     manifest, changes = index(uploaded)
     assert changes is not None and not changes  # upload already indexed it: nothing changed
     bucket = uploaded.split("/")[2]
-    stored = pq.read_table(io.BytesIO(s3.client.get_object(Bucket=bucket, Key=f"mvtec/{MANIFEST_NAME}")["Body"].read()))
+    stored = pq.read_table(
+        io.BytesIO(s3.client.get_object(Bucket=bucket, Key=f"mvtec/{DATASET_MANIFEST}")["Body"].read())
+    )
     assert stored.num_rows == len(manifest.entries)
     assert list_categories(uploaded) == sorted(p.name for p in synth_root.iterdir() if (p / "train").is_dir())
     local_images = [p for p in synth_root.rglob("*.png") if "ground_truth" not in p.parts]
@@ -105,15 +107,15 @@ def test_a_stale_manifest_is_detected_and_rebuilt(s3, uploaded, change):
 
 def test_a_fresh_manifest_is_used_without_rebuilding(s3, uploaded):
     bucket = uploaded.split("/")[2]
-    before = s3.client.head_object(Bucket=bucket, Key=f"mvtec/{MANIFEST_NAME}")["LastModified"]
+    before = s3.client.head_object(Bucket=bucket, Key=f"mvtec/{DATASET_MANIFEST}")["LastModified"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_manifest(S3Connection(), S3Uri(bucket, "mvtec"))
-    assert s3.client.head_object(Bucket=bucket, Key=f"mvtec/{MANIFEST_NAME}")["LastModified"] == before
+    assert s3.client.head_object(Bucket=bucket, Key=f"mvtec/{DATASET_MANIFEST}")["LastModified"] == before
 
 
 def test_a_missing_manifest_is_built_on_first_use(s3, uploaded):
     bucket = uploaded.split("/")[2]
-    s3.client.delete_object(Bucket=bucket, Key=f"mvtec/{MANIFEST_NAME}")
+    s3.client.delete_object(Bucket=bucket, Key=f"mvtec/{DATASET_MANIFEST}")
     assert list_categories(uploaded)
-    s3.client.head_object(Bucket=bucket, Key=f"mvtec/{MANIFEST_NAME}")
+    s3.client.head_object(Bucket=bucket, Key=f"mvtec/{DATASET_MANIFEST}")

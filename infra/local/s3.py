@@ -1,6 +1,7 @@
-"""A real S3 HTTP endpoint on loopback for tests: moto's threaded server (never the in-process mock).
+"""A real S3 HTTP endpoint on loopback (moto's threaded server, never the in-process mock), for the local
+cluster rehearsal and the tests. moto comes with the ``dev`` extra.
 
-    from s3_server import moto_s3_server, s3_env
+    from infra.local.s3 import moto_s3_server, s3_env
 
     with moto_s3_server() as endpoint:            # "http://127.0.0.1:<port>"
         os.environ.update(s3_env(endpoint))       # or pass it to Ray workers as runtime_env env_vars

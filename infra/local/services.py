@@ -1,6 +1,7 @@
-"""Real components on loopback for integration tests: a Ray head and an MLflow tracking server.
+"""Real components on loopback, for the local cluster rehearsal and the integration tests alike: a Ray
+head, an MLflow tracking server, a job submission, free ports and HTTP waits.
 
-Each is started by the test and stopped afterwards; nothing listens beyond 127.0.0.1.
+Each is started by its caller and stopped afterwards; nothing listens beyond 127.0.0.1.
 """
 
 from __future__ import annotations
