@@ -9,7 +9,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-import torch
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "infra" / "docker" / "Dockerfile"
@@ -73,17 +74,21 @@ def pyproject():
     return tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
-def test_cluster_image_is_the_default_target_on_the_torch_cuda_base(stages):
+def test_cluster_image_is_the_default_target_on_a_cuda_base_matching_its_torch_build(stages, pyproject):
+    """What the image needs, whatever torch this machine has: the CUDA runtime of the base image is the one
+    the torch wheel index is built for, and the pinned torch satisfies the project's own requirement."""
     assert list(stages)[-1] == "cluster"  # `docker build` without --target builds the last stage
     base = stages["cluster"][0][1]
     match = re.match(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-(?:cudnn-)?runtime-ubuntu", base)
     assert match, base
-    cuda = f"{match.group(1)}.{match.group(2)}"
-    # The machine's torch says which CUDA it was built for (None on CPU-only builds; ours is the cu130 build).
-    assert cuda == (torch.version.cuda or "13.0")
     args = {a.split("=", 1)[0]: a.split("=", 1)[1] for i, a in stages["cluster"] if i == "ARG" and "=" in a}
-    assert args["TORCH_INDEX"].endswith("/cu" + cuda.replace(".", ""))
-    assert args["TORCH_VERSION"] == torch.__version__.split("+")[0]
+    assert args["TORCH_INDEX"].endswith(f"/cu{match.group(1)}{match.group(2)}"), (base, args["TORCH_INDEX"])
+    torch_requirement = next(d for d in pyproject["project"]["dependencies"] if Requirement(d).name == "torch")
+    assert Version(args["TORCH_VERSION"]) in Requirement(torch_requirement).specifier
+    # The constraint that pins it is the one the build checks after installing.
+    runs = " ".join(a for i, a in stages["cluster"] if i == "RUN")
+    assert 'echo "torch==${TORCH_VERSION}" > /tmp/constraints.txt' in runs
+    assert "torch.__version__.startswith('${TORCH_VERSION}')" in runs
 
 
 def test_python_311_and_a_non_root_user(stages):
@@ -104,8 +109,12 @@ def test_cluster_stage_installs_the_project_with_its_cluster_extra(stages, pypro
     assert "cluster" in pyproject["project"]["optional-dependencies"]
     # No hand-kept package list next to it: the only pin is torch's, and it is a constraint file.
     assert [name for args in installs for name in _named_packages(args)] == []
-    copied = " ".join(a for i, a in stages["cluster"] if i == "COPY")
-    assert "pyproject.toml" in copied and "cutpaste" in copied and "pipelines" in copied
+    # Every installed package is in the build context before the install that packages it.
+    install_at = next(n for n, (i, a) in enumerate(stages["cluster"]) if i == "RUN" and ".[cluster]" in a)
+    copied = {a.split()[0] for i, a in stages["cluster"][:install_at] if i == "COPY"}
+    assert {"pyproject.toml", "cutpaste", "pipelines", "infra"} <= copied
+    packages = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert {p.rstrip("*") for p in packages} <= copied
 
 
 def test_tracking_stage_installs_exactly_the_tracking_extra(stages, pyproject):
@@ -121,5 +130,5 @@ def test_tracking_stage_installs_exactly_the_tracking_extra(stages, pyproject):
 def test_build_context_keeps_only_what_the_images_copy():
     ignore = (REPO / "infra" / "docker" / "Dockerfile.dockerignore").read_text().split()
     assert ignore[ignore.index("*") :][:1] == ["*"]
-    for kept in ("!pyproject.toml", "!README.md", "!cutpaste", "!pipelines"):
+    for kept in ("!pyproject.toml", "!README.md", "!cutpaste", "!pipelines", "!infra"):
         assert kept in ignore
