@@ -1,7 +1,8 @@
 """A trained detector: encoder + Gaussian density + decision threshold + config, saved as one bundle.
 
-The bundle is a single ``detector.pt`` written atomically, plus a readable ``detector.json`` summary.
-Loading needs only the model definition, never the training code path.
+The bundle is a single ``detector.pt`` written atomically, plus a readable ``detector.json`` summary that
+records its SHA-256. Loading needs only the model definition, never the training code path, and reads the
+bundle as data (tensors and plain values; see :mod:`cutpaste.integrity`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from cutpaste.dense import dense_embeddings, upsample_scores
 from cutpaste.density import GaussianDensity, out_of_fold_scores
 from cutpaste.errors import ConfigError, ModelBundleError
 from cutpaste.gradcam import gradcam_maps
+from cutpaste.integrity import file_digests, load_weights, verify_file, verify_files, warn_unverified
 from cutpaste.local_density import ALIGNED_OBJECTS, LocalDensity, resolve_layout
 from cutpaste.local_scores import grid_to_maps, image_and_grid_features, standardise
 from cutpaste.model import CutPasteNet, as_float_images, build_model
@@ -178,6 +180,7 @@ class Detector:
         path = directory / BUNDLE_NAME
         atomic_torch_save(bundle, path)
         summary = {k: bundle[k] for k in ("format", "version", "config", "category", "threshold", "meta")}
+        summary["files"] = file_digests(directory, [BUNDLE_NAME])  # what a load checks before reading
         summary["density"] = self.density.summary()
         for name, local in (("local_density", self.local), ("feature_local_density", self.feature_local)):
             if local is not None:
@@ -186,7 +189,11 @@ class Detector:
         return path
 
     @classmethod
-    def load(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> Detector:
+    def load(
+        cls, directory: str | Path, *, device: str | torch.device = "cpu", expected_sha256: str | None = None
+    ) -> Detector:
+        """Checks the bundle's SHA-256 (against ``expected_sha256`` when the caller pins one, e.g. from the
+        model registry, and against ``detector.json``'s record), then reads it as data only."""
         directory = Path(directory)
         path = directory / BUNDLE_NAME if directory.is_dir() else directory
         if not directory.exists():
@@ -196,10 +203,8 @@ class Detector:
             if (directory / "checkpoints").is_dir():
                 hint = " (it holds an unfinished training run: rerun `cutpaste train` with the same --out to resume)"
             raise ModelBundleError(f"no {BUNDLE_NAME} in {directory}{hint}")
-        try:
-            bundle = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise ModelBundleError(f"{path} is unreadable or half written ({type(exc).__name__}: {exc})") from None
+        verify_bundle(path, expected_sha256)
+        bundle = load_weights(path, kind="bundle")
         if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
             found = bundle.get("format") if isinstance(bundle, dict) else type(bundle).__name__
             raise ModelBundleError(
@@ -228,6 +233,34 @@ class Detector:
             local=local,
             feature_local=feature_local,
         )
+
+
+def recorded_digests(path: Path) -> dict[str, str] | None:
+    """The ``files`` record of the ``detector.json`` next to ``path``; None for bundles that predate it."""
+    summary = path.parent / SUMMARY_NAME
+    if not summary.is_file():
+        return None
+    try:
+        record = json.loads(summary.read_text()).get("files")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelBundleError(f"{summary} is unreadable ({exc}): its SHA-256 record cannot be checked") from None
+    if record is None:
+        return None
+    if not isinstance(record, dict) or not all(isinstance(v, str) for v in record.values()):
+        raise ModelBundleError(f"{summary}: 'files' must map file names to SHA-256 digests")
+    if path.name not in record:
+        raise ModelBundleError(f"{summary} records no SHA-256 for {path.name}: refused")
+    return record
+
+
+def verify_bundle(path: Path, expected_sha256: str | None = None) -> None:
+    if expected_sha256:
+        verify_file(path, expected_sha256, recorded_in="the digest the caller pinned (e.g. the model registry)")
+    record = recorded_digests(path)
+    if record is not None:
+        verify_files(path.parent, record, recorded_in=str(path.parent / SUMMARY_NAME))
+    elif not expected_sha256:
+        warn_unverified(path, SUMMARY_NAME)
 
 
 def fit_detector(

@@ -34,6 +34,7 @@ from cutpaste.config import TrainConfig
 from cutpaste.density import out_of_fold_scores
 from cutpaste.detector import BUNDLE_NAME, Detector
 from cutpaste.errors import ConfigError, ModelBundleError
+from cutpaste.integrity import file_digests, sha256_file, verify_file, verify_files, warn_unverified
 from cutpaste.threshold import calibrate
 from cutpaste.threshold import threshold_quantile as _threshold_quantile
 
@@ -156,6 +157,8 @@ class EnsembleDetector:
                 "threshold": self.threshold,
                 "category": self.category,
                 "meta": self.meta,
+                # Pinning the manifest's own digest (as the registry does) pins every member through this.
+                "files": file_digests(staging, [f"{name}/{BUNDLE_NAME}" for name in names]),
             }
             # The manifest is written last: a directory with it is complete.
             atomic_write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str), staging / ENSEMBLE_MANIFEST)
@@ -165,9 +168,14 @@ class EnsembleDetector:
         return directory / ENSEMBLE_MANIFEST
 
     @classmethod
-    def load(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> EnsembleDetector:
+    def load(
+        cls, directory: str | Path, *, device: str | torch.device = "cpu", expected_sha256: str | None = None
+    ) -> EnsembleDetector:
+        """``expected_sha256`` pins the manifest, whose ``files`` record pins every member's bundle."""
         directory = Path(directory)
         path = directory / ENSEMBLE_MANIFEST
+        if expected_sha256 and path.is_file():
+            verify_file(path, expected_sha256, recorded_in="the digest the caller pinned (e.g. the model registry)")
         try:
             manifest = json.loads(path.read_text())
         except FileNotFoundError:
@@ -177,6 +185,16 @@ class EnsembleDetector:
         if not isinstance(manifest, dict) or manifest.get("format") != ENSEMBLE_FORMAT:
             found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
             raise ModelBundleError(f"{path} has ensemble format {found!r}; this version reads {ENSEMBLE_FORMAT}")
+        record = manifest.get("files")
+        if record is None:
+            warn_unverified(path, ENSEMBLE_MANIFEST)
+        elif not isinstance(record, dict) or not all(isinstance(v, str) for v in record.values()):
+            raise ModelBundleError(f"{path}: 'files' must map member files to SHA-256 digests")
+        else:
+            unrecorded = [n for n in manifest.get("members", []) if f"{n}/{BUNDLE_NAME}" not in record]
+            if unrecorded:
+                raise ModelBundleError(f"{path} records no SHA-256 for members {unrecorded}: refused")
+            verify_files(directory, record, recorded_in=str(path))
         try:
             members = [Detector.load(directory / name, device=device) for name in manifest["members"]]
             return cls(
@@ -275,13 +293,27 @@ def member_oof_scores(member: Detector, train_images: torch.Tensor) -> torch.Ten
     )
 
 
-def load_detector(path: str | Path, *, device: str | torch.device = "cpu") -> Detector | EnsembleDetector:
-    """A single detector (``detector.pt`` or its directory) or an ensemble directory (``ensemble.json``)."""
+def load_detector(
+    path: str | Path, *, device: str | torch.device = "cpu", expected_sha256: str | None = None
+) -> Detector | EnsembleDetector:
+    """A single detector (``detector.pt`` or its directory) or an ensemble directory (``ensemble.json``);
+    ``expected_sha256`` is :func:`bundle_digest` of it, pinned by the caller."""
     path = Path(path)
     if path.is_dir() and (path / ENSEMBLE_MANIFEST).is_file():
-        return EnsembleDetector.load(path, device=device)
+        return EnsembleDetector.load(path, device=device, expected_sha256=expected_sha256)
     if path.is_file() and path.name == ENSEMBLE_MANIFEST:
-        return EnsembleDetector.load(path.parent, device=device)
+        return EnsembleDetector.load(path.parent, device=device, expected_sha256=expected_sha256)
     if path.is_dir() and not (path / BUNDLE_NAME).exists() and any(path.glob(f"member-*/{BUNDLE_NAME}")):
         raise ModelBundleError(f"{path} has ensemble members but no {ENSEMBLE_MANIFEST}: it is incomplete")
-    return Detector.load(path, device=device)
+    return Detector.load(path, device=device, expected_sha256=expected_sha256)
+
+
+def bundle_digest(path: str | Path) -> str:
+    """The one SHA-256 that pins a saved model: ``detector.pt``'s, or an ensemble's manifest (which records
+    its members'). The registry tags each version with it; loaders given it refuse anything else."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / ENSEMBLE_MANIFEST if (path / ENSEMBLE_MANIFEST).is_file() else path / BUNDLE_NAME
+    if not path.is_file():
+        raise ModelBundleError(f"no {BUNDLE_NAME} or {ENSEMBLE_MANIFEST} at {path.parent}")
+    return sha256_file(path)
