@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -32,12 +31,10 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from cutpaste.atomic import atomic_write_text
 from cutpaste.baselines import pixel_statistics_scores, untrained_detector
-from cutpaste.cli import _parse_set, build_config
-from cutpaste.config import TrainConfig, preset
+from cutpaste.cli import build_config
+from cutpaste.config import TrainConfig, parse_overrides, preset
 from cutpaste.data import list_samples, load_images
 from cutpaste.data.synth import SYNTH_CATEGORIES, generate_dataset
 from cutpaste.detector import fit_detector
@@ -256,7 +253,7 @@ def main() -> None:
         parser.error(str(exc))
     fields = {"steps": "steps", "size": "image_size", "batch_size": "batch_size"}
     explicit = {field: getattr(args, flag) for flag, field in fields.items() if getattr(args, flag) is not None}
-    explicit.update(_parse_set(args.set or []))
+    explicit.update(parse_overrides(args.set or []))
     out = Path(args.out)
     with tempfile.TemporaryDirectory(prefix="cutpaste-quality-") as scratch:
         if args.synth:

@@ -18,8 +18,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from cutpaste.config import VARIANTS, AugmentConfig
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 REFERENCE_SIZE = 256.0
@@ -121,6 +119,65 @@ def _adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     return out
 
 
+class _Affine(NamedTuple):
+    """One stage's ``clamp(alpha * x + gamma * gray(x) + delta)`` per sample: alpha ``(n, 1, 1)``, delta
+    ``(n, 1)``, gamma ``(n, 1)``; samples whose op at this stage is hue get the identity."""
+
+    alpha: Tensor
+    delta: Tensor
+    gamma: Tensor
+
+
+def _pixel_counts(x: Tensor, weight: Tensor | None, repeats: Tensor | None) -> tuple[Tensor | int, Tensor | None]:
+    """The number of real pixels per sample (the contrast mean's divisor), and ``repeats`` as ``(n, 1)`` in
+    ``x``'s dtype when they are what marks the padding."""
+    if weight is not None:
+        return weight.sum(dim=1, keepdim=True).clamp_min(1.0), repeats
+    repeats = None if repeats is None else repeats.to(x.dtype)[:, None]
+    return x.shape[2] - (0 if repeats is None else repeats), repeats
+
+
+def _image_sums(x: Tensor, total: Tensor, repeats: Tensor | None) -> Tensor:
+    """Channel sums without the padding copies of pixel 0 (read from ``x`` now: it changes stage by stage)."""
+    return total if repeats is None else total - repeats * x[:, :, 0]
+
+
+def _affine_stage(op: Tensor, jitter: _Jitter, sums: Tensor | None, count: Tensor | int) -> _Affine:
+    """Brightness, contrast and saturation share one affine form, so a stage needs only per-sample
+    coefficients, not a branch per op; contrast reads the current channel means from ``sums``."""
+    factors, (use_b, use_c, use_s, _) = jitter.factors, jitter.enabled
+    alpha = torch.ones_like(factors[:, 0])
+    for kind, used in ((_BRIGHTNESS, use_b), (_CONTRAST, use_c), (_SATURATION, use_s)):
+        if used:
+            alpha = torch.where(op == kind, factors[:, kind], alpha)
+    delta = torch.zeros_like(alpha)
+    if use_c:
+        mean = sums / count  # (n, 3) channel means of the current image
+        gray_mean = mean[:, 0] * _GRAY[0] + mean[:, 1] * _GRAY[1] + mean[:, 2] * _GRAY[2]
+        delta = torch.where(op == _CONTRAST, (1.0 - factors[:, 1]) * gray_mean, delta)
+    gamma = torch.where(op == _SATURATION, 1.0 - factors[:, 2], 0.0)[:, None]
+    return _Affine(alpha[:, None, None], delta[:, None], gamma)
+
+
+def _hue_stage(op: Tensor, factors: Tensor, on_cpu: bool) -> tuple[Tensor | None, Tensor | None]:
+    """(indices, shifts) of the samples whose op at this stage is hue on CPU, ``(None, None)`` when none is;
+    elsewhere ``(None, shift per sample)``, 0 for the others, so no host sync is needed."""
+    if on_cpu:
+        hue_index = (op == _HUE).nonzero()[:, 0]
+        return (hue_index, factors[hue_index, 3]) if hue_index.numel() else (None, None)
+    return None, torch.where(op == _HUE, factors[:, 3], 0.0)
+
+
+def _apply_affine(part: Tensor, affine: _Affine, *, saturation: bool) -> None:
+    """One chunk ``(n, 3, l)`` of one stage, in place; the gray image is only computed when saturation is used."""
+    offset = affine.delta
+    if saturation:
+        r, g, b = part.unbind(1)
+        gray = torch.mul(r, _GRAY[0]).add_(g, alpha=_GRAY[1]).add_(b, alpha=_GRAY[2])
+        offset = gray.mul_(affine.gamma).add_(affine.delta)
+    torch.addcmul(offset[:, None], part, affine.alpha, out=part).clamp_(0.0, 1.0)
+
+
 def _jitter(x: Tensor, jitter: _Jitter, weight: Tensor | None = None, repeats: Tensor | None = None) -> Tensor:
     """Applies the four ops in each sample's own order to ``x`` ``(n, 3, L)``, in place; returns ``x``.
     Brightness, contrast and saturation are each ``clamp(alpha * x + gamma * gray(x) + delta)``: one stage
@@ -133,49 +190,20 @@ def _jitter(x: Tensor, jitter: _Jitter, weight: Tensor | None = None, repeats: T
     if not (affine or use_h):
         return x
     step = max(1024, _CPU_CHUNK // max(1, x.shape[0])) if on_cpu else length  # one chunk on accelerators
-    if weight is not None:
-        count = weight.sum(dim=1, keepdim=True).clamp_min(1.0)
-    else:
-        repeats = None if repeats is None else repeats.to(x.dtype)[:, None]
-        count = x.shape[2] - (0 if repeats is None else repeats)
-
-    def image_sums(total: Tensor) -> Tensor:
-        return total if repeats is None else total - repeats * x[:, :, 0]
-
-    sums = image_sums(_channel_sums(x, weight)) if use_c else None
+    count, repeats = _pixel_counts(x, weight, repeats)
+    sums = _image_sums(x, _channel_sums(x, weight), repeats) if use_c else None
     for stage in range(4):
         op = order[:, stage]
-        if affine:
-            alpha = torch.ones_like(factors[:, 0])
-            for kind, used in ((_BRIGHTNESS, use_b), (_CONTRAST, use_c), (_SATURATION, use_s)):
-                if used:
-                    alpha = torch.where(op == kind, factors[:, kind], alpha)
-            delta = torch.zeros_like(alpha)
-            if use_c:
-                mean = sums / count  # (n, 3) channel means of the current image
-                gray_mean = mean[:, 0] * _GRAY[0] + mean[:, 1] * _GRAY[1] + mean[:, 2] * _GRAY[2]
-                delta = torch.where(op == _CONTRAST, (1.0 - factors[:, 1]) * gray_mean, delta)
-            gamma = torch.where(op == _SATURATION, 1.0 - factors[:, 2], 0.0)[:, None]
-            alpha, delta = alpha[:, None, None], delta[:, None]
-        hue_index = None
-        if use_h and on_cpu:
-            hue_index = (op == _HUE).nonzero()[:, 0]
-            hue_index, hue_shift = (hue_index, factors[hue_index, 3]) if hue_index.numel() else (None, None)
-        elif use_h:
-            hue_shift = torch.where(op == _HUE, factors[:, 3], 0.0)
+        affine_stage = _affine_stage(op, jitter, sums, count) if affine else None
+        hue_index, hue_shift = _hue_stage(op, factors, on_cpu) if use_h else (None, None)
         if not affine and hue_index is None and on_cpu:
             continue
         later = use_c and stage < 3 and (not on_cpu or bool((order[:, stage + 1 :] == _CONTRAST).any()))
         next_sums = torch.zeros_like(sums) if later else None
         for start in range(0, length, step):
             part = x[:, :, start : start + step]
-            if affine:
-                offset = delta
-                if use_s:
-                    r, g, b = part.unbind(1)
-                    gray = torch.mul(r, _GRAY[0]).add_(g, alpha=_GRAY[1]).add_(b, alpha=_GRAY[2])
-                    offset = gray.mul_(gamma).add_(delta)
-                torch.addcmul(offset[:, None], part, alpha, out=part).clamp_(0.0, 1.0)
+            if affine_stage is not None:
+                _apply_affine(part, affine_stage, saturation=use_s)
             if hue_index is not None:
                 part.index_copy_(0, hue_index, _adjust_hue(part.index_select(0, hue_index), hue_shift))
             elif use_h and not on_cpu:
@@ -183,7 +211,7 @@ def _jitter(x: Tensor, jitter: _Jitter, weight: Tensor | None = None, repeats: T
             if later:
                 next_sums += _channel_sums(part, None if weight is None else weight[:, start : start + step])
         if later:
-            sums = image_sums(next_sums)
+            sums = _image_sums(x, next_sums, repeats)
     return x
 
 
@@ -416,61 +444,3 @@ def scar_batch(
     return _paste_new(
         images, _scar_geometry(images, width, length, rotation, generator), jitter, generator, return_masks
     )
-
-
-def make_views(
-    images: Tensor,
-    *,
-    variant: str,
-    config: AugmentConfig,
-    generator: torch.Generator,
-    pixel_scale: float | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Training views for one step: pre-augmented images first, then their CutPaste versions.
-
-    images: ``(B, 3, H, W)`` float in [0, 1]. Returns views ``(B * K, 3, H, W)`` in [0, 1] and labels
-    ``(B * K,)`` int64, in blocks of B: ``normal`` and ``scar`` give ``[x, aug(x)]`` labelled 0, 1;
-    ``3way`` gives ``[x, cutpaste(x), scar(x)]`` labelled 0, 1, 2; ``union`` gives ``[x, u(x)]``
-    labelled 0, 1 where each sample of ``u`` is CutPaste or scar with probability 1/2; ``blend`` gives
-    ``[x, blend(x)]`` (:func:`cutpaste.blend.blend_batch`: another image's content in a Perlin-cut
-    region) and ``4way`` ``[x, cutpaste(x), scar(x), blend(x)]`` labelled 0..3.
-    ``pixel_scale`` converts the 256 px sizes (translation, scar) to these images; default H / 256.
-    Crops of a larger image pass the full image's scale, so a scar keeps its size on the object.
-    """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown CutPaste variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    _check_images(images, generator)
-    batch, channels, height, width = images.shape
-    kinds = {"3way": 3, "4way": 4}.get(variant, 2)
-    views = torch.empty((kinds * batch, channels, height, width), dtype=images.dtype, device=images.device)
-    # Pre-augmentation, written straight into the first block: translation by up to pre_translate px
-    # (at 256 px), then colour jitter of the whole image.
-    x = views[:batch]
-    scale = height / REFERENCE_SIZE if pixel_scale is None else pixel_scale
-    translate_batch(images, max_shift=config.pre_translate * scale, generator=generator, out=x)
-    _jitter(x.view(batch, channels, -1), _draw_jitter(batch, (config.pre_jitter,) * 4, generator, x))
-    for k in range(1, kinds):
-        views[k * batch : (k + 1) * batch] = x
-    patches = []
-    if variant in ("normal", "3way", "union", "4way"):
-        patches.append(_cutpaste_geometry(x, config.area_ratio, config.aspect_ratio, generator))
-    if variant in ("scar", "3way", "union", "4way"):
-        patches.append(_scar_geometry(x, config.scar_width, config.scar_length, config.scar_rotation, generator, scale))
-    if variant == "union":  # each sample keeps its CutPaste or its scar with probability 1/2
-        patches = [_select(_rand(generator, x, batch) < 0.5, *patches)]
-    for k, patch in enumerate(patches, start=1):
-        params = _draw_jitter(batch, (config.patch_jitter,) * 4, generator, x)
-        _paste(x, views[k * batch : (k + 1) * batch], patch, params)
-    if variant in ("blend", "4way"):
-        # Imported here: blend builds on this module's translation and jitter.
-        from cutpaste.blend import blend_batch
-
-        views[(kinds - 1) * batch :] = blend_batch(
-            x,
-            generator=generator,
-            area_ratio=config.area_ratio,
-            aspect_ratio=config.aspect_ratio,
-            opacity=config.blend_opacity,
-            jitter=config.patch_jitter,
-        )
-    return views, torch.arange(kinds, device=x.device).repeat_interleave(batch)

@@ -226,7 +226,21 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cutpaste", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_train_parser(sub)
+    _add_evaluate_parser(sub)
+    _add_predict_parser(sub)
+    _add_localize_parser(sub)
+    _add_config_parser(sub)
+    _add_data_parser(sub)
+    return parser
 
+
+def _add_maps_flag(parser: argparse.ArgumentParser) -> None:
+    """One definition for the three commands that draw anomaly maps, so their choices cannot drift apart."""
+    parser.add_argument("--maps", default="auto", choices=MAP_MODES, help=_MAPS_HELP)
+
+
+def _add_train_parser(sub: Any) -> None:
     train = sub.add_parser("train", help="train a detector on one category")
     train.add_argument("--data", required=True, help="dataset root in MVTec AD layout, local or s3://bucket/prefix")
     train.add_argument("--s3-endpoint", help="S3-compatible endpoint (default $AWS_ENDPOINT_URL)")
@@ -240,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=_cmd_train)
 
+
+def _add_evaluate_parser(sub: Any) -> None:
     evaluate = sub.add_parser("evaluate", help="image metrics of a detector on a category's test split")
     evaluate.add_argument("--model", required=True)
     evaluate.add_argument("--data", required=True, help="dataset root, local or s3://bucket/prefix")
@@ -247,50 +263,44 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--category", help="default: the category the detector was trained on")
     evaluate.add_argument("--json", help="write metrics and per-image scores to this file")
     evaluate.add_argument("--no-pixel", action="store_true", help="skip anomaly maps and pixel metrics")
-    evaluate.add_argument(
-        "--maps",
-        default="auto",
-        choices=MAP_MODES,
-        help=_MAPS_HELP,
-    )
+    _add_maps_flag(evaluate)
     evaluate.add_argument("--device", default="auto")
     evaluate.set_defaults(func=_cmd_evaluate)
 
+
+def _add_predict_parser(sub: Any) -> None:
     predict = sub.add_parser("predict", help="score images and give a normal/anomalous verdict")
     predict.add_argument("--model", required=True)
     predict.add_argument("images", nargs="+")
     predict.add_argument("--threshold", type=float, help="override the detector's calibrated threshold")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
     predict.add_argument("--heatmap", metavar="DIR", help="write an overlay PNG per image to DIR")
-    predict.add_argument(
-        "--maps",
-        default="auto",
-        choices=MAP_MODES,
-        help=_MAPS_HELP,
-    )
+    _add_maps_flag(predict)
     predict.add_argument("--device", default="auto")
     predict.set_defaults(func=_cmd_predict)
 
+
+def _add_localize_parser(sub: Any) -> None:
     localize = sub.add_parser("localize", help="anomaly maps of a category's test split: overlays, grid, metrics")
     localize.add_argument("--model", required=True)
     localize.add_argument("--data", required=True, help="dataset root, local or s3://bucket/prefix")
     localize.add_argument("--s3-endpoint", help="S3-compatible endpoint (default $AWS_ENDPOINT_URL)")
     localize.add_argument("--category", help="default: the category the detector was trained on")
     localize.add_argument("--out", required=True, help="directory for overlays, the grid figure and metrics.json")
-    localize.add_argument(
-        "--maps",
-        default="auto",
-        choices=MAP_MODES,
-        help=_MAPS_HELP,
-    )
+    _add_maps_flag(localize)
     localize.add_argument("--device", default="auto")
     localize.add_argument("--no-progress", action="store_true")
     localize.set_defaults(func=_cmd_localize)
 
+
+def _add_config_parser(sub: Any) -> None:
     config = sub.add_parser("config", help="print the resolved config (preset + flags) as JSON")
     _add_config_flags(config)
     config.set_defaults(func=_cmd_config)
 
+
+def _add_data_parser(sub: Any) -> None:
+    """``data synth`` lives here; the storage commands register themselves (cutpaste/storage/cli.py)."""
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write synthetic MVTec-layout categories")
     synth.add_argument("out")
@@ -301,7 +311,6 @@ def build_parser() -> argparse.ArgumentParser:
     from cutpaste.storage.cli import add_storage_commands
 
     add_storage_commands(data)
-    return parser
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -146,12 +146,9 @@ class TrainConfig:
         return {"3way": 3, "4way": 4}.get(self.variant, 2)
 
     def validate(self) -> TrainConfig:
-        from cutpaste.model import BACKBONES
-
         if self.variant not in VARIANTS:
             raise ConfigError(f"variant: unknown {self.variant!r}; choose one of {', '.join(VARIANTS)}")
-        if self.backbone not in BACKBONES:
-            raise ConfigError(f"backbone: unknown {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        _check_backbone(self.backbone)
         positive = ("image_size", "steps", "batch_size", "head_width", "checkpoint_every", "log_every")
         for name in (*positive, "eval_batch_size"):
             if getattr(self, name) < 1:
@@ -220,6 +217,14 @@ class TrainConfig:
     def override(self, changes: dict[str, Any], *, source: str = "overrides") -> TrainConfig:
         """A copy with ``changes`` applied; keys may be dotted (``augment.area_ratio``) or nested."""
         return _apply(self, changes, source=source).validate()
+
+
+def _check_backbone(name: str) -> None:
+    """The registry is imported here, not at the top: it needs torchvision, and reading a config should not."""
+    from cutpaste.backbones import BACKBONES
+
+    if name not in BACKBONES:
+        raise ConfigError(f"backbone: unknown {name!r}; choose one of {', '.join(BACKBONES)}")
 
 
 def _apply(base: Any, changes: dict[str, Any], *, source: str) -> Any:

@@ -7,17 +7,18 @@ Inputs are RGB in [0, 1]; ImageNet normalisation happens inside, so a served mod
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision import models
 
-from cutpaste.config import TrainConfig
+from cutpaste.backbones import BACKBONES
 from cutpaste.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cutpaste.config import TrainConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,36 +34,6 @@ def as_float_images(images: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return x
-
-
-@dataclass(frozen=True)
-class Backbone:
-    build: Callable[[], nn.Module]
-    feature_dim: int
-    weights: models.WeightsEnum
-    # Name of the final classifier attribute that is replaced by Identity.
-    classifier: str
-
-
-BACKBONES: dict[str, Backbone] = {
-    "resnet18": Backbone(lambda: models.resnet18(weights=None), 512, models.ResNet18_Weights.IMAGENET1K_V1, "fc"),
-    "resnet50": Backbone(lambda: models.resnet50(weights=None), 2048, models.ResNet50_Weights.IMAGENET1K_V1, "fc"),
-    "efficientnet_b0": Backbone(
-        lambda: models.efficientnet_b0(weights=None), 1280, models.EfficientNet_B0_Weights.IMAGENET1K_V1, "classifier"
-    ),
-    "efficientnet_b1": Backbone(
-        lambda: models.efficientnet_b1(weights=None), 1280, models.EfficientNet_B1_Weights.IMAGENET1K_V1, "classifier"
-    ),
-    "efficientnet_b2": Backbone(
-        lambda: models.efficientnet_b2(weights=None), 1408, models.EfficientNet_B2_Weights.IMAGENET1K_V1, "classifier"
-    ),
-    "efficientnet_b3": Backbone(
-        lambda: models.efficientnet_b3(weights=None), 1536, models.EfficientNet_B3_Weights.IMAGENET1K_V1, "classifier"
-    ),
-    "efficientnet_b4": Backbone(
-        lambda: models.efficientnet_b4(weights=None), 1792, models.EfficientNet_B4_Weights.IMAGENET1K_V1, "classifier"
-    ),
-}
 
 
 def pretrained_weights_path(backbone: str, pretrained: str) -> Path:

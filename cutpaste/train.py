@@ -19,12 +19,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cutpaste.atomic import atomic_torch_save, atomic_write_text
-from cutpaste.augment import REFERENCE_SIZE, make_views
-from cutpaste.config import TrainConfig
+from cutpaste.augment import REFERENCE_SIZE
+from cutpaste.config import TrainConfig, flatten
 from cutpaste.errors import ConfigError, ModelBundleError
+from cutpaste.integrity import load_weights
 from cutpaste.model import CutPasteNet, build_model
 from cutpaste.patches import random_crops
 from cutpaste.precision import use_amp, use_channels_last
+from cutpaste.views import make_views
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_NAME = "last.pt"
@@ -92,10 +94,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ModelBundleError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from None
+    """A training checkpoint, read as data only (checkpoints travel through shared storage too)."""
+    state = load_weights(path, kind="checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ModelBundleError(f"checkpoint {path} has format {found!r}, this version reads {CHECKPOINT_FORMAT}")
@@ -104,14 +104,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def training_fields(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
     """The dotted config fields that decide the trained weights (not how they are scored or reported)."""
-    flat = _flat(config.to_dict() if isinstance(config, TrainConfig) else config)
+    flat = flatten(config) if isinstance(config, TrainConfig) else _flat(config)
     return {k: v for k, v in flat.items() if k.split(".")[0] not in _NON_TRAINING_FIELDS}
 
 
 def _check_same_run(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
     mine = training_fields(config)
     # A checkpoint written before a field existed ran with that field's default.
-    theirs = training_fields({**_flat(TrainConfig().to_dict()), **_flat(saved)})
+    theirs = training_fields({**flatten(TrainConfig()), **_flat(saved)})
     differ = sorted(k for k in mine.keys() | theirs.keys() if _norm(mine.get(k)) != _norm(theirs.get(k)))
     if differ:
         detail = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in differ[:5])
@@ -122,6 +122,8 @@ def _check_same_run(saved: dict[str, Any], config: TrainConfig, path: Path) -> N
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """:func:`cutpaste.config.flatten` for a config saved as a dict: one from a checkpoint may hold keys this
+    version's TrainConfig lacks, so it cannot become a TrainConfig first."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
@@ -195,6 +197,53 @@ def train_model(
     hooks = hooks or TrainHooks()
     config.validate()
     device = resolve_device(device)
+    share = _worker_share(config, train_images, hooks)
+    run = _set_up(config, device, hooks, share, checkpoint_dir)
+    if resume:
+        _resume(run)
+    resumed_from = run.start
+    runner, images = _prepare(run, train_images)
+    began = time.perf_counter()
+    _loop(run, runner, images, progress)
+    # Scoring runs in the default layout, as in a bundle loaded from disk: the same detector scores the same.
+    run.model.to(memory_format=torch.contiguous_format).eval()
+    return TrainResult(
+        model=run.model,
+        config=config,
+        steps_done=config.steps,
+        history=run.history,
+        wall_s=time.perf_counter() - began,
+        resumed_from_step=resumed_from,
+        local_batch=share,
+    )
+
+
+@dataclass
+class _Run:
+    """What one worker's training carries from step to step, so that each step can be a function of its own."""
+
+    config: TrainConfig
+    hooks: TrainHooks
+    device: torch.device
+    # Normal images this worker draws per step.
+    share: int
+    amp: bool
+    channels_last: bool
+    model: CutPasteNet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    checkpoint: Path | None
+    start: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def world(self) -> int:
+        return max(1, self.hooks.world_size)
+
+
+def _worker_share(config: TrainConfig, train_images: torch.Tensor, hooks: TrainHooks) -> int:
+    """Rejects unusable input before anything is built, and returns this worker's share of the global batch."""
     if train_images.ndim != 4 or train_images.shape[1:] != (3, config.image_size, config.image_size):
         raise ValueError(
             f"train_images must be (N, 3, {config.image_size}, {config.image_size}), got {tuple(train_images.shape)}"
@@ -204,8 +253,14 @@ def train_model(
     world = max(1, hooks.world_size)
     if config.batch_size < world:
         raise ConfigError(f"batch_size: {config.batch_size} normal images per step cannot be shared by {world} workers")
-    # This worker's share of the global batch (the first ranks take one more when it does not divide).
-    share = config.batch_size // world + (1 if hooks.rank < config.batch_size % world else 0)
+    # The first ranks take one more when the batch does not divide.
+    return config.batch_size // world + (1 if hooks.rank < config.batch_size % world else 0)
+
+
+def _set_up(
+    config: TrainConfig, device: torch.device, hooks: TrainHooks, share: int, checkpoint_dir: str | Path | None
+) -> _Run:
+    """Model, optimiser, schedule and augmentation generator, seeded in this order so runs repeat bitwise."""
     amp = use_amp(device, config.amp)
     channels_last = use_channels_last(device, config.channels_last)
     torch.manual_seed(config.seed)
@@ -215,109 +270,158 @@ def train_model(
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
     generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + hooks.rank)
-    start, history = 0, []
-    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    if ckpt_path is not None and resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        _check_same_run(state["config"], config, ckpt_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        start, history = int(state["step"]), list(state["history"])
-    resumed_from = start
+    return _Run(
+        config=config,
+        hooks=hooks,
+        device=device,
+        share=share,
+        amp=amp,
+        channels_last=channels_last,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        generator=generator,
+        checkpoint=Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None,
+    )
 
-    images = train_images.to(device, non_blocking=True)
-    if world > 1 and device.type == "cuda" and torch.distributed.is_initialized():
+
+def _resume(run: _Run) -> None:
+    """Restores every piece of state the remaining steps depend on, so a resumed run ends where an
+    uninterrupted one would."""
+    path = run.checkpoint
+    if path is None or not path.exists():
+        return
+    state = load_checkpoint(path)
+    _check_same_run(state["config"], run.config, path)
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.generator.set_state(state["generator"])
+    run.start, run.history = int(state["step"]), list(state["history"])
+
+
+def _prepare(run: _Run, train_images: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    """The images on the device, and the module the steps call (wrapped, e.g. for DDP); ``run.model``
+    stays the bare module that checkpoints save."""
+    images = train_images.to(run.device, non_blocking=True)
+    if run.world > 1 and run.device.type == "cuda" and torch.distributed.is_initialized():
         # Batch statistics over the global batch, not each worker's share (SyncBatchNorm is CUDA-only:
         # CPU workers normalise their own share, one remaining difference from a single worker).
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    runner = hooks.wrap_model(model) if hooks.wrap_model else model
+        run.model = nn.SyncBatchNorm.convert_sync_batchnorm(run.model)
+    runner = run.hooks.wrap_model(run.model) if run.hooks.wrap_model else run.model
     runner.train()
-    num_images = images.shape[0]
-    per_step = config.batch_size * config.num_classes
-    pixel_scale = config.image_size / REFERENCE_SIZE
-    # Running sums stay on the device; the host reads them once per log interval, not every step.
-    loss_sum = torch.zeros((), device=device)
-    correct_sum = torch.zeros((), device=device)
-    window_steps, window_start = 0, time.perf_counter()
-    began = time.perf_counter()
-    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="train", unit="step", leave=False)
+    return runner, images
 
-    def save(step: int) -> None:
-        written = None
-        if ckpt_path is not None and hooks.rank == 0:
-            atomic_torch_save(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "config": config.to_dict(),
-                    "step": step,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "generator": generator.get_state(),
-                    "history": history,
-                },
-                ckpt_path,
-            )
-            written = ckpt_path
-        # Every rank is told, so a distributed caller can keep its collective calls in step.
-        if hooks.on_checkpoint:
-            hooks.on_checkpoint(step, written)
 
-    for step in range(start, config.steps):
-        index = torch.randint(num_images, (share,), device=device, generator=generator)
-        batch = images[index].float().div_(255)
-        if config.patch_size:
-            # The patch-level model: CutPaste inside a random crop, sizes in the full image's pixels.
-            batch = random_crops(batch, config.patch_size, generator)
-        views, labels = make_views(
-            batch, variant=config.variant, config=config.augment, generator=generator, pixel_scale=pixel_scale
-        )
-        if channels_last:
-            views = views.contiguous(memory_format=torch.channels_last)
-        loss, logits = optimisation_step(runner, optimizer, views, labels, amp=amp)
-        scheduler.step()
-        loss_sum += loss.detach()
-        correct_sum += (logits.detach().argmax(1) == labels).float().mean()
-        window_steps += 1
+def _loop(run: _Run, runner: nn.Module, images: torch.Tensor, progress: bool) -> None:
+    """Steps from ``run.start`` to the end, logging and checkpointing at their intervals."""
+    config = run.config
+    window = _LogWindow.on(run.device)
+    bar = tqdm(total=config.steps, initial=run.start, disable=not progress, desc="train", unit="step", leave=False)
+    for step in range(run.start, config.steps):
+        loss, logits, labels = _train_step(run, runner, images)
+        window.add(loss, logits, labels)
         done = step + 1
         bar.update(1)
         if done % config.log_every == 0 or done == config.steps:
-            if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-                # Every rank logs at the same steps, so this collective stays in step; the record is the run's.
-                sums = torch.stack([loss_sum, correct_sum])
-                torch.distributed.all_reduce(sums)
-                loss_sum, correct_sum = sums[0] / world, sums[1] / world
-            elapsed = time.perf_counter() - window_start
-            record = {
-                "step": float(done),
-                "loss": float(loss_sum) / window_steps,
-                "accuracy": float(correct_sum) / window_steps,
-                "lr": float(scheduler.get_last_lr()[0]),
-                "img_s": window_steps * per_step / max(elapsed, 1e-9),
-            }
-            history.append(record)
+            record = window.record(done, run)
+            run.history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
-            if hooks.on_log:
-                hooks.on_log(record)
-            loss_sum.zero_()
-            correct_sum.zero_()
-            window_steps, window_start = 0, time.perf_counter()
+            if run.hooks.on_log:
+                run.hooks.on_log(record)
+            window.reset()
         if done % config.checkpoint_every == 0 or done == config.steps:
-            save(done)
+            _save_checkpoint(run, done)
     bar.close()
-    # Scoring runs in the default layout, as in a bundle loaded from disk: the same detector scores the same.
-    model.to(memory_format=torch.contiguous_format).eval()
-    return TrainResult(
-        model=model,
-        config=config,
-        steps_done=config.steps,
-        history=history,
-        wall_s=time.perf_counter() - began,
-        resumed_from_step=resumed_from,
-        local_batch=share,
+
+
+def _train_step(run: _Run, runner: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draws a batch, makes its views and takes one optimisation step; every random number comes from
+    ``run.generator`` in a fixed order, which is what makes a resumed run repeat an uninterrupted one."""
+    config = run.config
+    index = torch.randint(images.shape[0], (run.share,), device=run.device, generator=run.generator)
+    batch = images[index].float().div_(255)
+    if config.patch_size:
+        # The patch-level model: CutPaste inside a random crop, sizes in the full image's pixels.
+        batch = random_crops(batch, config.patch_size, run.generator)
+    views, labels = make_views(
+        batch,
+        variant=config.variant,
+        config=config.augment,
+        generator=run.generator,
+        pixel_scale=config.image_size / REFERENCE_SIZE,
     )
+    if run.channels_last:
+        views = views.contiguous(memory_format=torch.channels_last)
+    loss, logits = optimisation_step(runner, run.optimizer, views, labels, amp=run.amp)
+    run.scheduler.step()
+    return loss, logits, labels
+
+
+@dataclass
+class _LogWindow:
+    """Running sums over the steps since the last log record; they stay on the device, so the host reads
+    them once per log interval, not every step."""
+
+    loss_sum: torch.Tensor
+    correct_sum: torch.Tensor
+    steps: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def on(cls, device: torch.device) -> _LogWindow:
+        return cls(torch.zeros((), device=device), torch.zeros((), device=device))
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss_sum += loss.detach()
+        self.correct_sum += (logits.detach().argmax(1) == labels).float().mean()
+        self.steps += 1
+
+    def record(self, done: int, run: _Run) -> dict[str, float]:
+        """The log record of this window (averaged over the workers when there are several)."""
+        world = run.world
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Every rank logs at the same steps, so this collective stays in step; the record is the run's.
+            sums = torch.stack([self.loss_sum, self.correct_sum])
+            torch.distributed.all_reduce(sums)
+            self.loss_sum, self.correct_sum = sums[0] / world, sums[1] / world
+        elapsed = time.perf_counter() - self.started
+        return {
+            "step": float(done),
+            "loss": float(self.loss_sum) / self.steps,
+            "accuracy": float(self.correct_sum) / self.steps,
+            "lr": float(run.scheduler.get_last_lr()[0]),
+            "img_s": self.steps * run.config.batch_size * run.config.num_classes / max(elapsed, 1e-9),
+        }
+
+    def reset(self) -> None:
+        """Starts the next window; called after the log hook, so its time is not counted as training."""
+        self.loss_sum.zero_()
+        self.correct_sum.zero_()
+        self.steps, self.started = 0, time.perf_counter()
+
+
+def _save_checkpoint(run: _Run, step: int) -> None:
+    """Rank 0 writes the checkpoint; every rank is told, so a distributed caller can keep its collective
+    calls in step."""
+    written = None
+    if run.checkpoint is not None and run.hooks.rank == 0:
+        atomic_torch_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "config": run.config.to_dict(),
+                "step": step,
+                "model": run.model.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(),
+                "generator": run.generator.get_state(),
+                "history": run.history,
+            },
+            run.checkpoint,
+        )
+        written = run.checkpoint
+    if run.hooks.on_checkpoint:
+        run.hooks.on_checkpoint(step, written)
 
 
 def write_history(history: list[dict[str, float]], path: Path) -> None:

@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,12 @@ from ray.autoscaler.sdk import request_resources
 
 from cutpaste.config import TrainConfig, flatten
 from cutpaste.density import GaussianDensity
+from cutpaste.detector import BUNDLE_NAME, verify_bundle
 from cutpaste.errors import CutPasteError
+from cutpaste.integrity import load_weights
 from cutpaste.report import RunRecord, summarise, to_markdown, write_results
 from pipelines import figures, tracking
-from pipelines.pyfunc_model import log_detector_model
+from pipelines.pyfunc_model import TAG_SHA256, log_detector_model
 from pipelines.status import StatusBoard, StatusPrinter
 from pipelines.train_run import HEATMAPS_NAME, RunSpec, build_trainer, fetch_result_files
 
@@ -134,8 +136,43 @@ def _log_finished_run(
     import torch
 
     evaluation = json.loads((files / "evaluation.json").read_text())
-    bundle = torch.load(files / "detector.pt", map_location="cpu", weights_only=False)
+    # The bundle came back through checkpoint storage: checked against its digest record, read as data.
+    verify_bundle(files / BUNDLE_NAME)
+    bundle = load_weights(files / BUNDLE_NAME, kind="bundle")
     density = GaussianDensity.from_state_dict(bundle["density"])
+    final = _final_metrics(evaluation, bundle, density, phases)
+    log = tracking.MetricBuffer(bench.mlflow_uri, run_id)
+    log.log(final, step=int(bundle["meta"].get("steps", 0)))
+    log.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        density_path = Path(tmp) / "density.pt"
+        torch.save(density.state_dict(), density_path)
+        client.log_artifact(run_id, str(density_path), "density")
+    tracking.log_json_artifact(client, run_id, density.summary(), "density_summary.json", "density")
+    for name in ("evaluation.json", "train_log.jsonl", "detector.json"):
+        client.log_artifact(run_id, str(files / name), "results")
+    if (files / HEATMAPS_NAME).is_file():
+        client.log_artifact(run_id, str(files / HEATMAPS_NAME), "heatmaps")
+    # The model goes last, then the run is marked finished: a FINISHED run always has complete artifacts.
+    model_uri, digest = log_detector_model(files, run_id=run_id)
+    tracking.set_tags(client, run_id, {TAG_MODEL_URI: model_uri, TAG_SHA256: digest})
+    tracking.finish_run(client, run_id)
+    record = _finished_record(spec, final)
+    samples = evaluation["samples"]
+    record.update(
+        mlflow_run_id=run_id,
+        model_uri=model_uri,
+        sha256=digest,
+        scores=[x["score"] for x in samples],
+        labels=[x["label"] for x in samples],
+    )
+    return record
+
+
+def _final_metrics(
+    evaluation: dict[str, Any], bundle: dict[str, Any], density: GaussianDensity, phases: dict[str, float] | None
+) -> dict[str, float]:
+    """A finished run's metrics: test results, the threshold and its expected FPR, validation, timings."""
     final = {
         "image_auroc": evaluation["image_auroc"],
         "aupr": evaluation["aupr"],
@@ -158,31 +195,7 @@ def _log_finished_run(
         )
     # Where the run's time went, as the status board saw it (seconds queued, training, evaluating).
     final.update({f"seconds_{state}": value for state, value in (phases or {}).items()})
-    log = tracking.MetricBuffer(bench.mlflow_uri, run_id)
-    log.log(final, step=int(bundle["meta"].get("steps", 0)))
-    log.close()
-    with tempfile.TemporaryDirectory() as tmp:
-        density_path = Path(tmp) / "density.pt"
-        torch.save(density.state_dict(), density_path)
-        client.log_artifact(run_id, str(density_path), "density")
-    tracking.log_json_artifact(client, run_id, density.summary(), "density_summary.json", "density")
-    for name in ("evaluation.json", "train_log.jsonl", "detector.json"):
-        client.log_artifact(run_id, str(files / name), "results")
-    if (files / HEATMAPS_NAME).is_file():
-        client.log_artifact(run_id, str(files / HEATMAPS_NAME), "heatmaps")
-    # The model goes last, then the run is marked finished: a FINISHED run always has complete artifacts.
-    model_uri = log_detector_model(files, run_id=run_id)
-    tracking.set_tags(client, run_id, {TAG_MODEL_URI: model_uri})
-    tracking.finish_run(client, run_id)
-    record = _finished_record(spec, final)
-    samples = evaluation["samples"]
-    record.update(
-        mlflow_run_id=run_id,
-        model_uri=model_uri,
-        scores=[x["score"] for x in samples],
-        labels=[x["label"] for x in samples],
-    )
-    return record
+    return final
 
 
 def _finished_record(spec: RunSpec, metrics: dict[str, float]) -> dict[str, Any]:
@@ -207,11 +220,41 @@ def _record_from_mlflow(client: MlflowClient, run_id: str, spec: RunSpec) -> dic
         return None
     record = _finished_record(spec, run.data.metrics)
     record.update(mlflow_run_id=run_id, model_uri=run.data.tags[TAG_MODEL_URI], skipped=True)
+    record["sha256"] = run.data.tags.get(TAG_SHA256)
     return record
+
+
+@dataclass
+class _Session:
+    """What the steps of one benchmark share: the parent MLflow run they log under, the status board the
+    runs report to, and each queued run's metric buffer (the scheduling loop forwards into them)."""
+
+    bench: BenchmarkConfig
+    client: MlflowClient
+    experiment_id: str
+    parent_id: str
+    board: Any
+    buffers: dict[str, tracking.MetricBuffer] = field(default_factory=dict)
 
 
 def run_benchmark(bench: BenchmarkConfig, train_config: TrainConfig) -> tuple[list[dict[str, Any]], dict[str, Path]]:
     """Runs (or resumes) the whole benchmark; returns the run records and the results files."""
+    client, experiment_id, parent_id = _open_parent_run(bench, train_config)
+    session = _Session(bench, client, experiment_id, parent_id, board=StatusBoard.remote())
+    printer = StatusPrinter(session.board)
+    records, queue = _queue_runs(session, _plan_runs(bench, train_config))
+    printer.poll(force=True)
+    records += _run_queue(session, queue, printer)
+    printer.poll(force=True)
+    _add_phases(records, ray.get(session.board.phase_seconds.remote()))
+    if bench.register_models:
+        _register_champions(client, records, bench.benchmark_id)
+    return records, _write_and_log_results(session, records)
+
+
+def _open_parent_run(bench: BenchmarkConfig, train_config: TrainConfig) -> tuple[MlflowClient, str, str]:
+    """The benchmark's parent run, created or (same benchmark id) resumed, with its params logged.
+    Returns (client, experiment id, parent run id)."""
     # Ray Train starts a preemption-watcher actor (one more process, ~2 CPU-s) per run, for observability
     # only; recovery from a lost node is FailureConfig's. Off unless the user turned it on.
     os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
@@ -228,49 +271,75 @@ def run_benchmark(bench: BenchmarkConfig, train_config: TrainConfig) -> tuple[li
     if not created:
         print(f"resuming benchmark {bench.benchmark_id} (MLflow run {parent_id})", flush=True)
         client.update_run(parent_id, status="RUNNING")
-    # URIs may carry credentials (http://user:password@host): params keep only the redacted form.
+    tracking.log_params(client, parent_id, _benchmark_params(bench, train_config))
+    return client, experiment_id, parent_id
+
+
+def _benchmark_params(bench: BenchmarkConfig, train_config: TrainConfig) -> dict[str, Any]:
+    """The parent run's params. URIs may carry credentials (http://user:password@host): params keep only
+    the redacted form."""
     bench_params = {
         f"benchmark.{k}": tracking.redact_uri(v) if isinstance(v, str) else v for k, v in asdict(bench).items()
     }
-    tracking.log_params(client, parent_id, {**bench_params, **flatten(train_config)})
+    return {**bench_params, **flatten(train_config)}
 
-    board = StatusBoard.remote()
-    printer = StatusPrinter(board)
-    records: list[dict[str, Any]] = []
-    queue: list[tuple[RunSpec, str]] = []
-    buffers: dict[str, tracking.MetricBuffer] = {}
+
+def _plan_runs(bench: BenchmarkConfig, train_config: TrainConfig) -> list[tuple[RunSpec, TrainConfig]]:
+    """Every (category, seed) run with its config, in the order they queue: the run names are what a resumed
+    benchmark finds its runs by, so they depend only on the benchmark id, category and seed index."""
+    plan = []
     for category in bench.categories:
         for seed in range(bench.seeds):
             config = train_config.override({"seed": train_config.seed + seed})
-            name = bench.run_name(category, seed)
-            run_id, _ = tracking.find_or_create_run(
-                client,
-                experiment_id,
-                name=name,
-                tags={tracking.TAG_BENCHMARK: bench.benchmark_id, tracking.TAG_RUN_KEY: name, tracking.TAG_ROLE: "run"},
-                parent_run_id=parent_id,
-            )
             spec = RunSpec(
-                name=name,
+                name=bench.run_name(category, seed),
                 category=category,
                 seed=config.seed,
                 data=bench.data,
                 train_config=config.to_dict(),
                 s3_endpoint=bench.s3_endpoint,
             )
-            done = _record_from_mlflow(client, run_id, spec)
-            if done is not None:
-                board.update.remote(
-                    name, "skipped", detail=f"finished earlier, image AUROC {100 * done['image_auroc']:.1f}"
-                )
-                records.append(done)
-                continue
-            tracking.log_params(client, run_id, {**flatten(config), "category": category, "data": bench.data})
-            client.update_run(run_id, status="RUNNING")
-            board.update.remote(name, "queued")
-            buffers[name] = tracking.MetricBuffer(bench.mlflow_uri, run_id)
-            queue.append((spec, run_id))
-    printer.poll(force=True)
+            plan.append((spec, config))
+    return plan
+
+
+def _run_params(spec: RunSpec, config: TrainConfig) -> dict[str, Any]:
+    """A run's params: its whole config, flat, plus what it trained on (so a run can be compared alone)."""
+    return {**flatten(config), "category": spec.category, "data": spec.data}
+
+
+def _queue_runs(
+    session: _Session, plan: list[tuple[RunSpec, TrainConfig]]
+) -> tuple[list[dict[str, Any]], list[tuple[RunSpec, str]]]:
+    """Finds or creates each run's MLflow child. Runs that finished earlier come back as records (they are
+    not trained again); the others come back as the queue of (spec, run id) to start."""
+    bench, client, board = session.bench, session.client, session.board
+    records: list[dict[str, Any]] = []
+    queue: list[tuple[RunSpec, str]] = []
+    for spec, config in plan:
+        tags = {tracking.TAG_BENCHMARK: bench.benchmark_id, tracking.TAG_RUN_KEY: spec.name, tracking.TAG_ROLE: "run"}
+        run_id, _ = tracking.find_or_create_run(
+            client, session.experiment_id, name=spec.name, tags=tags, parent_run_id=session.parent_id
+        )
+        done = _record_from_mlflow(client, run_id, spec)
+        if done is not None:
+            detail = f"finished earlier, image AUROC {100 * done['image_auroc']:.1f}"
+            board.update.remote(spec.name, "skipped", detail=detail)
+            records.append(done)
+            continue
+        tracking.log_params(client, run_id, _run_params(spec, config))
+        client.update_run(run_id, status="RUNNING")
+        board.update.remote(spec.name, "queued")
+        session.buffers[spec.name] = tracking.MetricBuffer(bench.mlflow_uri, run_id)
+        queue.append((spec, run_id))
+    return records, queue
+
+
+def _run_queue(session: _Session, queue: list[tuple[RunSpec, str]], printer: StatusPrinter) -> list[dict[str, Any]]:
+    """Trains the queued runs, forwarding their metrics as they come; returns their records in the order
+    they ended."""
+    bench, board = session.bench, session.board
+    records: list[dict[str, Any]] = []
     running: dict[Future, tuple[RunSpec, str]] = {}
     while queue or running:
         # Started only when the cluster can take them: a waiting run would hold a controller process.
@@ -278,18 +347,26 @@ def run_benchmark(bench: BenchmarkConfig, train_config: TrainConfig) -> tuple[li
             spec, run_id = queue.pop(0)
             running[_start_run(spec, bench, board)] = (spec, run_id)
         ready, _ = wait(running, timeout=2.0, return_when=FIRST_COMPLETED)
-        _forward_metrics(board, buffers)
+        _forward_metrics(board, session.buffers)
         for future in ready:
             spec, run_id = running.pop(future)
-            records.append(_finish(client, spec, run_id, future.result(), bench, board, buffers[spec.name]))
+            outcome = future.result()
+            records.append(_finish(session.client, spec, run_id, outcome, bench, board, session.buffers[spec.name]))
         printer.poll()
-    printer.poll(force=True)
-    phases = ray.get(board.phase_seconds.remote())
+    return records
+
+
+def _add_phases(records: list[dict[str, Any]], phases: dict[str, dict[str, float]]) -> None:
+    """Puts where each run's time went into its record (the results files show it; runs skipped as
+    finished earlier get nothing)."""
     for record in records:
         record["phases"] = phases.get(record.get("run_name"), {})
 
-    if bench.register_models:
-        _register_champions(client, records, bench.benchmark_id)
+
+def _write_and_log_results(session: _Session, records: list[dict[str, Any]]) -> dict[str, Path]:
+    """Writes the results files, then logs them under the parent run and ends it (failed if any run
+    failed); returns the files."""
+    bench, client, parent_id = session.bench, session.client, session.parent_id
     out = Path(bench.out)
     paths = write_results([_to_record(r) for r in records], out)
     any_failed = any(r["status"] != "finished" for r in records)
@@ -302,7 +379,7 @@ def run_benchmark(bench: BenchmarkConfig, train_config: TrainConfig) -> tuple[li
             f"MLflow at {tracking.redact_uri(bench.mlflow_uri)} failed ({_reason(exc)}); results are in {out} and "
             f"trained detectors in {bench.storage}; run the same --benchmark-id again once MLflow is back"
         ) from None
-    return records, paths
+    return paths
 
 
 def runs_at_once(bench: BenchmarkConfig) -> int:
@@ -394,6 +471,8 @@ def _register_champions(client: MlflowClient, records: list[dict[str, Any]], ben
                     "cutpaste.chosen_by": "val_auroc (held-in normals out-of-fold + synthetic anomalies)",
                     "cutpaste.val_auroc": f"{r.get('val_auroc')}",
                     "cutpaste.test_image_auroc": f"{r.get('image_auroc')}",
+                    # The digest the version's loaders insist on (also in the model's model_config).
+                    TAG_SHA256: f"{r.get('sha256')}",
                 },
             )
         except Exception as exc:

@@ -26,7 +26,7 @@ from cutpaste.ensemble import build_ensemble
 from cutpaste.storage import materialize
 from cutpaste.workflow import evaluate_category
 from pipelines import tracking
-from pipelines.pyfunc_model import log_detector_model
+from pipelines.pyfunc_model import TAG_SHA256, log_detector_model
 
 
 def _members(records: list[dict[str, Any]], category: str, size: int) -> list[dict[str, Any]]:
@@ -108,7 +108,8 @@ def run_ensembles(bench: Any, records: list[dict[str, Any]], size: int, rule: st
             metrics = {k: row[k] for k in names if k in row}
             tracking.MetricBuffer(bench.mlflow_uri, run_id).log(metrics, 0)
             client.log_artifact(run_id, str(directory / "evaluation.json"), "results")
-            row["model_uri"] = log_detector_model(directory, run_id=run_id)
+            row["model_uri"], row["sha256"] = log_detector_model(directory, run_id=run_id)
+            client.set_tag(run_id, TAG_SHA256, row["sha256"])
             tracking.finish_run(client, run_id)
         except Exception as exc:  # one category's ensemble must not lose the others'
             row = {"category": category, "members": size, "rule": rule, "status": f"failed: {exc}"[:300]}

@@ -1,76 +1,35 @@
-"""The detector as an MLflow pyfunc model: images in, anomaly scores and verdicts out.
+"""Logs the detector as an MLflow pyfunc model with models-from-code (:mod:`pipelines.served_model`).
 
-Input: a uint8 array ``(B, H, W, 3)`` (or one ``(H, W, 3)`` image), any H and W; images are resized to
-the detector's size exactly as ``cutpaste predict`` does. Output: a DataFrame with ``score``,
-``threshold`` and ``anomalous`` per image; with ``params={"maps": True}`` also ``map``, the anomaly map
-at the detector's size (dense for a patch model, GradCAM otherwise). ``params={"threshold": t}``
-overrides the calibrated threshold. The bundle travels as the ``detector`` artifact and the
-library as code, so a served model needs neither Ray nor this repository.
+MLflow runs ``served_model.py`` to build the model at load time; nothing of ours is pickled, and the
+bundle's SHA-256 (``model_config["sha256"]``) is checked before the bundle is read. The bundle travels as
+the ``detector`` artifact (``detector.pt`` with its ``detector.json`` record, or an ensemble directory)
+and the library as code, so a served model needs neither Ray nor this repository.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any
 
 import mlflow
-import numpy as np
-import pandas as pd
-import torch
 from mlflow.models import ModelSignature
-from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema, TensorSpec
+from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 import cutpaste
-from cutpaste.detector import BUNDLE_NAME
-from cutpaste.ensemble import ENSEMBLE_MANIFEST, load_detector
+from cutpaste.detector import BUNDLE_NAME, SUMMARY_NAME
+from cutpaste.ensemble import ENSEMBLE_MANIFEST, bundle_digest
 
 PIP_REQUIREMENTS = ["torch", "torchvision", "numpy", "pillow", "scikit-learn", "pandas"]
-
-
-def images_to_tensor(model_input: Any) -> torch.Tensor:
-    """``(B, H, W, 3)`` / ``(H, W, 3)`` uint8 -> ``(B, 3, H, W)`` uint8."""
-    array = np.asarray(model_input)
-    if array.ndim == 3:
-        array = array[None]
-    if array.ndim != 4 or array.shape[-1] != 3:
-        raise ValueError(f"expected uint8 images shaped (B, H, W, 3), got {array.shape}")
-    if array.dtype != np.uint8:
-        raise ValueError(f"expected uint8 images, got {array.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
-
-
-class CutPasteModel(mlflow.pyfunc.PythonModel):
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        # A single bundle file or an ensemble directory: both score images the same way.
-        self.detector = load_detector(context.artifacts["detector"], device=device)
-
-    def predict(self, context, model_input, params=None):  # untyped: MLflow reads hints as a schema
-        params = params or {}
-        threshold = params.get("threshold")
-        threshold = float(self.detector.threshold if threshold is None else threshold)
-        images = images_to_tensor(model_input)
-        if not params.get("maps"):
-            scores = self.detector.score(images).numpy()
-            return pd.DataFrame({"score": scores, "threshold": threshold, "anomalous": scores >= threshold})
-        if not hasattr(self.detector, "anomaly_maps"):
-            raise ValueError("maps=True: this model is an ensemble, which gives scores but no anomaly maps")
-        scores, maps = self.detector.anomaly_maps(images)
-        scores = scores.numpy()
-        return pd.DataFrame(
-            {
-                "score": scores,
-                "threshold": threshold,
-                "anomalous": scores >= threshold,
-                # (S, S) per image at the detector's size: dense patch scores or GradCAM.
-                "map": [m.numpy().tolist() for m in maps],
-            }
-        )
+MODEL_CODE = Path(__file__).with_name("served_model.py")
+TAG_SHA256 = "cutpaste.sha256"  # on each registry version: the digest its loaders insist on
 
 
 def signature() -> ModelSignature:
+    """Outputs and params only. An input TensorSpec would make MLflow cast a JSON body to its dtype before
+    the model sees it (floats in [0, 1] silently truncated to 0 as uint8); the model checks its input."""
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+        inputs=None,
         outputs=Schema(
             [
                 ColSpec("double", "score"),
@@ -83,27 +42,39 @@ def signature() -> ModelSignature:
     )
 
 
-def log_detector_model(bundle_dir: Path, *, run_id: str, name: str = "model") -> str:
-    """Logs the bundle in ``bundle_dir`` as a pyfunc model into ``run_id``; returns its ``models:/`` URI.
+def log_detector_model(bundle_dir: Path, *, run_id: str, name: str = "model") -> tuple[str, str]:
+    """Logs the bundle in ``bundle_dir`` as a pyfunc model into ``run_id``; returns its ``models:/`` URI and
+    the bundle's SHA-256 (what the registry version is tagged with).
 
     MLflow 3 stores a logged model as its own entity, so the URI to register is the one MLflow returns,
     not a path under the run's artifacts.
     """
+    with tempfile.TemporaryDirectory(prefix="cutpaste-model-") as staging:
+        artifact = _bundle_artifact(bundle_dir, Path(staging))
+        digest = bundle_digest(artifact)
+        with mlflow.start_run(run_id=run_id, nested=True):
+            info = mlflow.pyfunc.log_model(
+                name=name,
+                python_model=str(MODEL_CODE),
+                artifacts={"detector": str(artifact)},
+                model_config={"sha256": digest},
+                code_paths=[str(Path(cutpaste.__file__).parent)],
+                signature=signature(),
+                pip_requirements=PIP_REQUIREMENTS,
+            )
+    return info.model_uri, digest
+
+
+def _bundle_artifact(bundle_dir: Path, staging: Path) -> Path:
+    """An ensemble travels as its whole directory; a single detector as its bundle and its digest record
+    only (a run directory also holds checkpoints and logs the model does not need)."""
     if (bundle_dir / ENSEMBLE_MANIFEST).is_file():
-        artifact = bundle_dir  # an ensemble travels as its whole directory
-    elif (bundle_dir / BUNDLE_NAME).is_file():
-        artifact = bundle_dir / BUNDLE_NAME
-    else:
+        return bundle_dir
+    if not (bundle_dir / BUNDLE_NAME).is_file():
         raise FileNotFoundError(f"no {BUNDLE_NAME} or {ENSEMBLE_MANIFEST} in {bundle_dir}")
-    library = Path(cutpaste.__file__).parent
-    with mlflow.start_run(run_id=run_id, nested=True):
-        info = mlflow.pyfunc.log_model(
-            name=name,
-            python_model=CutPasteModel(),
-            artifacts={"detector": str(artifact)},
-            # The class is pickled by reference to pipelines.pyfunc_model: ship that package beside the library.
-            code_paths=[str(library), str(Path(__file__).parent)],
-            signature=signature(),
-            pip_requirements=PIP_REQUIREMENTS,
-        )
-    return info.model_uri
+    target = staging / "detector"
+    target.mkdir()
+    for name in (BUNDLE_NAME, SUMMARY_NAME):
+        if (bundle_dir / name).is_file():
+            shutil.copy2(bundle_dir / name, target / name)
+    return target

@@ -19,6 +19,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,22 +137,8 @@ def sweep_category(
     tune_storage: str,
 ) -> dict[str, Any]:
     """Runs one category's Tuner; returns the best finished trial, its config and the ranked trials."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
     base = TrainConfig.from_dict(settings.base_config)
-    searched, _ = dimensions(space)
-    steps = max((*space.steps, base.steps))
-    evals_per_member = math.ceil(steps / base.checkpoint_every) + 1
-    max_t = evals_per_member * max(space.ensemble_size) + 2
-    if scheduler == "asha":
-        chosen = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=2, reduction_factor=2)
-    else:
-        chosen = FIFOScheduler()
-    search_alg = None
-    if search == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        search_alg = OptunaSearch(seed=base.seed)
+    chosen, search_alg = _trial_scheduler(scheduler, space, base), _search_algorithm(search, base)
     trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), {"cpu": TRIAL_DRIVER_CPU})
     tuner = tune.Tuner(
         trainable,
@@ -171,38 +158,84 @@ def sweep_category(
             callbacks=[MlflowTrials(mlflow_uri, experiment_id, parent_id, settings, metric), ReleaseTrainerGroups()],
         ),
     )
-    grid = tuner.fit()
-    rows = []
-    for result in grid:
-        metrics = dict(result.metrics or {})
-        params = dict(result.config or {})
-        config, size, rule = trial_config(settings, params)
-        rows.append(
-            {
-                "trial_id": metrics.get("trial_id", ""),
-                "variant": config.variant,
-                "learning_rate": config.learning_rate,
-                "steps": config.steps,
-                "image_size": config.image_size,
-                "ensemble_size": size,
-                "ensemble_rule": rule,
-                "iterations": metrics.get("training_iteration"),
-                metric: metrics.get(metric),
-                "outcome": trial_outcome(result.error is not None, bool(metrics.get("finished"))),
-                "checkpoint_path": metrics.get("checkpoint_path"),
-                "params": params,
-                "error": str(result.error)[:500] if result.error is not None else "",
-            }
-        )
+    rows = [_trial_row(settings, result, metric) for result in tuner.fit()]
+    ranked = _rank_trials(rows, metric, settings.category)
+    return _category_outcome(settings, space, ranked, base_preset, num_trials=len(rows))
+
+
+def _max_iterations(space: SearchSpace, base: TrainConfig) -> int:
+    """The most reports one trial can make (every ensemble member reports at each checkpoint and once more
+    at its end, plus two): ASHA's ``max_t``, so no trial is cut for reaching it."""
+    steps = max((*space.steps, base.steps))
+    evals_per_member = math.ceil(steps / base.checkpoint_every) + 1
+    return evals_per_member * max(space.ensemble_size) + 2
+
+
+def _trial_scheduler(scheduler: str, space: SearchSpace, base: TrainConfig) -> Any:
+    """ASHA stops the weakest trials at each rung; FIFO lets every trial run to its end."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    max_t = _max_iterations(space, base)
+    if scheduler == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=2, reduction_factor=2)
+    return FIFOScheduler()
+
+
+def _search_algorithm(search: str, base: TrainConfig) -> Any:
+    """Optuna's TPE, seeded from the base config so a sweep samples the same points again; None lets Tune
+    sample at random (or walk the grid)."""
+    if search != "optuna":
+        return None
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(seed=base.seed)
+
+
+def _trial_row(settings: SweepSettings, result: Any, metric: str) -> dict[str, Any]:
+    """One trial of the results table, from its Tune result (its last report, its sampled point and error)."""
+    metrics = dict(result.metrics or {})
+    params = dict(result.config or {})
+    config, size, rule = trial_config(settings, params)
+    return {
+        "trial_id": metrics.get("trial_id", ""),
+        "variant": config.variant,
+        "learning_rate": config.learning_rate,
+        "steps": config.steps,
+        "image_size": config.image_size,
+        "ensemble_size": size,
+        "ensemble_rule": rule,
+        "iterations": metrics.get("training_iteration"),
+        metric: metrics.get(metric),
+        "outcome": trial_outcome(result.error is not None, bool(metrics.get("finished"))),
+        "checkpoint_path": metrics.get("checkpoint_path"),
+        "params": params,
+        "error": str(result.error)[:500] if result.error is not None else "",
+    }
+
+
+def _rank_trials(rows: list[dict[str, Any]], metric: str, category: str) -> list[dict[str, Any]]:
+    """Finished trials best first, then the others (stopped early or failed: never chosen, however high their
+    last report); no finished trial is an error that carries the trials' errors."""
     finished = [r for r in rows if r["outcome"] == "finished" and r[metric] is not None]
     finished.sort(key=lambda r: r[metric], reverse=True)
     others = [r for r in rows if r not in finished]
     if not finished:
         errors = "; ".join(r["error"] for r in rows if r["error"])[:1000]
-        raise SweepError(
-            f"no trial of {settings.category} finished ({len(rows)} trials){': ' + errors if errors else ''}"
-        )
-    best = finished[0]
+        raise SweepError(f"no trial of {category} finished ({len(rows)} trials){': ' + errors if errors else ''}")
+    return finished + others
+
+
+def _category_outcome(
+    settings: SweepSettings,
+    space: SearchSpace,
+    ranked: list[dict[str, Any]],
+    base_preset: TrainConfig,
+    *,
+    num_trials: int,
+) -> dict[str, Any]:
+    """The best trial's resolved config, and its difference from the preset (what ``--export`` writes)."""
+    searched, _ = dimensions(space)
+    best = ranked[0]
     config, size, rule = trial_config(settings, best["params"])
     return {
         "category": settings.category,
@@ -211,8 +244,8 @@ def sweep_category(
         "ensemble_size": size,
         "ensemble_rule": rule,
         "difference": config_difference(config, base_preset),
-        "ranked": finished + others,
-        "num_trials": len(rows),
+        "ranked": ranked,
+        "num_trials": num_trials,
         "searched": sorted(searched),
     }
 
@@ -235,16 +268,56 @@ def evaluate_best(outcome: dict[str, Any], data: str, s3_endpoint: str | None) -
     return {"test_image_auroc": evaluation.metrics.image_auroc, "test_aupr": evaluation.metrics.aupr}
 
 
+@dataclass(frozen=True)
+class _Sweep:
+    """What every category's sweep shares: the resolved flags and the sweep's parent MLflow run."""
+
+    args: argparse.Namespace
+    space: SearchSpace
+    base: TrainConfig
+    base_preset: TrainConfig
+    categories: list[str]
+    uri: str
+    out: Path
+    fixed: dict[str, Any]
+    client: Any
+    experiment_id: str
+    parent_id: str
+
+
 def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Validates everything, then sweeps each category in turn; returns one outcome per category."""
-    import mlflow
-    from mlflow import MlflowClient
-
     from pipelines import tracking
 
     space, base, base_preset, categories, uri, out = _resolve(args)
     tracking.check_reachable(uri)
     connect_ray(args.ray_address)
+    client, experiment_id, parent_id = _open_sweep_run(args, uri, out)
+    tracking.log_params(client, parent_id, _sweep_params(args, space, base, categories))
+    _, fixed = dimensions(space)
+    sweep = _Sweep(args, space, base, base_preset, categories, uri, out, fixed, client, experiment_id, parent_id)
+    outcomes: list[dict[str, Any]] = []
+    failed = False
+    started = time.perf_counter()
+    try:
+        for category in categories:
+            outcomes.append(_sweep_one(sweep, category))
+    except Exception:
+        failed = True
+        raise
+    finally:
+        tracking.MetricBuffer(uri, parent_id).log({"sweep_wall_s": time.perf_counter() - started}, 0)
+        tracking.finish_run(client, parent_id, failed=failed)
+    return outcomes
+
+
+def _open_sweep_run(args: argparse.Namespace, uri: str, out: Path) -> tuple[Any, str, str]:
+    """A new parent run per sweep (a sweep is never resumed); returns (client, experiment id, run id)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     artifact_root = (out.parent / "mlartifacts") if uri.startswith("sqlite:") else None
@@ -254,54 +327,59 @@ def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
         run_name=args.sweep_id,
         tags={tracking.TAG_BENCHMARK: args.sweep_id, tracking.TAG_ROLE: "sweep"},
     ).info.run_id
+    return client, experiment_id, parent_id
+
+
+def _sweep_params(
+    args: argparse.Namespace, space: SearchSpace, base: TrainConfig, categories: list[str]
+) -> dict[str, Any]:
+    """The parent run's params: enough to run the same sweep again (space, base config, search flags)."""
     params = {f"space.{k}": json.dumps(v) for k, v in space.to_dict().items()}
     params |= {f"base.{k}": v for k, v in flatten(base).items()}
     params |= {"sweep.search": args.search, "sweep.scheduler": args.scheduler, "sweep.metric": args.metric}
     params |= {"sweep.num_samples": args.num_samples, "sweep.categories": ",".join(categories)}
-    tracking.log_params(client, parent_id, params)
-    _, fixed = dimensions(space)
-    outcomes: list[dict[str, Any]] = []
-    failed = False
-    started = time.perf_counter()
-    try:
-        for category in categories:
-            settings = SweepSettings(
-                sweep_id=args.sweep_id,
-                category=category,
-                data=args.data,
-                base_config=base.to_dict(),
-                fixed=fixed,
-                storage=str(out / "train"),
-                gpus_per_trial=args.gpus_per_trial,
-                cpus_per_trial=args.cpus_per_trial,
-                validation_folder=args.validation_folder,
-                holdout_fraction=args.holdout_fraction,
-                s3_endpoint=args.s3_endpoint,
-            )
-            outcome = sweep_category(
-                settings,
-                space,
-                search=args.search,
-                scheduler=args.scheduler,
-                num_samples=args.num_samples,
-                metric=args.metric,
-                mlflow_uri=uri,
-                experiment_id=experiment_id,
-                parent_id=parent_id,
-                base_preset=base_preset,
-                tune_storage=str(out / "tune"),
-            )
-            if not args.no_test_eval:
-                outcome["test"] = evaluate_best(outcome, args.data, args.s3_endpoint)
-            _report_category(client, parent_id, outcome, args, len(categories) > 1)
-            outcomes.append(outcome)
-    except Exception:
-        failed = True
-        raise
-    finally:
-        tracking.MetricBuffer(uri, parent_id).log({"sweep_wall_s": time.perf_counter() - started}, 0)
-        tracking.finish_run(client, parent_id, failed=failed)
-    return outcomes
+    return params
+
+
+def _category_settings(sweep: _Sweep, category: str) -> SweepSettings:
+    """What the category's trials need besides their sampled point (they get it as plain values)."""
+    args = sweep.args
+    return SweepSettings(
+        sweep_id=args.sweep_id,
+        category=category,
+        data=args.data,
+        base_config=sweep.base.to_dict(),
+        fixed=sweep.fixed,
+        storage=str(sweep.out / "train"),
+        gpus_per_trial=args.gpus_per_trial,
+        cpus_per_trial=args.cpus_per_trial,
+        validation_folder=args.validation_folder,
+        holdout_fraction=args.holdout_fraction,
+        s3_endpoint=args.s3_endpoint,
+    )
+
+
+def _sweep_one(sweep: _Sweep, category: str) -> dict[str, Any]:
+    """One category: its trials, then (unless ``--no-test-eval``) the chosen one on the test split, then its
+    report (console, MLflow, ``--export``)."""
+    args = sweep.args
+    outcome = sweep_category(
+        _category_settings(sweep, category),
+        sweep.space,
+        search=args.search,
+        scheduler=args.scheduler,
+        num_samples=args.num_samples,
+        metric=args.metric,
+        mlflow_uri=sweep.uri,
+        experiment_id=sweep.experiment_id,
+        parent_id=sweep.parent_id,
+        base_preset=sweep.base_preset,
+        tune_storage=str(sweep.out / "tune"),
+    )
+    if not args.no_test_eval:
+        outcome["test"] = evaluate_best(outcome, args.data, args.s3_endpoint)
+    _report_category(sweep.client, sweep.parent_id, outcome, args, len(sweep.categories) > 1)
+    return outcome
 
 
 def _report_category(client: Any, parent_id: str, outcome: dict[str, Any], args: argparse.Namespace, several: bool):

@@ -9,8 +9,9 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 import cutpaste.augment as aug
-from cutpaste.augment import color_jitter_batch, cutpaste_batch, make_views, scar_batch, translate_batch
+from cutpaste.augment import color_jitter_batch, cutpaste_batch, scar_batch, translate_batch
 from cutpaste.config import VARIANTS, AugmentConfig
+from cutpaste.views import make_views
 
 
 @pytest.fixture(autouse=True, scope="module")

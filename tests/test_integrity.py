@@ -21,6 +21,7 @@ from cutpaste.ensemble import ENSEMBLE_MANIFEST, build_ensemble, bundle_digest, 
 from cutpaste.errors import ModelBundleError
 from cutpaste.integrity import UnverifiedBundleWarning, load_weights, sha256_file
 from cutpaste.model import build_model
+from cutpaste.train import CHECKPOINT_FORMAT, CHECKPOINT_NAME, load_checkpoint
 
 CATEGORY = "synth_disc"
 
@@ -145,3 +146,12 @@ def test_load_weights_names_a_file_that_is_not_torch_data(tmp_path):
     path.write_bytes(b"not a torch file")
     with pytest.raises(ModelBundleError, match=rf"checkpoint {path} is unreadable"):
         load_weights(path, kind="checkpoint")
+
+
+def test_a_payload_in_a_training_checkpoint_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / CHECKPOINT_NAME
+    torch.save({"format": CHECKPOINT_FORMAT, "step": 3, "history": Payload(marker)}, path)
+    with pytest.raises(ModelBundleError, match=rf"checkpoint {path} asks for \S+ .*could run code: refused"):
+        load_checkpoint(path)
+    assert not marker.exists()

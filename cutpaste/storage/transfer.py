@@ -15,7 +15,7 @@ import random
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -159,51 +159,74 @@ def download_to_cache(
     Each GET carries ``If-Match`` with the manifest's ETag, so an object replaced since indexing fails
     with a :class:`~cutpaste.storage.s3.StaleManifestError` instead of mixing versions.
     """
-    retry = retry or RetryPolicy()
-    workers = workers or default_workers()
     unique = list({o.key: o for o in objects}.values())
-    paths: dict[str, Path] = {}
-    abort = threading.Event()
-    bar = _Bar(f"download {uri}", sum(o.size for o in unique), len(unique), progress)
+    download = _Download(
+        conn,
+        uri,
+        cache,
+        retry or RetryPolicy(),
+        threading.Event(),
+        _Bar(f"download {uri}", sum(o.size for o in unique), len(unique), progress),
+        check_images,
+    )
+    try:
+        _run_all([lambda o=o: download.fetch(o) for o in unique], workers or default_workers(), download.abort)
+    finally:
+        download.bar.close()
+    return download.paths
 
-    def fetch(obj: ObjectInfo) -> None:
-        label = f"s3://{uri.bucket}/{obj.key}"
-        hit = cache.lookup(obj)
+
+@dataclass
+class _Download:
+    """What the download threads share (connection, cache, progress, the abort flag and the results), so
+    fetching one object is a method instead of closures nested three deep."""
+
+    conn: S3Connection
+    uri: S3Uri
+    cache: ObjectCache
+    retry: RetryPolicy
+    abort: threading.Event
+    bar: _Bar
+    check_images: bool
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    def fetch(self, obj: ObjectInfo) -> None:
+        """A cache hit costs no request; a miss is filled with retries and, for images, checked to decode."""
+        label = f"s3://{self.uri.bucket}/{obj.key}"
+        hit = self.cache.lookup(obj)
         if hit is not None:
-            paths[obj.key] = hit
-            bar.file_done(skipped_bytes=obj.size)
+            self.paths[obj.key] = hit
+            self.bar.file_done(skipped_bytes=obj.size)
             return
-
-        def write(handle: BinaryIO) -> None:
-            written = 0
-            try:
-                extra = {"IfMatch": f'"{obj.etag}"'} if obj.etag else {}
-                body = conn.client.get_object(Bucket=uri.bucket, Key=obj.key, **extra)["Body"]
-                for chunk in body.iter_chunks(1 << 20):
-                    if abort.is_set():
-                        raise _Aborted
-                    handle.write(chunk)
-                    written += len(chunk)
-                    bar.bytes(len(chunk))
-            except _Aborted:
-                raise
-            except Exception as exc:
-                bar.bytes(-written)
-                raise conn.error(exc, uri, obj.key, action="download") from None
-
         check = (
             (lambda p: check_image(p, label))
-            if check_images and Path(obj.key).suffix.lower() in IMAGE_SUFFIXES
+            if self.check_images and Path(obj.key).suffix.lower() in IMAGE_SUFFIXES
             else None
         )
-        paths[obj.key] = _with_retries(lambda: cache.fill(obj, write, label=label, check=check), retry, abort)
-        bar.file_done()
+        self.paths[obj.key] = _with_retries(
+            lambda: self.cache.fill(obj, lambda handle: self._write(obj, handle), label=label, check=check),
+            self.retry,
+            self.abort,
+        )
+        self.bar.file_done()
 
-    try:
-        _run_all([lambda o=o: fetch(o) for o in unique], workers, abort)
-    finally:
-        bar.close()
-    return paths
+    def _write(self, obj: ObjectInfo, handle: BinaryIO) -> None:
+        """Streams the object's body into ``handle``; a failed attempt takes its bytes off the bar again."""
+        written = 0
+        try:
+            extra = {"IfMatch": f'"{obj.etag}"'} if obj.etag else {}
+            body = self.conn.client.get_object(Bucket=self.uri.bucket, Key=obj.key, **extra)["Body"]
+            for chunk in body.iter_chunks(1 << 20):
+                if self.abort.is_set():
+                    raise _Aborted
+                handle.write(chunk)
+                written += len(chunk)
+                self.bar.bytes(len(chunk))
+        except _Aborted:
+            raise
+        except Exception as exc:
+            self.bar.bytes(-written)
+            raise self.conn.error(exc, self.uri, obj.key, action="download") from None
 
 
 def local_etag(path: Path, *, chunk_size: int = MULTIPART_CHUNK) -> str:
@@ -257,6 +280,27 @@ def upload_directory(
     local_dir = Path(local_dir)
     retry = retry or RetryPolicy()
     files = dataset_files(local_dir)
+    todo = _changed_files(conn, uri, files, progress)
+    upload = _Upload(
+        conn,
+        uri,
+        retry,
+        threading.Event(),
+        _Bar(f"upload {uri}", sum(p.stat().st_size for _, p in todo), len(todo), progress),
+    )
+    try:
+        _run_all([lambda k=k, p=p: upload.put(k, p) for k, p in todo], workers, upload.abort)
+    finally:
+        upload.bar.close()
+    return UploadReport(
+        uploaded=len(todo), skipped=len(files) - len(todo), bytes_uploaded=sum(p.stat().st_size for _, p in todo)
+    )
+
+
+def _changed_files(
+    conn: S3Connection, uri: S3Uri, files: Sequence[tuple[str, Path]], progress: bool
+) -> list[tuple[str, Path]]:
+    """(key, file) of the files whose object is missing or differs, so that a repeated upload sends nothing."""
     remote = {o.key: o for o in conn.list_objects(uri, progress=progress)}
     todo = []
     for rel, path in files:
@@ -265,42 +309,52 @@ def upload_directory(
         if have is not None and have.size == path.stat().st_size and have.etag == local_etag(path):
             continue
         todo.append((key, path))
-    config = TransferConfig(
-        multipart_threshold=MULTIPART_CHUNK, multipart_chunksize=MULTIPART_CHUNK, max_concurrency=4, use_threads=True
+    return todo
+
+
+@dataclass
+class _Upload:
+    """What the upload threads share, so uploading one file is a method instead of nested closures."""
+
+    conn: S3Connection
+    uri: S3Uri
+    retry: RetryPolicy
+    abort: threading.Event
+    bar: _Bar
+    # Multipart parts of MULTIPART_CHUNK, so local_etag can predict the ETag S3 gives the object.
+    config: TransferConfig = field(
+        default_factory=lambda: TransferConfig(
+            multipart_threshold=MULTIPART_CHUNK,
+            multipart_chunksize=MULTIPART_CHUNK,
+            max_concurrency=4,
+            use_threads=True,
+        )
     )
-    abort = threading.Event()
-    bar = _Bar(f"upload {uri}", sum(p.stat().st_size for _, p in todo), len(todo), progress)
 
-    def put(key: str, path: Path) -> None:
-        def attempt() -> None:
-            sent = [0]
+    def put(self, key: str, path: Path) -> None:
+        _with_retries(lambda: self._attempt(key, path), self.retry, self.abort)
+        self.bar.file_done()
 
-            def callback(n: int) -> None:
-                sent[0] += n
-                bar.bytes(n)
+    def _attempt(self, key: str, path: Path) -> None:
+        """One upload; a failed attempt takes its bytes off the bar again and reports the underlying error
+        (boto3 wraps it in S3UploadFailedError)."""
+        sent = [0]
 
-            content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-            try:
-                conn.client.upload_file(
-                    str(path),
-                    uri.bucket,
-                    key,
-                    ExtraArgs={"ContentType": content_type},
-                    Config=config,
-                    Callback=callback,
-                )
-            except Exception as exc:
-                bar.bytes(-sent[0])
-                cause = exc.__cause__ if type(exc).__name__ == "S3UploadFailedError" and exc.__cause__ else exc
-                raise conn.error(cause, uri, key, action="upload") from None
+        def callback(n: int) -> None:
+            sent[0] += n
+            self.bar.bytes(n)
 
-        _with_retries(attempt, retry, abort)
-        bar.file_done()
-
-    try:
-        _run_all([lambda k=k, p=p: put(k, p) for k, p in todo], workers, abort)
-    finally:
-        bar.close()
-    return UploadReport(
-        uploaded=len(todo), skipped=len(files) - len(todo), bytes_uploaded=sum(p.stat().st_size for _, p in todo)
-    )
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        try:
+            self.conn.client.upload_file(
+                str(path),
+                self.uri.bucket,
+                key,
+                ExtraArgs={"ContentType": content_type},
+                Config=self.config,
+                Callback=callback,
+            )
+        except Exception as exc:
+            self.bar.bytes(-sent[0])
+            cause = exc.__cause__ if type(exc).__name__ == "S3UploadFailedError" and exc.__cause__ else exc
+            raise self.conn.error(cause, self.uri, key, action="upload") from None

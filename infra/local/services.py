@@ -76,13 +76,20 @@ def mlflow_server(workdir: Path, *, env: dict[str, str], artifacts: str) -> Iter
         wait_http(f"{uri}/health", 90, process)
         yield uri
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_process_group(process)
         log.close()
+
+
+def stop_process_group(process: subprocess.Popen, timeout_s: float = 20) -> None:
+    """SIGTERM to the process's group (a server and the workers it forked), SIGKILL if it lingers."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout_s)
 
 
 @contextlib.contextmanager

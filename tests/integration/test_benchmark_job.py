@@ -18,6 +18,7 @@ from PIL import Image
 from cutpaste.data.synth import generate_dataset
 from cutpaste.density import GaussianDensity
 from cutpaste.detector import Detector
+from cutpaste.integrity import sha256_file
 from cutpaste.storage import upload
 from infra.local.s3 import moto_s3_server, s3_env
 from infra.local.services import VENV_BIN, mlflow_server, ray_head, submit_job
@@ -110,7 +111,7 @@ def test_benchmark_job_end_to_end(stack):
         assert child.data.params["steps"] == "30" and child.data.params["augment.area_ratio"] == "(0.02, 0.15)"
         assert len(client.get_metric_history(child.info.run_id, "loss")) >= 2
         density_file = client.download_artifacts(child.info.run_id, "density/density.pt", str(stack["work"]))
-        density = GaussianDensity.from_state_dict(torch.load(density_file, weights_only=False))
+        density = GaussianDensity.from_state_dict(torch.load(density_file, weights_only=True))
         assert density.dim == 512 and 0 < density.shrinkage < 1
         assert "gde_shrinkage" in child.data.metrics
         assert 0.0 <= child.data.metrics["pixel_auroc"] <= 1.0 and 0.0 <= child.data.metrics["aupro"] <= 1.0
@@ -127,7 +128,11 @@ def test_benchmark_job_end_to_end(stack):
     model_dir = Path(
         mlflow.artifacts.download_artifacts(f"models:/cutpaste-{category}@champion", dst_path=str(stack["work"] / "dl"))
     )
-    detector = Detector.load(next(model_dir.rglob("detector.pt")))
+    bundle = next(model_dir.rglob("detector.pt"))
+    detector = Detector.load(bundle)
+    # The registry version carries the digest its loaders insist on: the bundle's own.
+    version = MlflowClient(stack["mlflow"]).get_model_version_by_alias(f"cutpaste-{category}", "champion")
+    assert version.tags["cutpaste.sha256"] == sha256_file(bundle)
     expected = detector.score(torch.from_numpy(image).permute(2, 0, 1)[None]).item()
     assert prediction["score"].iloc[0] == pytest.approx(expected, rel=1e-6)
     assert bool(prediction["anomalous"].iloc[0]) == (expected >= detector.threshold)

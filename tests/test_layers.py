@@ -1,0 +1,123 @@
+"""The house rules, read from the source: layers point one way (infra -> pipelines -> cutpaste), no path
+edits or test imports in the product, no import cycle in the library, no function too long to read."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PRODUCT = ("cutpaste", "pipelines", "infra", "bench", "scripts")
+MAX_FUNCTION_LINES = 60
+
+
+def _python_files(*roots: str) -> list[Path]:
+    return sorted(p for root in roots for p in (REPO / root).rglob("*.py") if ".venv" not in p.parts)
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module an ``import`` statement names, at module level or inside functions."""
+    names: set[str] = set()
+    package = _module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else _module_name(path)
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _top(names: set[str]) -> set[str]:
+    return {n.split(".")[0] for n in names}
+
+
+@pytest.mark.parametrize(
+    ("room", "forbidden"),
+    [
+        ("cutpaste", {"ray", "mlflow", "pipelines", "infra", "tests", "bench"}),
+        ("pipelines", {"infra", "tests", "bench"}),
+    ],
+)
+def test_layers_point_one_way(room, forbidden):
+    offenders = {
+        str(p.relative_to(REPO)): sorted(_top(_imports(p)) & forbidden)
+        for p in _python_files(room)
+        if _top(_imports(p)) & forbidden
+    }
+    assert offenders == {}
+
+
+def test_the_library_loads_without_ray_or_mlflow():
+    modules = [_module_name(p) for p in _python_files("cutpaste")]
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'mlflow'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd="/")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_no_path_edits_and_no_test_imports_in_the_product():
+    offenders = []
+    for path in _python_files(*PRODUCT):
+        text = path.read_text()
+        if "sys.path" in text:
+            offenders.append(f"{path.relative_to(REPO)}: sys.path")
+        if "tests" in _top(_imports(path)):
+            offenders.append(f"{path.relative_to(REPO)}: imports tests")
+    assert offenders == []
+
+
+def test_no_import_cycle_in_the_library():
+    files = {_module_name(p): p for p in _python_files("cutpaste")}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        # "from cutpaste.data import synth" names the module cutpaste.data.synth; keep what is a module.
+        graph[name] = {m for m in _imports(path) if m in files and m != name}
+    # A package's __init__ importing its own submodules is how packages re-export; not a cycle between rooms.
+    for name in graph:
+        graph[name] = {m for m in graph[name] if not (name.startswith(m + ".") and files[m].name == "__init__.py")}
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append([*stack[stack.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert cycles == []
+
+
+def test_no_function_over_sixty_lines():
+    long = []
+    for path in _python_files("cutpaste", "pipelines"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({lines} lines)")
+    assert long == []
