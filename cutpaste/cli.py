@@ -149,7 +149,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from cutpaste.ensemble import load_detector
     from cutpaste.train import resolve_device
 
-    detector = load_detector(args.model, device=resolve_device(args.device))  # a detector or an ensemble
+    # A detector or an ensemble; --sha256 pins it (e.g. to the digest its registry version is tagged with).
+    detector = load_detector(args.model, device=resolve_device(args.device), expected_sha256=args.sha256)
     if args.heatmap and not hasattr(detector, "anomaly_maps"):
         raise ConfigError(f"--heatmap: {args.model} is an ensemble, which gives scores but no anomaly maps")
     threshold = detector.threshold if args.threshold is None else args.threshold
@@ -232,7 +233,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_localize_parser(sub)
     _add_config_parser(sub)
     _add_data_parser(sub)
+    _add_verify_parser(sub)
     return parser
+
+
+def _add_verify_parser(sub: Any) -> None:
+    verify = sub.add_parser("verify", help="check a model's files against their recorded SHA-256, print its digest")
+    verify.add_argument("model", metavar="MODEL", help="a model directory (detector or ensemble)")
+    verify.add_argument("--sha256", metavar="HEX", help="also require this digest (e.g. from the model registry)")
+    verify.add_argument(
+        "--record", action="store_true", help="record digests for a bundle written before cutpaste recorded them"
+    )
+    verify.set_defaults(func=_cmd_verify)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from cutpaste.ensemble import bundle_digest, load_detector, record_digests
+
+    if args.record:
+        for path in record_digests(args.model):
+            print(f"recorded the SHA-256 of {path}")
+    load_detector(args.model, expected_sha256=args.sha256)  # every check a load makes, then nothing else
+    print(f"{args.model}: ok, SHA-256 {bundle_digest(args.model)}")
+    return 0
 
 
 def _add_maps_flag(parser: argparse.ArgumentParser) -> None:
@@ -275,6 +298,7 @@ def _add_predict_parser(sub: Any) -> None:
     predict.add_argument("--threshold", type=float, help="override the detector's calibrated threshold")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
     predict.add_argument("--heatmap", metavar="DIR", help="write an overlay PNG per image to DIR")
+    predict.add_argument("--sha256", metavar="HEX", help="refuse the model unless its bundle has this SHA-256")
     _add_maps_flag(predict)
     predict.add_argument("--device", default="auto")
     predict.set_defaults(func=_cmd_predict)

@@ -32,9 +32,9 @@ from cutpaste import __version__
 from cutpaste.atomic import atomic_write_text
 from cutpaste.config import TrainConfig
 from cutpaste.density import out_of_fold_scores
-from cutpaste.detector import BUNDLE_NAME, Detector
+from cutpaste.detector import BUNDLE_NAME, SUMMARY_NAME, Detector
 from cutpaste.errors import ConfigError, ModelBundleError
-from cutpaste.integrity import file_digests, sha256_file, verify_file, verify_files, warn_unverified
+from cutpaste.integrity import file_digests, load_weights, sha256_file, verify_file, verify_files, warn_unverified
 from cutpaste.threshold import calibrate
 from cutpaste.threshold import threshold_quantile as _threshold_quantile
 
@@ -317,3 +317,28 @@ def bundle_digest(path: str | Path) -> str:
     if not path.is_file():
         raise ModelBundleError(f"no {BUNDLE_NAME} or {ENSEMBLE_MANIFEST} at {path.parent}")
     return sha256_file(path)
+
+
+def record_digests(path: str | Path) -> list[Path]:
+    """Records the SHA-256 of bundles written before cutpaste recorded digests (members, then the ensemble
+    manifest); a record that exists is never rewritten, so a changed file stays refused. Each bundle must
+    read as data first. Returns the records written."""
+    path = Path(path)
+    written: list[Path] = []
+    manifest_path = path / ENSEMBLE_MANIFEST
+    bundles = sorted(path.glob(f"member-*/{BUNDLE_NAME}")) if manifest_path.is_file() else [path / BUNDLE_NAME]
+    for bundle in bundles:
+        summary = bundle.parent / SUMMARY_NAME
+        record = json.loads(summary.read_text()) if summary.is_file() else {}
+        if "files" not in record:
+            load_weights(bundle, kind="bundle")
+            record["files"] = file_digests(bundle.parent, [BUNDLE_NAME])
+            atomic_write_text(json.dumps(record, indent=2, sort_keys=True, default=str), summary)
+            written.append(summary)
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        if "files" not in manifest:
+            manifest["files"] = file_digests(path, [f"{name}/{BUNDLE_NAME}" for name in manifest["members"]])
+            atomic_write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str), manifest_path)
+            written.append(manifest_path)
+    return written

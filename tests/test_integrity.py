@@ -8,8 +8,10 @@ import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cutpaste.config import preset
 from cutpaste.data.images import load_images
@@ -155,3 +157,21 @@ def test_a_payload_in_a_training_checkpoint_never_runs(tmp_path):
     with pytest.raises(ModelBundleError, match=rf"checkpoint {path} asks for \S+ .*could run code: refused"):
         load_checkpoint(path)
     assert not marker.exists()
+
+
+def test_cli_verify_records_digests_for_an_old_bundle_and_predict_pins_one(saved, tmp_path, capsys):
+    from cutpaste.cli import main
+
+    record = json.loads((saved / SUMMARY_NAME).read_text())
+    del record["files"]
+    (saved / SUMMARY_NAME).write_text(json.dumps(record))
+    assert main(["verify", str(saved), "--record"]) == 0
+    assert sha256_file(saved / BUNDLE_NAME) in capsys.readouterr().out
+    assert json.loads((saved / SUMMARY_NAME).read_text())["files"] == {BUNDLE_NAME: sha256_file(saved / BUNDLE_NAME)}
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
+    assert main(["predict", "--model", str(saved), "--sha256", bundle_digest(saved), str(image)]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--model", str(saved), "--sha256", "0" * 64, str(image)]) == 2
+    assert "does not match" in capsys.readouterr().err
+    assert main(["verify", str(saved), "--sha256", "0" * 64]) == 2
