@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cutpaste.errors import ConfigError, CutPasteError
+from cutpaste.progress import show_progress
 
 MAP_MODES = ("auto", "dense", "local", "gradcam")  # as cutpaste.detector.MAP_MODES, without importing torch here
 
@@ -41,6 +42,10 @@ _FIELD_FLAGS: dict[str, tuple[str, type]] = {
     "image_score": ("image_score", str),
     "target_fpr": ("target_fpr", float),
 }
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return show_progress(getattr(args, "no_progress", False))
 
 
 def build_config(args: argparse.Namespace):
@@ -80,7 +85,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         restart=args.restart,
         overwrite=args.overwrite,
-        progress=not args.no_progress,
+        progress=_progress(args),
     )
     meta = run.detector.meta
     print(
@@ -104,7 +109,14 @@ def _local_data(args: argparse.Namespace, categories: list[str] | None) -> str:
     """A local dataset root: ``s3://`` data is fetched through the per-node cache first."""
     from cutpaste.storage import materialize
 
-    return str(materialize(args.data, categories, endpoint_url=args.s3_endpoint, progress=True))
+    return str(
+        materialize(
+            args.data,
+            categories,
+            endpoint_url=args.s3_endpoint,
+            progress=_progress(args),
+        )
+    )
 
 
 def _print_evaluation(report: dict[str, Any]) -> None:
@@ -205,7 +217,14 @@ def _cmd_localize(args: argparse.Namespace) -> int:
     detector = Detector.load(args.model, device=resolve_device(args.device))
     category = args.category or detector.category
     data = _local_data(args, [category] if category else None)
-    result = localize_category(detector, data, category, args.out, map_mode=args.maps, progress=not args.no_progress)
+    result = localize_category(
+        detector,
+        data,
+        category,
+        args.out,
+        map_mode=args.maps,
+        progress=_progress(args),
+    )
     _print_evaluation(result.report)
     print(f"wrote {result.panels} overlays, {result.grid} and {result.json}")
     return 0
@@ -219,7 +238,13 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from cutpaste.data.synth import generate_dataset
 
-    names = generate_dataset(args.out, categories=args.categories, size=args.size, seed=args.seed, progress=True)
+    names = generate_dataset(
+        args.out,
+        categories=args.categories,
+        size=args.size,
+        seed=args.seed,
+        progress=_progress(args),
+    )
     print(f"wrote {len(names)} categories to {args.out}: {', '.join(names)}")
     return 0
 

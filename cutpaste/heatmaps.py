@@ -86,6 +86,31 @@ def grid_figure(panels: Sequence[Image.Image], *, columns: int = 4, title: str =
     return canvas
 
 
+def colour_bar(value_range: tuple[float, float], width: int, *, note: str = "") -> Image.Image:
+    """The colour scale as a labelled strip: what blue, the middle and red mean, stated on the figure."""
+    low, high = value_range
+    gradient = colourise(np.tile(np.linspace(low, high, width - 8), (10, 1)), low, high)
+    canvas = Image.new("RGB", (width, 44), (255, 255, 255))
+    canvas.paste(Image.fromarray(gradient), (4, 16))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 2), note or "colour scale, the same for every panel", fill=(0, 0, 0))
+    draw.text((4, 28), f"{low:.3g}", fill=(0, 0, 0))
+    middle = f"{(low + high) / 2:.3g}"
+    draw.text((width // 2 - 3 * len(middle), 28), middle, fill=(0, 0, 0))
+    draw.text((width - 8 - 6 * len(f"{high:.3g}"), 28), f"{high:.3g}", fill=(0, 0, 0))
+    return canvas
+
+
+def stack(pictures: Sequence[Image.Image]) -> Image.Image:
+    """Pictures one under the other, left-aligned on white."""
+    canvas = Image.new("RGB", (max(p.width for p in pictures), sum(p.height for p in pictures)), (255, 255, 255))
+    top = 0
+    for picture in pictures:
+        canvas.paste(picture, (0, top))
+        top += picture.height
+    return canvas
+
+
 def to_hwc(image: torch.Tensor) -> np.ndarray:
     """``(3, H, W)`` uint8 or float in [0, 1] -> ``(H, W, 3)`` uint8."""
     if image.dtype != torch.uint8:

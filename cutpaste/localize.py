@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from cutpaste.atomic import atomic_write_text
 from cutpaste.detector import Detector
 from cutpaste.evaluate import Evaluation
-from cutpaste.heatmaps import grid_figure, overlay_panel, save_png, to_hwc
+from cutpaste.heatmaps import colour_bar, grid_figure, overlay_panel, save_png, stack, to_hwc
 from cutpaste.workflow import evaluate_category
 
 # Panels per defect type in the category grid, and the grid's panel width in pixels.
@@ -77,24 +77,35 @@ def localize_category(
     return LocalizeResult(report=report, panels=len(items), grid=grid, json=json_path)
 
 
-def sample_heatmaps(
-    evaluation: Evaluation, value_range: tuple[float, float], *, defective: int = 3
-) -> Image.Image | None:
-    """A strip for a quick look (MLflow, reports): the ``defective`` highest-scoring defective images
-    and the highest-scoring good one, the false alarm most worth seeing. None without maps."""
+def sample_heatmaps(evaluation: Evaluation, value_range: tuple[float, float], *, title: str = "") -> Image.Image | None:
+    """The review figure (MLflow, reports): the best and the worst of both kinds, the highest- and
+    lowest-scored defective images (a clear find, the likeliest miss) and the highest- and lowest-scored
+    good ones (the false alarm most worth seeing, a clean pass), on one colour scale stated under them.
+    None without maps."""
     if evaluation.maps is None or evaluation.images is None:
         return None
     order = sorted(range(len(evaluation.scores)), key=lambda i: -evaluation.scores[i])
-    bad = [i for i in order if evaluation.labels[i] == 1][:defective]
-    good = [i for i in order if evaluation.labels[i] == 0][:1]
+    bad = [i for i in order if evaluation.labels[i] == 1]
+    good = [i for i in order if evaluation.labels[i] == 0]
+    picks = [
+        ("highest-scored defective", bad[:1]),
+        ("lowest-scored defective", bad[1:][-1:]),
+        ("highest-scored good", good[:1]),
+        ("lowest-scored good", good[1:][-1:]),
+    ]
     panels = []
-    for i in bad + good:
-        mask = evaluation.masks[i].numpy() if evaluation.masks is not None else None
-        caption = f"{evaluation.defect_types[i]}/{Path(evaluation.paths[i]).stem}  score {evaluation.scores[i]:.3f}"
-        panel = overlay_panel(to_hwc(evaluation.images[i]), evaluation.maps[i].numpy(), value_range, mask, caption)
-        scale = GRID_PANEL_WIDTH / panel.width
-        panels.append(panel.resize((GRID_PANEL_WIDTH, round(panel.height * scale)), Image.Resampling.BILINEAR))
-    return grid_figure(panels, columns=1) if panels else None
+    for role, chosen in picks:
+        for i in chosen:
+            mask = evaluation.masks[i].numpy() if evaluation.masks is not None else None
+            name = f"{evaluation.defect_types[i]}/{Path(evaluation.paths[i]).stem}"
+            caption = f"{role}: {name}  score {evaluation.scores[i]:.3f}"
+            panel = overlay_panel(to_hwc(evaluation.images[i]), evaluation.maps[i].numpy(), value_range, mask, caption)
+            scale = GRID_PANEL_WIDTH / panel.width
+            panels.append(panel.resize((GRID_PANEL_WIDTH, round(panel.height * scale)), Image.Resampling.BILINEAR))
+    if not panels:
+        return None
+    note = "map colour, fixed for all panels: blue typical normal, middle = threshold, red twice as far"
+    return stack([grid_figure(panels, columns=1, title=title), colour_bar(value_range, GRID_PANEL_WIDTH, note=note)])
 
 
 def write_prediction_heatmaps(

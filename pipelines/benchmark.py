@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -31,7 +32,7 @@ from cutpaste.detector import BUNDLE_NAME, verify_bundle
 from cutpaste.errors import CutPasteError
 from cutpaste.integrity import load_weights
 from cutpaste.report import RunRecord, summarise, to_markdown, write_results
-from pipelines import figures, tracking
+from pipelines import datasets, descriptions, figures, tracking
 from pipelines.pyfunc_model import TAG_SHA256, log_detector_model
 from pipelines.status import StatusBoard, StatusPrinter
 from pipelines.train_run import HEATMAPS_NAME, RunSpec, build_trainer, fetch_result_files
@@ -163,6 +164,8 @@ def _log_finished_run(
         mlflow_run_id=run_id,
         model_uri=model_uri,
         sha256=digest,
+        threshold=final["threshold"],
+        expected_fpr=final.get("expected_fpr"),
         scores=[x["score"] for x in samples],
         labels=[x["label"] for x in samples],
     )
@@ -221,6 +224,7 @@ def _record_from_mlflow(client: MlflowClient, run_id: str, spec: RunSpec) -> dic
     record = _finished_record(spec, run.data.metrics)
     record.update(mlflow_run_id=run_id, model_uri=run.data.tags[TAG_MODEL_URI], skipped=True)
     record["sha256"] = run.data.tags.get(TAG_SHA256)
+    record.update({k: run.data.metrics.get(k) for k in ("threshold", "expected_fpr")})
     return record
 
 
@@ -234,15 +238,17 @@ class _Session:
     experiment_id: str
     parent_id: str
     board: Any
+    train_config: TrainConfig
     buffers: dict[str, tracking.MetricBuffer] = field(default_factory=dict)
 
 
 def run_benchmark(bench: BenchmarkConfig, train_config: TrainConfig) -> tuple[list[dict[str, Any]], dict[str, Path]]:
     """Runs (or resumes) the whole benchmark; returns the run records and the results files."""
     client, experiment_id, parent_id = _open_parent_run(bench, train_config)
-    session = _Session(bench, client, experiment_id, parent_id, board=StatusBoard.remote())
+    session = _Session(bench, client, experiment_id, parent_id, board=StatusBoard.remote(), train_config=train_config)
     printer = StatusPrinter(session.board)
     records, queue = _queue_runs(session, _plan_runs(bench, train_config))
+    _describe(session, records, state="running")
     printer.poll(force=True)
     records += _run_queue(session, queue, printer)
     printer.poll(force=True)
@@ -250,6 +256,38 @@ def run_benchmark(bench: BenchmarkConfig, train_config: TrainConfig) -> tuple[li
     if bench.register_models:
         _register_champions(client, records, bench.benchmark_id)
     return records, _write_and_log_results(session, records)
+
+
+def _describe(session: _Session, records: list[dict[str, Any]], *, state: str) -> None:
+    """The parent's and the finished children's descriptions (the run pages are the report), rewritten on
+    every call, so a resumed benchmark updates them. Never fails the benchmark."""
+    try:
+        finished = [_to_record(r) for r in records if r["status"] == "finished"]
+        results = to_markdown(summarise(finished)) if finished else ""
+        note = descriptions.parent_note(
+            benchmark_id=session.bench.benchmark_id,
+            data=tracking.redact_uri(session.bench.data),
+            train_config=session.train_config,
+            seeds=session.bench.seeds,
+            results_markdown=results,
+            records=records,
+            experiment_id=session.experiment_id,
+            state=state,
+        )
+        tracking.set_tags(session.client, session.parent_id, {descriptions.NOTE_TAG: note})
+        parent = descriptions.run_link(session.experiment_id, session.parent_id, session.bench.benchmark_id)
+        for r in records:
+            if r["status"] == "finished" and r.get("mlflow_run_id"):
+                where = r.get("registered_version") and (
+                    f"registered as `models:/cutpaste-{r['category']}@champion` (version {r['registered_version']}, "
+                    f"SHA-256 `{r.get('sha256')}`)"
+                )
+                child = descriptions.child_note(
+                    category=r["category"], seed=r["seed"], metrics=r, registered=where, parent_link=parent
+                )
+                tracking.set_tags(session.client, r["mlflow_run_id"], {descriptions.NOTE_TAG: child})
+    except Exception:
+        traceback.print_exc()  # a description is a convenience: the results are already safe
 
 
 def _open_parent_run(bench: BenchmarkConfig, train_config: TrainConfig) -> tuple[MlflowClient, str, str]:
@@ -316,6 +354,7 @@ def _queue_runs(
     bench, client, board = session.bench, session.client, session.board
     records: list[dict[str, Any]] = []
     queue: list[tuple[RunSpec, str]] = []
+    inputs: dict[str, list] = {}  # per category: its seeds saw the same files
     for spec, config in plan:
         tags = {tracking.TAG_BENCHMARK: bench.benchmark_id, tracking.TAG_RUN_KEY: spec.name, tracking.TAG_ROLE: "run"}
         run_id, _ = tracking.find_or_create_run(
@@ -328,11 +367,22 @@ def _queue_runs(
             records.append(done)
             continue
         tracking.log_params(client, run_id, _run_params(spec, config))
+        _log_run_datasets(session, spec, run_id, inputs)
         client.update_run(run_id, status="RUNNING")
         board.update.remote(spec.name, "queued")
         session.buffers[spec.name] = tracking.MetricBuffer(bench.mlflow_uri, run_id)
         queue.append((spec, run_id))
     return records, queue
+
+
+def _log_run_datasets(session: _Session, spec: RunSpec, run_id: str, inputs: dict[str, list]) -> None:
+    """The run's training and test files as MLflow datasets; a listing problem is reported, not fatal."""
+    try:
+        if spec.category not in inputs:
+            inputs[spec.category] = datasets.dataset_inputs(spec.data, spec.category, endpoint_url=spec.s3_endpoint)
+        datasets.log_datasets(session.client, run_id, inputs[spec.category])
+    except Exception as exc:
+        print(f"{spec.name}: could not log its datasets ({_reason(exc)})", flush=True)
 
 
 def _run_queue(session: _Session, queue: list[tuple[RunSpec, str]], printer: StatusPrinter) -> list[dict[str, Any]]:
@@ -369,10 +419,11 @@ def _write_and_log_results(session: _Session, records: list[dict[str, Any]]) -> 
     bench, client, parent_id = session.bench, session.client, session.parent_id
     out = Path(bench.out)
     paths = write_results([_to_record(r) for r in records], out)
-    any_failed = any(r["status"] != "finished" for r in records)
+    failed = sum(r["status"] != "finished" for r in records)
     try:
         _log_parent(client, parent_id, records, paths, bench)
-        tracking.finish_run(client, parent_id, failed=any_failed)
+        _describe(session, records, state=f"finished, {failed} of {len(records)} runs failed" if failed else "finished")
+        tracking.finish_run(client, parent_id, failed=bool(failed))
     except Exception as exc:
         # Tracking is down for good: everything trained is on disk; say where, and how to finish the logging.
         raise tracking.TrackingError(
@@ -511,7 +562,9 @@ def _log_parent(
 
 
 def _log_sample_heatmaps(client: MlflowClient, parent_id: str, records: list[dict[str, Any]]) -> None:
-    """Each finished run's sample overlays, gathered under the parent's ``heatmaps/`` as ``<run>.png``."""
+    """Each finished run's review figure, gathered under the parent's ``heatmaps/`` as ``<run>.png``, and per
+    category the champion's (else the first seed's) as ``figures/review_<category>.png``."""
+    shown = choose_champions(records)
     with tempfile.TemporaryDirectory(prefix="cutpaste-heatmaps-") as tmp:
         for r in records:
             if r["status"] != "finished":
@@ -523,6 +576,10 @@ def _log_sample_heatmaps(client: MlflowClient, parent_id: str, records: list[dic
             named = Path(tmp) / f"{r['run_name']}.png"
             Path(path).replace(named)
             client.log_artifact(parent_id, str(named), "heatmaps")
+            if shown.get(r["category"]) is r:
+                review = Path(tmp) / f"review_{r['category']}.png"
+                shutil.copyfile(named, review)
+                client.log_artifact(parent_id, str(review), "figures")
 
 
 def wait_for_resources(gpus_needed: float, cpus_needed: float, timeout_s: float) -> None:

@@ -1,4 +1,5 @@
-"""Figures for the benchmark's parent run: ROC curves and score distributions per category."""
+"""Figures for the benchmark's parent run: image AUROC per category next to the paper's, ROC curves and score
+distributions per category."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from mlflow import MlflowClient
 from sklearn.metrics import roc_curve
+
+from cutpaste.paper import PAPER_IMAGE_AUROC
 
 
 def _evaluation(client: MlflowClient, record: dict[str, Any]) -> dict[str, Any] | None:
@@ -58,7 +61,25 @@ def benchmark_figures(client: MlflowClient, records: list[dict[str, Any]]) -> di
             axes[j // cols][j % cols].axis("off")
     roc.tight_layout()
     dist.tight_layout()
-    return {"roc_curves": roc, "score_distributions": dist}
+    return {"image_auroc": auroc_bars(finished, categories), "roc_curves": roc, "score_distributions": dist}
+
+
+def auroc_bars(finished: list[dict[str, Any]], categories: list[str]) -> plt.Figure:
+    """Image AUROC per category (mean over seeds, each seed a dot) beside the paper's, where it has one."""
+    figure, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(categories) + 2), 3.6))
+    xs = range(len(categories))
+    ours = [[100 * r["image_auroc"] for r in finished if r["category"] == c] for c in categories]
+    ax.bar([x - 0.2 for x in xs], [sum(v) / len(v) for v in ours], width=0.4, label="this benchmark (mean)")
+    for x, values in zip(xs, ours, strict=True):
+        ax.scatter([x - 0.2] * len(values), values, color="black", s=8, zorder=3)
+    paper = [PAPER_IMAGE_AUROC.get(c) for c in categories]
+    ax.bar([x + 0.2 for x, p in zip(xs, paper, strict=True) if p], [p for p in paper if p], width=0.4, label="paper")
+    low = min([min(v) for v in ours] + [p for p in paper if p])
+    ax.set(ylabel="image AUROC (%)", ylim=(max(0.0, low - 10), 100.5), title="image AUROC per category (test split)")
+    ax.set_xticks(list(xs), categories, rotation=30, ha="right")
+    ax.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    return figure
 
 
 def close(figure: plt.Figure) -> None:

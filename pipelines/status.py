@@ -1,6 +1,8 @@
 """Live per-run status for the driver log: a small Ray actor that workers update and the driver prints.
 
-Lines are plain text (no terminal control codes), so they read well in ``ray job logs``.
+On a terminal the driver redraws one compact table in place (state, step, loss, img/s, ETA); elsewhere
+(``ray job logs``, CI) it prints a line per change of state and the table every ``interval_s``, as plain
+text without control codes.
 """
 
 from __future__ import annotations
@@ -8,8 +10,13 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import TextIO
 
 import ray
+
+from pipelines.console import TableWriter, status_table
+
+EVENTS_SHOWN = 6  # latest changes of state shown under the live table
 
 
 @dataclass
@@ -18,8 +25,12 @@ class RunStatus:
     step: int = 0
     steps: int = 0
     loss: float | None = None
+    img_s: float | None = None
     detail: str = ""
     updated: float = field(default_factory=time.time)
+    # When training (re)started and from which step: the ETA comes from the run's own step rate.
+    training_since: float | None = None
+    first_step: int | None = None
 
     def line(self, name: str) -> str:
         if self.state == "training":
@@ -50,6 +61,8 @@ class StatusBoard:
         changes = self.changes.setdefault(name, [])
         if not changes or changes[-1][0] != state:
             changes.append((state, now))
+        if state == "training" and status.state != "training":
+            status.training_since, status.first_step = now, int(fields.get("step", status.step))
         status.state = state
         for key, value in fields.items():
             setattr(status, key, value)
@@ -72,27 +85,36 @@ class StatusBoard:
 
 
 class StatusPrinter:
-    """Prints a line whenever a run changes state, and every ``interval_s`` a summary of running ones."""
+    """A line whenever a run changes state and the status table every ``interval_s``; on a terminal, the
+    table redrawn in place with the latest changes under it."""
 
-    def __init__(self, board, *, interval_s: float = 15.0) -> None:
+    def __init__(self, board, *, interval_s: float = 15.0, stream: TextIO | None = None) -> None:
         self.board = board
         self.interval_s = interval_s
         self.last_state: dict[str, str] = {}
         self.last_summary = 0.0
+        self.writer = TableWriter(stream)
+        self.events: list[str] = []
 
     def poll(self, *, force: bool = False) -> None:
         snapshot: dict[str, RunStatus] = ray.get(self.board.snapshot.remote())
         stamp = time.strftime("%H:%M:%S")
+        changes = []
         for name, status in sorted(snapshot.items()):
             if self.last_state.get(name) != status.state:
-                print(f"[{stamp}] {status.line(name)}", flush=True)
+                changes.append(f"[{stamp}] {status.line(name)}")
                 self.last_state[name] = status.state
+        table = status_table(snapshot, time.time())
+        if self.writer.live:
+            self.events = (self.events + changes)[-EVENTS_SHOWN:]
+            self.writer.draw([f"[{stamp}] runs", *table, *self.events])
+            if force:
+                self.writer.forget()  # the final table stays on screen
+            return
+        for line in changes:
+            self.writer.stream.write(line + "\n")
         now = time.monotonic()
         if force or now - self.last_summary >= self.interval_s:
             self.last_summary = now
-            counts: dict[str, int] = {}
-            for status in snapshot.values():
-                counts[status.state] = counts.get(status.state, 0) + 1
-            active = [s.line(n) for n, s in sorted(snapshot.items()) if s.state in ("training", "evaluating")]
-            summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-            print(f"[{stamp}] status: {summary}" + "".join(f"\n    {a}" for a in active), flush=True)
+            self.writer.stream.write("\n".join([f"[{stamp}] status:", *("    " + t for t in table)]) + "\n")
+        self.writer.stream.flush()

@@ -35,6 +35,10 @@ class TrackingError(CutPasteError):
     """The MLflow server is unreachable or refused a request."""
 
 
+# Opens the experiment in the UI's model-training view, with its runs table (see ../shared/DESIGN.md).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def default_tracking_uri(root: Path) -> str:
     return f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
@@ -97,18 +101,24 @@ def check_reachable(uri: str, *, timeout_s: float = 10.0) -> None:
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None = None) -> str:
+    """The experiment, created when absent, marked as model training so the UI opens on its runs table
+    (not the GenAI view)."""
     found = client.get_experiment_by_name(name)
+    if found is None:
+        location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+        try:
+            experiment_id = client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
+        except Exception:
+            # Another benchmark on the same server created it between our lookup and create.
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
     if found is not None:
-        return found.experiment_id
-    location = artifact_root.resolve().as_uri() if artifact_root is not None else None
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except Exception:
-        # Another benchmark on the same server created it between our lookup and create.
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
+        experiment_id = found.experiment_id
+        for key, value in EXPERIMENT_TAGS.items():
+            if found.tags.get(key) != value:  # experiments made before this tag existed
+                client.set_experiment_tag(experiment_id, key, value)
+    return experiment_id
 
 
 def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> str | None:

@@ -119,7 +119,12 @@ def _train_and_evaluate(
         if board is not None and rank == 0:
             board.add_metrics.remote(spec.name, record)
             board.update.remote(
-                spec.name, "training", step=int(record["step"]), steps=config.steps, loss=record["loss"]
+                spec.name,
+                "training",
+                step=int(record["step"]),
+                steps=config.steps,
+                loss=record["loss"],
+                img_s=record.get("img_s"),
             )
 
     def on_checkpoint(step: int, path: Path | None) -> None:
@@ -147,27 +152,7 @@ def _train_and_evaluate(
     if rank != 0:
         ray.train.report({"done": 1})
         return
-    if board is not None:
-        board.update.remote(spec.name, "evaluating")
-    evaluation = evaluate_category(run.detector, data_root, spec.category, keep_maps=True)
-    atomic_write_text(json.dumps(evaluation.to_dict()), work / "evaluation.json")
-    final = work / "final"
-    final.mkdir()
-    for name in RESULT_FILES:
-        shutil.copy2(work / name, final / name)
-    strip = sample_heatmaps(evaluation, run.detector.map_range)
-    if strip is not None:
-        save_png(strip, final / HEATMAPS_NAME)
-    summary = {
-        "done": 1,
-        "image_auroc": evaluation.metrics.image_auroc,
-        "aupr": evaluation.metrics.aupr,
-        "f1_max": evaluation.metrics.f1_max,
-        "threshold": run.detector.threshold,
-    }
-    if evaluation.pixel is not None and evaluation.pixel.aupro is not None:
-        summary.update(pixel_auroc=evaluation.pixel.pixel_auroc, aupro=evaluation.pixel.aupro)
-    ray.train.report(summary, checkpoint=Checkpoint.from_directory(str(final)))
+    _evaluate_and_report(spec, run.detector, data_root, work, board)
 
 
 def _validation_loop(spec: RunSpec, config: TrainConfig, data_root: Path, work: Path, world: int) -> None:
@@ -201,6 +186,40 @@ def _validation_loop(spec: RunSpec, config: TrainConfig, data_root: Path, work: 
     step = run.history[-1]["step"] if run.history else 0.0
     final_report = {**run.metrics, "step": step, "finished": 1, "placement_group": group_hex}
     ray.train.report(final_report, checkpoint=Checkpoint.from_directory(str(final)))
+
+
+def _evaluate_and_report(spec: RunSpec, detector: Any, data_root: Path, work: Path, board: Any) -> None:
+    """Rank 0, after training: the test split scored once, the result files and the review figure reported
+    to Ray as the run's final checkpoint."""
+    if board is not None:
+        board.update.remote(spec.name, "evaluating")
+    evaluation = evaluate_category(detector, data_root, spec.category, keep_maps=True)
+    atomic_write_text(json.dumps(evaluation.to_dict()), work / "evaluation.json")
+    final = work / "final"
+    final.mkdir()
+    for name in RESULT_FILES:
+        shutil.copy2(work / name, final / name)
+    title = f"{spec.category}, seed {spec.seed}: best and worst of the test split ({_map_kind(detector)} maps)"
+    strip = sample_heatmaps(evaluation, detector.map_range, title=title)
+    if strip is not None:
+        save_png(strip, final / HEATMAPS_NAME)
+    summary = {
+        "done": 1,
+        "image_auroc": evaluation.metrics.image_auroc,
+        "aupr": evaluation.metrics.aupr,
+        "f1_max": evaluation.metrics.f1_max,
+        "threshold": detector.threshold,
+    }
+    if evaluation.pixel is not None and evaluation.pixel.aupro is not None:
+        summary.update(pixel_auroc=evaluation.pixel.pixel_auroc, aupro=evaluation.pixel.aupro)
+    ray.train.report(summary, checkpoint=Checkpoint.from_directory(str(final)))
+
+
+def _map_kind(detector: Any) -> str:
+    """What the review figure's maps are, as the detector draws them by default."""
+    if detector.is_patch_model:
+        return "patch-model"
+    return "feature-map Gaussian" if detector.feature_local is not None else "GradCAM"
 
 
 def build_trainer(

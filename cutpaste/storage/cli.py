@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from cutpaste.progress import show_progress
+
 
 def _add_endpoint(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -21,7 +23,7 @@ def _add_endpoint(parser: argparse.ArgumentParser) -> None:
 def _cmd_index(args: argparse.Namespace) -> int:
     from cutpaste.storage.datasets import index
 
-    manifest, changes = index(args.s3uri, endpoint_url=args.s3_endpoint, progress=not args.no_progress)
+    manifest, changes = index(args.s3uri, endpoint_url=args.s3_endpoint, progress=show_progress(args.no_progress))
     cats = manifest.categories()
     print(
         f"indexed {len(manifest.entries)} samples in {len(cats)} categories ({', '.join(cats)}); "
@@ -36,7 +38,11 @@ def _cmd_upload(args: argparse.Namespace) -> int:
     from cutpaste.storage.datasets import upload
 
     report, manifest = upload(
-        args.local_dir, args.s3uri, endpoint_url=args.s3_endpoint, workers=args.workers, progress=not args.no_progress
+        args.local_dir,
+        args.s3uri,
+        endpoint_url=args.s3_endpoint,
+        workers=args.workers,
+        progress=show_progress(args.no_progress),
     )
     print(
         f"uploaded {report.uploaded} files ({report.bytes_uploaded / 1e6:.1f} MB), skipped {report.skipped} unchanged; "
@@ -53,7 +59,7 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
         args.category or None,
         endpoint_url=args.s3_endpoint,
         cache_dir=args.cache_dir,
-        progress=not args.no_progress,
+        progress=show_progress(args.no_progress),
     )
     print(root)
     return 0
@@ -67,7 +73,7 @@ def _cmd_fetch_mvtec(args: argparse.Namespace) -> int:
         url=args.url or MVTEC_URL,
         sha256=args.sha256,
         keep_archive=args.keep_archive,
-        progress=not args.no_progress,
+        progress=show_progress(args.no_progress),
     )
     print(f"extracted into {args.dir}: {', '.join(added) or 'nothing new'}")
     if args.upload:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import boto3
@@ -116,6 +118,8 @@ def test_benchmark_job_end_to_end(stack):
         assert "gde_shrinkage" in child.data.metrics
         assert 0.0 <= child.data.metrics["pixel_auroc"] <= 1.0 and 0.0 <= child.data.metrics["aupro"] <= 1.0
 
+    _check_the_run_pages_tell_the_story(stack, parent.info.run_id, [c.info.run_id for c in children])
+
     # The registered champion scores an image exactly as the library does.
     category = categories[0]
     image_path = next((stack["data"] / category / "test" / "good").iterdir())
@@ -146,3 +150,37 @@ def test_benchmark_job_end_to_end(stack):
     assert status == "SUCCEEDED", logs[-6000:]
     assert logs.count("skipped finished earlier") == len(categories)
     assert "training step" not in logs
+
+
+def _rest(stack, endpoint: str, **query) -> dict:
+    url = f"{stack['mlflow']}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _check_the_run_pages_tell_the_story(stack, parent_id: str, child_ids: list[str]) -> None:
+    """What the MLflow UI shows, read back through the REST API it reads: the experiment opens as a training
+    experiment, the parent's description holds the results table, champions and links, each child's
+    describes the run, datasets with digests and counts are logged, the figures exist."""
+    experiment = _rest(stack, "experiments/get-by-name", experiment_name="cutpaste-benchmark")["experiment"]
+    tags = {t["key"]: t["value"] for t in experiment.get("tags", [])}
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    parent = _rest(stack, "runs/get", run_id=parent_id)["run"]
+    note = {t["key"]: t["value"] for t in parent["data"]["tags"]}["mlflow.note.content"]
+    assert "# CutPaste benchmark `e2e` (finished)" in note and "| category | kind | seeds | image AUROC |" in note
+    assert "models:/cutpaste-" in note and "@champion" in note
+    assert all(f"runs/{child_id})" in note for child_id in child_ids)  # a link to every run
+    figures = {a["path"] for a in _rest(stack, "artifacts/list", run_id=parent_id, path="figures")["files"]}
+    categories = stack["categories"]
+    assert {"figures/image_auroc.png", *(f"figures/review_{c}.png" for c in categories)} <= figures
+    for child_id in child_ids:
+        child = _rest(stack, "runs/get", run_id=child_id)["run"]
+        child_note = {t["key"]: t["value"] for t in child["data"]["tags"]}["mlflow.note.content"]
+        assert "image AUROC (test)" in child_note and "threshold" in child_note and f"runs/{parent_id})" in child_note
+        inputs = child["inputs"]["dataset_inputs"]
+        contexts = {{t["key"]: t["value"] for t in d["tags"]}["mlflow.data.context"]: d["dataset"] for d in inputs}
+        assert set(contexts) == {"training", "evaluation"}
+        for dataset in contexts.values():
+            assert dataset["digest"] and dataset["source"].startswith("{") and "s3://" in dataset["source"]
+        counts = {t["key"]: t["value"] for d in inputs for t in d["tags"] if t["key"] == "images"}
+        assert int(counts["images"]) > 0
