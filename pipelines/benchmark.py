@@ -67,6 +67,8 @@ class BenchmarkConfig:
     s3_endpoint: str | None = None
     register_models: bool = True
     artifact_root: str | None = None
+    # Each run's CPU, memory and GPU use at every logged step (pipelines/system_metrics.py).
+    system_metrics: bool = False
 
     @property
     def gpus_per_worker(self) -> float:
@@ -336,6 +338,7 @@ def _plan_runs(bench: BenchmarkConfig, train_config: TrainConfig) -> list[tuple[
                 data=bench.data,
                 train_config=config.to_dict(),
                 s3_endpoint=bench.s3_endpoint,
+                system_metrics=bench.system_metrics,
             )
             plan.append((spec, config))
     return plan

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--wait-for-resources", type=float, default=0.0, help="seconds to wait for GPUs to join")
     parser.add_argument("--no-register", action="store_true", help="do not register champion models")
+    parser.add_argument(
+        "--system-metrics", action="store_true", help="log each run's CPU, memory and GPU use at every logged step"
+    )
     return parser
 
 
@@ -112,6 +115,7 @@ def _resolve(args: argparse.Namespace):
         tracking_timeout_s=args.tracking_timeout,
         s3_endpoint=args.s3_endpoint,
         register_models=not args.no_register,
+        system_metrics=args.system_metrics,
         artifact_root=str(runs_dir / "mlartifacts") if uri.startswith("sqlite:") else None,
     )
     return bench, train_config

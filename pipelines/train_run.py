@@ -29,6 +29,7 @@ from cutpaste.localize import sample_heatmaps
 from cutpaste.storage import materialize
 from cutpaste.train import CHECKPOINT_NAME, TrainHooks, load_checkpoint
 from cutpaste.workflow import CHECKPOINT_DIR, evaluate_category, train_category
+from pipelines.system_metrics import SystemSampler
 
 RESULT_FILES = (BUNDLE_NAME, SUMMARY_NAME, "train_log.jsonl", "evaluation.json")
 # Sample overlays (top-scoring defective images and the top-scoring good one), when maps exist.
@@ -49,6 +50,7 @@ class RunSpec:
     # The run trains on train/good minus a held-out part, reports validation metrics at every
     # checkpoint step and never reads the test split.
     validation: dict[str, Any] | None = None
+    system_metrics: bool = False
 
 
 def _restore_checkpoint(work: Path, rank: int) -> bool:
@@ -115,9 +117,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 def _train_and_evaluate(
     spec: RunSpec, config: TrainConfig, data_root: Path, work: Path, board: Any, rank: int, world: int
 ) -> None:
+    sampler = SystemSampler() if spec.system_metrics else None
+
     def on_log(record: dict[str, float]) -> None:
         if board is not None and rank == 0:
-            board.add_metrics.remote(spec.name, record)
+            board.add_metrics.remote(spec.name, {**record, **(sampler.sample() if sampler else {})})
             board.update.remote(
                 spec.name,
                 "training",

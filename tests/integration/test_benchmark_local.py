@@ -108,6 +108,7 @@ def test_two_ddp_workers_train_one_run(local_ray, data, tmp_path):
     config.write_text(json.dumps({"preset": "ci", "steps": 6, "checkpoint_every": 3, "log_every": 3}))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ["--data", str(data), "--categories", category, "--config", str(config), "--workers-per-run", "2"]
+    args += ["--system-metrics"]
     code = main([*args, "--benchmark-id", "ddp", "--mlflow-uri", uri, "--out", str(tmp_path / "out"), "--no-register"])
     assert code == 0
     client = MlflowClient(uri)
@@ -116,3 +117,7 @@ def test_two_ddp_workers_train_one_run(local_ray, data, tmp_path):
     assert child.info.status == "FINISHED" and 0 <= child.data.metrics["image_auroc"] <= 1
     # One loss record per log interval: rank 0 alone reports them, not once per worker.
     assert [m.step for m in client.get_metric_history(child.info.run_id, "loss")] == [3, 6]
+    # --system-metrics: the training process's CPU and memory at each logged step, through the driver.
+    memory = client.get_metric_history(child.info.run_id, "system/memory_rss_mb")
+    assert [m.step for m in memory] == [3, 6] and all(m.value > 50 for m in memory)
+    assert "system/cpu_percent" in child.data.metrics

@@ -114,3 +114,13 @@ def test_only_the_known_harmless_warning_is_filtered(caplog):
         logger.warning(f"{fragment}. State API may be temporarily unavailable.")
         logger.warning("placement group removal failed")
     assert [r.getMessage() for r in caplog.records] == ["placement group removal failed"]
+
+
+def test_the_system_sampler_reports_this_process():
+    from pipelines.system_metrics import SystemSampler
+
+    sampler = SystemSampler()
+    sum(i * i for i in range(200_000))  # some CPU time between samples
+    sample = sampler.sample()
+    assert sample["system/cpu_percent"] >= 0 and sample["system/memory_rss_mb"] > 10
+    assert "system/load_1m" in sample
