@@ -6,13 +6,17 @@ Filtered, each for a stated reason (the README lists them):
 - ``placement_group_cleaner``: "Failed to query Ray Train Controller actor state". Ray Train's cleaner
   polls the State API, which a Ray started without its dashboard does not serve; it says itself that it
   keeps monitoring, and it repeats every few seconds for every run.
+- Ray Train's "Checkpoint successfully created at" and "Reporting training result" info lines: routine,
+  several per run; the status table shows each run's progress in one line.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TextIO
 
 SETUP_HOOK = "pipelines.console.quiet_known_warnings"
@@ -20,7 +24,29 @@ KNOWN_HARMLESS: dict[str, tuple[str, ...]] = {
     "ray.train.v2._internal.execution.controller.placement_group_cleaner": (
         "Failed to query Ray Train Controller actor state",
     ),
+    # Routine lines, one per report of every run: the status table says the same in one line per run.
+    "ray.train.v2._internal.execution.storage": ("Checkpoint successfully created at",),
+    "ray.train.v2._internal.execution.context": ("Reporting training result",),
 }
+# Ray Train gives up on a worker group that has not started within 60 s and retries with a traceback; the
+# benchmark queues one run more than the cluster holds (its start-up overlaps the others' training), and
+# that run legitimately waits for a free slot, so it gets hours, not a minute (unless the user set it).
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+START_TIMEOUT_S = "21600"
+
+
+def job_runtime_env() -> dict:
+    """What every worker process of the benchmark's or the sweep's job gets."""
+    return {
+        "worker_process_setup_hook": SETUP_HOOK,
+        "env_vars": {START_TIMEOUT_ENV: os.environ.get(START_TIMEOUT_ENV, START_TIMEOUT_S)},
+    }
+
+
+def quiet_driver() -> None:
+    """The driver's own output: MLflow's artifact progress bars only on a terminal."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 class _DropKnown(logging.Filter):
@@ -36,9 +62,17 @@ class _DropKnown(logging.Filter):
 def quiet_known_warnings() -> None:
     """Ray's ``worker_process_setup_hook``: runs in every worker process of the job before any task."""
     for name, fragments in KNOWN_HARMLESS.items():
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropKnown) for f in logger.filters):
-            logger.addFilter(_DropKnown(fragments))
+        for logger in map(logging.getLogger, _logger_names(name)):
+            if not any(isinstance(f, _DropKnown) for f in logger.filters):
+                logger.addFilter(_DropKnown(fragments))
+
+
+def _logger_names(module: str) -> list[str]:
+    """A module's logger by name, and by file path: some of Ray's modules name theirs ``__file__``."""
+    import ray
+
+    relative = module.split(".")[1:]
+    return [module, str(Path(ray.__file__).parent.joinpath(*relative).with_suffix(".py"))]
 
 
 def _clock(seconds: float | None) -> str:

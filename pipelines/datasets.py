@@ -36,4 +36,7 @@ def log_datasets(client: Any, run_id: str, inputs: list[tuple[Any, str, dict]]) 
     queued or trained keeps its status."""
     from mlflow.tracking.fluent import _create_dataset_input
 
-    client.log_inputs(run_id, datasets=[_create_dataset_input(d, context, tags) for d, context, tags in inputs])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MLflow's schema inference hints about integer columns
+        entries = [_create_dataset_input(d, context, tags) for d, context, tags in inputs]
+    client.log_inputs(run_id, datasets=entries)

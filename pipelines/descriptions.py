@@ -15,9 +15,19 @@ UNREGISTERED = (
 )
 
 
+# The UI of MLflow 3.17 decides GenAI vs model-training pages from this parameter (else from a setting
+# stored in the browser, GenAI by default) rather than from the experiment's kind tag: links keep it.
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
 def run_link(experiment_id: str, run_id: str, text: str) -> str:
     """A link the MLflow UI resolves from any run page of the same server."""
-    return f"[{text}](#/experiments/{experiment_id}/runs/{run_id})"
+    return f"[{text}](#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW})"
+
+
+def experiment_url(base: str, experiment_id: str) -> str:
+    """Where the UI shows an experiment's runs table."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}?{TRAINING_VIEW}"
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from cutpaste.errors import CutPasteError
+from pipelines.descriptions import experiment_url
 from pipelines.launcher import (
     RUNS_DIR,
     absolute_data,
@@ -121,6 +122,15 @@ def _resolve(args: argparse.Namespace):
     return bench, train_config
 
 
+def _experiment_id(bench) -> str:
+    from mlflow import MlflowClient
+
+    try:
+        return MlflowClient(bench.mlflow_uri).get_experiment_by_name(bench.experiment).experiment_id
+    except Exception:  # only for the printed link: the results are written already
+        return "0"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -152,10 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     if ensembles:
         print(f"\nensembles of {args.ensemble} seeds ({args.ensemble_rule} rule), next to their members:")
         print(ensemble_markdown(ensembles))
+    experiment_id = _experiment_id(bench)
     if bench.mlflow_uri.startswith("sqlite:"):
         print(f"open the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {bench.mlflow_uri} --port 5000")
+        print(f"the runs:            {experiment_url('http://127.0.0.1:5000', experiment_id)}")
     else:
-        print(f"MLflow UI: {redact_uri(bench.mlflow_uri)}")
+        print(f"MLflow UI: {experiment_url(redact_uri(bench.mlflow_uri), experiment_id)}")
     failed = [r for r in records if r["status"] != "finished" or r.get("registration_error")]
     failed += [r for r in ensembles if r["status"] != "finished"]
     return 1 if failed else 0

@@ -73,13 +73,14 @@ def connect_ray(address: str | None) -> None:
     installed package, so workers import it without any path set here."""
     import ray
 
-    from pipelines.console import SETUP_HOOK
+    from pipelines.console import job_runtime_env, quiet_driver
 
+    quiet_driver()
     if ray.is_initialized():
         return
     # Every worker process of the job filters Ray's known-harmless warnings (pipelines/console.py); inside a
     # `ray job submit` job, Ray merges this with the job's own runtime env (its working dir).
-    runtime_env = {"worker_process_setup_hook": SETUP_HOOK}
+    runtime_env = job_runtime_env()
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, runtime_env=runtime_env)

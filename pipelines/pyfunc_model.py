@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -52,7 +53,9 @@ def log_detector_model(bundle_dir: Path, *, run_id: str, name: str = "model") ->
     with tempfile.TemporaryDirectory(prefix="cutpaste-model-") as staging:
         artifact = _bundle_artifact(bundle_dir, Path(staging))
         digest = bundle_digest(artifact)
-        with mlflow.start_run(run_id=run_id, nested=True):
+        with mlflow.start_run(run_id=run_id, nested=True), warnings.catch_warnings():
+            # MLflow suggests an input example: the model checks its input itself (served_model.py).
+            warnings.filterwarnings("ignore", message=".*input example", category=UserWarning)
             info = mlflow.pyfunc.log_model(
                 name=name,
                 python_model=str(MODEL_CODE),

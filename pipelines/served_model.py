@@ -63,7 +63,8 @@ class CutPasteModel(mlflow.pyfunc.PythonModel):
         # A single bundle or an ensemble directory: both score images the same way.
         self.detector = load_detector(context.artifacts["detector"], device=device, expected_sha256=expected)
 
-    def predict(self, context, model_input, params=None):  # untyped: MLflow reads hints as a schema
+    # np.ndarray is a hint MLflow builds no schema from: this model checks its input itself (images_to_tensor).
+    def predict(self, context, model_input: np.ndarray, params=None):
         params = params or {}
         threshold = params.get("threshold")
         threshold = float(self.detector.threshold if threshold is None else threshold)

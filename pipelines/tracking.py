@@ -7,6 +7,8 @@ the per-run Ray tasks and the training workers can all log into the same runs co
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import json
 import math
 import os
@@ -253,8 +255,10 @@ def register_champion(
     if versions:
         version = str(max(int(v.version) for v in versions))
     else:
-        # mlflow.register_model resolves MLflow 3 logged-model URIs (models:/m-...) to their source.
-        version = mlflow.register_model(model_uri, name, await_registration_for=120, tags=tags).version
+        # mlflow.register_model resolves MLflow 3 logged-model URIs (models:/m-...) to their source. It prints
+        # "already exists, creating a new version" to stderr; the caller prints what was registered.
+        with contextlib.redirect_stderr(io.StringIO()):
+            version = mlflow.register_model(model_uri, name, await_registration_for=120, tags=tags).version
     for alias in aliases:
         client.set_registered_model_alias(name, alias, version)
     return str(version)

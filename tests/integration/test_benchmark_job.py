@@ -169,14 +169,16 @@ def _check_the_run_pages_tell_the_story(stack, parent_id: str, child_ids: list[s
     note = {t["key"]: t["value"] for t in parent["data"]["tags"]}["mlflow.note.content"]
     assert "# CutPaste benchmark `e2e` (finished)" in note and "| category | kind | seeds | image AUROC |" in note
     assert "models:/cutpaste-" in note and "@champion" in note
-    assert all(f"runs/{child_id})" in note for child_id in child_ids)  # a link to every run
+    assert all(
+        f"runs/{child_id}?workflowType=machine_learning)" in note for child_id in child_ids
+    )  # a link to every run
     figures = {a["path"] for a in _rest(stack, "artifacts/list", run_id=parent_id, path="figures")["files"]}
     categories = stack["categories"]
     assert {"figures/image_auroc.png", *(f"figures/review_{c}.png" for c in categories)} <= figures
     for child_id in child_ids:
         child = _rest(stack, "runs/get", run_id=child_id)["run"]
         child_note = {t["key"]: t["value"] for t in child["data"]["tags"]}["mlflow.note.content"]
-        assert "image AUROC (test)" in child_note and "threshold" in child_note and f"runs/{parent_id})" in child_note
+        assert "image AUROC (test)" in child_note and "threshold" in child_note and f"runs/{parent_id}?" in child_note
         inputs = child["inputs"]["dataset_inputs"]
         contexts = {{t["key"]: t["value"] for t in d["tags"]}["mlflow.data.context"]: d["dataset"] for d in inputs}
         assert set(contexts) == {"training", "evaluation"}

@@ -43,7 +43,8 @@ def test_the_parent_note_holds_the_table_the_champions_and_a_link_to_every_run()
     assert note.startswith("# CutPaste benchmark `b` (finished, 1 of 3 runs failed)")
     assert "`s3://bucket/mvtec`" in note and "| bottle | 90.5 ± 0.7 |" in note
     assert "`models:/cutpaste-bottle@champion` (version 3)" in note
-    assert "(#/experiments/7/runs/id-bottle-0)" in note and "(#/experiments/7/runs/id-bottle-1)" in note
+    assert "(#/experiments/7/runs/id-bottle-0?workflowType=machine_learning)" in note
+    assert "(#/experiments/7/runs/id-bottle-1?workflowType=machine_learning)" in note
     assert "| b-bottle-s2 | failed: worker died |" in note
 
 
@@ -56,7 +57,7 @@ def test_the_child_note_states_what_the_run_is_and_where_its_detector_lives():
         registered=None,
         parent_link=link,
     )
-    assert "# `bottle`, seed 1" in note and "[b](#/experiments/7/runs/parent)" in note
+    assert "# `bottle`, seed 1" in note and "[b](#/experiments/7/runs/parent?workflowType=machine_learning)" in note
     assert "| image AUROC (test) | 0.9512 |" in note and "| threshold (Mahalanobis distance) | 40.5000 |" in note
     assert "pixel AUROC" not in note and descriptions.UNREGISTERED in note
 
