@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import tempfile
 import threading
@@ -26,6 +27,7 @@ import ray
 from mlflow import MlflowClient
 from ray.autoscaler.sdk import request_resources
 
+from cutpaste.atomic import atomic_write_text
 from cutpaste.config import TrainConfig, flatten
 from cutpaste.density import GaussianDensity
 from cutpaste.detector import BUNDLE_NAME, verify_bundle
@@ -44,6 +46,9 @@ TAG_MODEL_URI = "cutpaste.model_uri"
 
 class BenchmarkError(CutPasteError):
     """The benchmark cannot start: bad flags, unknown categories, missing resources."""
+
+
+_DRIVER_START = time.monotonic()  # the driver's wall time, for driver.json
 
 
 @dataclass(frozen=True)
@@ -398,13 +403,14 @@ def _run_queue(session: _Session, queue: list[tuple[RunSpec, str]], printer: Sta
         # Started only when the cluster can take them: a waiting run would hold a controller process.
         while queue and len(running) < runs_at_once(bench):
             spec, run_id = queue.pop(0)
+            board.update.remote(spec.name, "starting")  # its slot is free: Ray Train start-up until it trains
             running[_start_run(spec, bench, board)] = (spec, run_id)
         ready, _ = wait(running, timeout=2.0, return_when=FIRST_COMPLETED)
         _forward_metrics(board, session.buffers)
         for future in ready:
             spec, run_id = running.pop(future)
             outcome = future.result()
-            records.append(_finish(session.client, spec, run_id, outcome, bench, board, session.buffers[spec.name]))
+            records.append(_finish(session.client, spec, run_id, outcome, bench, board, session.buffers))
         printer.poll()
     return records
 
@@ -423,6 +429,7 @@ def _write_and_log_results(session: _Session, records: list[dict[str, Any]]) -> 
     out = Path(bench.out)
     paths = write_results([_to_record(r) for r in records], out)
     failed = sum(r["status"] != "finished" for r in records)
+    _write_driver_report(out, records)
     try:
         _log_parent(client, parent_id, records, paths, bench)
         _describe(session, records, state=f"finished, {failed} of {len(records)} runs failed" if failed else "finished")
@@ -434,6 +441,19 @@ def _write_and_log_results(session: _Session, records: list[dict[str, Any]]) -> 
             f"trained detectors in {bench.storage}; run the same --benchmark-id again once MLflow is back"
         ) from None
     return paths
+
+
+def _write_driver_report(out: Path, records: list[dict[str, Any]]) -> None:
+    """``driver.json``: where each run's time went and what the driver itself cost (bench/scale.py reads it)."""
+    report = {
+        "wall_s": time.monotonic() - _DRIVER_START,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux reports KiB
+        "runs": len(records),
+        "finished": sum(r["status"] == "finished" for r in records),
+        "mlflow_runs": 1 + sum(bool(r.get("mlflow_run_id")) for r in records),
+        "phases": {r["run_name"]: r.get("phases", {}) for r in records if r.get("run_name")},
+    }
+    atomic_write_text(json.dumps(report, indent=2), out / "driver.json")
 
 
 def runs_at_once(bench: BenchmarkConfig) -> int:
@@ -460,10 +480,13 @@ def _finish(
     outcome: dict[str, Any],
     bench: BenchmarkConfig,
     board: Any,
-    buffer: tracking.MetricBuffer,
+    buffers: dict[str, tracking.MetricBuffer],
 ) -> dict[str, Any]:
     """Logs a run's results to MLflow; a tracking failure turns into a failed record, never a crash."""
-    _forward_metrics(board, {spec.name: buffer})
+    # Every run's pending records, not only this one's: draining the board takes them all (at 20 runs and
+    # more, another run's records were in the same drain).
+    _forward_metrics(board, buffers)
+    buffer = buffers[spec.name]
     try:
         buffer.close(timeout_s=bench.tracking_timeout_s)
         if outcome["status"] != "finished":

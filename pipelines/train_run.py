@@ -18,7 +18,7 @@ import ray
 import ray.train
 import ray.train.torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from cutpaste.atomic import atomic_write_text
 from cutpaste.config import TrainConfig
@@ -149,7 +149,7 @@ def _train_and_evaluate(
         data_root,
         spec.category,
         work,
-        device=str(ray.train.torch.get_device()),
+        device=_worker_device(),
         hooks=hooks,
         progress=False,
     )
@@ -182,7 +182,7 @@ def _validation_loop(spec: RunSpec, config: TrainConfig, data_root: Path, work: 
         rule=str(options.get("rule", "mean")),
         folder=options.get("folder"),
         holdout_fraction=float(options.get("holdout_fraction", 0.2)),
-        device=str(ray.train.torch.get_device()),
+        device=_worker_device(),
         on_eval=report,
     )
     final = work / "final"
@@ -219,6 +219,14 @@ def _evaluate_and_report(spec: RunSpec, detector: Any, data_root: Path, work: Pa
     ray.train.report(summary, checkpoint=Checkpoint.from_directory(str(final)))
 
 
+def _worker_device() -> str:
+    """Ray's device for this worker; the CPU where a GPU slot has no CUDA behind it (a logical GPU, as in a
+    rehearsal of the cluster's schedule on a machine without one)."""
+    import torch
+
+    return str(ray.train.torch.get_device()) if torch.cuda.is_available() else "cpu"
+
+
 def _map_kind(detector: Any) -> str:
     """What the review figure's maps are, as the detector draws them by default."""
     if detector.is_patch_model:
@@ -244,6 +252,9 @@ def build_trainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec.__dict__, "status_board": status_board},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources),
+        # NCCL only where several workers share gradients on GPUs; one worker needs no collective on the GPU,
+        # and gloo also starts where a GPU slot is logical (no CUDA behind it).
+        torch_config=TorchConfig(backend="nccl" if workers > 1 and gpus_per_worker else "gloo"),
         run_config=RunConfig(
             name=spec.name,
             storage_path=storage_path,

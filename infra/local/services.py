@@ -93,8 +93,9 @@ def stop_process_group(process: subprocess.Popen, timeout_s: float = 20) -> None
 
 
 @contextlib.contextmanager
-def ray_head(workdir: Path, *, env: dict[str, str], num_cpus: int = 2) -> Iterator[dict[str, str]]:
-    """``ray start --head`` on loopback; yields the dashboard address and the environment to talk to it."""
+def ray_head(workdir: Path, *, env: dict[str, str], num_cpus: int = 2, num_gpus: float = 0) -> Iterator[dict[str, str]]:
+    """``ray start --head`` on loopback; yields the dashboard address and the environment to talk to it.
+    ``num_gpus`` declares logical GPUs: Ray schedules on them, whatever the machine has."""
     gcs_port, dashboard_port = free_port(), free_port()
     # Token authentication stays on (the default since Ray 2.59); start and submit must agree on it.
     full_env = {**os.environ, **env, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
@@ -107,7 +108,7 @@ def ray_head(workdir: Path, *, env: dict[str, str], num_cpus: int = 2) -> Iterat
             f"--port={gcs_port}",
             "--node-ip-address=127.0.0.1",
             f"--num-cpus={num_cpus}",
-            "--num-gpus=0",
+            f"--num-gpus={num_gpus:g}",
             "--object-store-memory=200000000",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard_port}",

@@ -126,3 +126,25 @@ def test_sweep_params_hold_the_space_base_config_and_flags():
     assert (params["sweep.search"], params["sweep.scheduler"], params["sweep.metric"]) == ("grid", "fifo", "val_aupr")
     assert (params["sweep.num_samples"], params["sweep.categories"]) == (4, "bottle,screw")
     assert {k for k in params if k.startswith("space.")} == {f"space.{k}" for k in space.to_dict()}
+
+
+def test_finishing_one_run_forwards_every_run_s_pending_records(monkeypatch):
+    """At 20 concurrent runs the board's drain held another run's records when one finished (a KeyError
+    ended the driver); every drained record must reach its own run's buffer."""
+    from unittest.mock import MagicMock
+
+    from pipelines import benchmark
+
+    monkeypatch.setattr(benchmark.ray, "get", lambda value: value)
+    drained = {"a": [{"step": 3, "loss": 0.5}], "b": [{"step": 4, "loss": 0.4}]}
+    board = MagicMock()
+    board.drain_metrics.remote.side_effect = [drained, {}]
+    buffers = {name: MagicMock() for name in ("a", "b")}
+    spec = next(spec for spec, _ in _plan_runs(_bench(), preset("demo")))
+    buffers[spec.name] = buffers.pop("a")
+    drained[spec.name] = drained.pop("a")
+    outcome = {"status": "failed", "error": "worker lost"}
+    record = benchmark._finish(MagicMock(), spec, "run-id", outcome, _bench(), board, buffers)
+    assert record["status"] == "failed"
+    buffers[spec.name].log.assert_called_once_with({"loss": 0.5}, 3, flush=False)
+    buffers["b"].log.assert_called_once_with({"loss": 0.4}, 4, flush=False)
