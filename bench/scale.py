@@ -150,10 +150,16 @@ def run_size(head: dict, work: Path, data: Path, runs: int, args: argparse.Names
     driver = json.loads((out / "driver.json").read_text()) if (out / "driver.json").is_file() else {}
     after = finished_runs(db, benchmark_id)
     ensembles = json.loads((out / "ensembles.json").read_text()) if (out / "ensembles.json").is_file() else []
-    phases = driver.get("phases", {})
-    slot_s = [p.get("starting", 0) + p.get("training", 0) + p.get("evaluating", 0) for p in phases.values()]
+    # Runs this driver trained (a resumed driver skips the finished ones: they have no phases here).
+    phases = {name: p for name, p in driver.get("phases", {}).items() if p}
+    # A run holds its slot while training and evaluating for sure; its "starting" phase also counts the one
+    # run the driver starts beyond the slots (it waits inside Ray Train), so with it the figure is an upper
+    # bound and without it a lower one.
+    held = [p.get("training", 0) + p.get("evaluating", 0) for p in phases.values()]
+    held_with_start = [h + p.get("starting", 0) for h, p in zip(held, phases.values(), strict=True)]
     fixed = [p.get("starting", 0) + p.get("evaluating", 0) + p.get("logging", 0) for p in phases.values()]
     slots = args.gpus / args.gpus_per_run
+    slot_wall = slots * driver.get("wall_s", wall)
     report = {
         "runs": runs,
         "categories": categories,
@@ -162,7 +168,9 @@ def run_size(head: dict, work: Path, data: Path, runs: int, args: argparse.Names
         "finished": len(after),
         "wall_s": round(wall, 1),
         "training_s_sum": round(sum(p.get("training", 0) for p in phases.values()), 1),
-        "packing_efficiency": round(sum(slot_s) / (slots * driver.get("wall_s", wall)), 3) if phases else None,
+        "packing_efficiency": round(sum(held) / slot_wall, 3) if phases else None,
+        "packing_upper_bound": round(min(1.0, sum(held_with_start) / slot_wall), 3) if phases else None,
+        "runs_timed": len(phases),
         "fixed_s_per_run_median": round(statistics.median(fixed), 2) if fixed else None,
         "phase_medians_s": {
             k: round(statistics.median(p.get(k, 0) for p in phases.values()), 2)
@@ -179,13 +187,18 @@ def run_size(head: dict, work: Path, data: Path, runs: int, args: argparse.Names
 
 
 def markdown(rows: list[dict], args: argparse.Namespace) -> str:
-    head = "| runs | job | finished | wall s | training s (sum) | packing | fixed s/run | driver MB | MLflow runs |"
-    lines = [head, "|" + "---|" * 9]
+    head = (
+        "| runs | job | finished | ensembles | wall s | training s (sum) | packing (lower-upper) | fixed s/run "
+        "| driver MB | MLflow runs | finished runs trained again after resume |"
+    )
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
+        resume = r.get("resume")
+        again = f"{resume['finished_runs_trained_again']} of {resume['stopped_after_finished']}" if resume else "-"
         lines.append(
-            f"| {r['runs']} | {r['job']} | {r['finished']} | {r['wall_s']} | {r['training_s_sum']} | "
-            f"{r['packing_efficiency']} | {r['fixed_s_per_run_median']} | {r['driver_peak_rss_mb']} | "
-            f"{r['mlflow_runs']} |"
+            f"| {r['runs']} | {r['job']} | {r['finished']} | {r.get('ensembles_finished', 0)} | {r['wall_s']} | "
+            f"{r['training_s_sum']} | {r['packing_efficiency']}-{r.get('packing_upper_bound')} | "
+            f"{r['fixed_s_per_run_median']} | {r['driver_peak_rss_mb']:.0f} | {r['mlflow_runs']} | {again} |"
         )
     return "\n".join(lines) + (
         f"\n\nLogical cluster: {args.cpus} CPUs, {args.gpus} GPUs, --gpus-per-run {args.gpus_per_run} "
