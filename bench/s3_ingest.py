@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from infra.local import tcp_proxy
 from infra.local.services import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,54 +57,6 @@ def start_moto(port: int) -> subprocess.Popen:
             time.sleep(0.2)
     proc.kill()
     raise RuntimeError("moto server did not start")
-
-
-def latency_proxy(listen_port: int, target_port: int, delay_s: float) -> None:
-    """Forward 127.0.0.1:listen_port to target_port, holding each connection's first response bytes delay_s.
-
-    moto closes every connection after one response, so this adds ``delay_s`` to every request, like the
-    first-byte latency of a real S3 GET (tens of milliseconds), while moto itself stays on loopback.
-    """
-    import asyncio
-
-    async def pipe(src, dst, delay: float) -> None:
-        try:
-            while data := await src.read(65536):
-                if delay:
-                    await asyncio.sleep(delay)
-                    delay = 0.0
-                dst.write(data)
-                await dst.drain()
-        except OSError:
-            pass
-        finally:
-            dst.close()
-
-    async def handle(reader, writer) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
-        await asyncio.gather(pipe(reader, up_writer, 0.0), pipe(up_reader, writer, delay_s))
-
-    async def serve() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", listen_port, backlog=256)
-        async with server:
-            await server.serve_forever()
-
-    asyncio.run(serve())
-
-
-def start_latency_proxy(target_port: int, delay_s: float) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    # This script again, in proxy mode: the proxy needs its own process (its own event loop and GIL).
-    proc = subprocess.Popen([sys.executable, __file__, "--latency-proxy", str(port), str(target_port), str(delay_s)])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("latency proxy did not start")
 
 
 def _files(root: Path, category: str) -> list[Path]:
@@ -205,7 +157,7 @@ def main() -> None:
             timed("warm_dec", warm_decode)
 
         # The same cold comparison with 20 ms of first-byte latency per request, as from a node to real S3.
-        proxy, proxy_port = start_latency_proxy(port, LATENCY_S)
+        proxy, proxy_port = tcp_proxy.start(port, LATENCY_S)
         try:
             via = f"http://127.0.0.1:{proxy_port}"
             t0 = time.perf_counter()
@@ -277,7 +229,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--latency-proxy"]:
-        latency_proxy(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
-        sys.exit(0)
     main()

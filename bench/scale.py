@@ -20,14 +20,13 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from cutpaste.atomic import atomic_write_text
 from cutpaste.data.synth import SYNTH_CATEGORIES, generate_dataset
-from infra.local.services import VENV_BIN, ray_head
+from infra.local.services import VENV_BIN, job_status, ray_head, ray_job, submit_job_no_wait
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "scale.json"
@@ -58,32 +57,8 @@ def make_categories(root: Path, count: int) -> list[str]:
     return names
 
 
-def _ray(head: dict, command: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``ray job <command> --address HEAD <args>``: the address before the args, which may end in an entrypoint."""
-    return subprocess.run(
-        [str(VENV_BIN / "ray"), "job", command, "--address", head["address"], *args],
-        env=head["env"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def submit(head: dict, entrypoint: list[str], submission_id: str) -> None:
-    result = _ray(
-        head, "submit", "--no-wait", "--submission-id", submission_id, "--working-dir", str(REPO), "--", *entrypoint
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"ray job submit failed: {result.stdout[-2000:]} {result.stderr[-2000:]}")
-
-
-def status(head: dict, submission_id: str) -> str:
-    result = _ray(head, "status", submission_id)
-    out = (result.stdout + result.stderr).lower()
-    for state in ("succeeded", "failed", "stopped", "running", "pending"):
-        if state in out:
-            return state.upper()
-    return "UNKNOWN"
+    submit_job_no_wait(head, entrypoint, submission_id, working_dir=REPO)
 
 
 def finished_runs(db: Path, benchmark_id: str) -> dict[str, int]:
@@ -133,18 +108,18 @@ def run_size(head: dict, work: Path, data: Path, runs: int, args: argparse.Names
     resumed = None
     if stop_at:
         while len(finished_runs(db, benchmark_id)) < stop_at * runs:
-            if status(head, f"{benchmark_id}-a") not in ("RUNNING", "PENDING"):
+            if job_status(head, f"{benchmark_id}-a") not in ("RUNNING", "PENDING"):
                 break
             time.sleep(2)
         before = finished_runs(db, benchmark_id)
-        _ray(head, "stop", f"{benchmark_id}-a", timeout=300)
-        while status(head, f"{benchmark_id}-a") in ("RUNNING", "PENDING"):
+        ray_job(head, "stop", f"{benchmark_id}-a", timeout=300)
+        while job_status(head, f"{benchmark_id}-a") in ("RUNNING", "PENDING"):
             time.sleep(1)
         submit(head, entrypoint, f"{benchmark_id}-b")
         resumed = before
     final_id = f"{benchmark_id}-b" if stop_at else f"{benchmark_id}-a"
     deadline = time.monotonic() + args.timeout
-    while (state := status(head, final_id)) in ("RUNNING", "PENDING", "UNKNOWN") and time.monotonic() < deadline:
+    while (state := job_status(head, final_id)) in ("RUNNING", "PENDING", "UNKNOWN") and time.monotonic() < deadline:
         time.sleep(2)
     wall = time.monotonic() - started
     driver = json.loads((out / "driver.json").read_text()) if (out / "driver.json").is_file() else {}

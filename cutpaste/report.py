@@ -36,6 +36,9 @@ class RunRecord:
     run_name: str = ""
     # Validation AUROC without test labels (cutpaste.validation.training_validation): what choices read.
     val_auroc: float | None = None
+    # Attempts after the first (Ray Train's own restarts plus the benchmark's), and what each was for.
+    retries: int = 0
+    faults: str = ""
 
 
 @dataclass
@@ -52,6 +55,7 @@ class SummaryRow:
     aupro_std: float | None
     paper_image_auroc: float | None
     paper_pixel_auroc: float | None
+    retries: int = 0
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -85,6 +89,7 @@ def _average(rows: Sequence[SummaryRow], name: str) -> SummaryRow | None:
         aupro_std=None,
         paper_image_auroc=paper("paper_image_auroc"),
         paper_pixel_auroc=paper("paper_pixel_auroc"),
+        retries=sum(r.retries for r in rows),
     )
 
 
@@ -109,6 +114,7 @@ def summarise(records: Sequence[RunRecord]) -> list[SummaryRow]:
                 aupro_std=stats["aupro"][1],
                 paper_image_auroc=_fraction(PAPER_IMAGE_AUROC.get(category)),
                 paper_pixel_auroc=_fraction(PAPER_PIXEL_AUROC.get(category)),
+                retries=sum(r.retries or 0 for r in mine),
             )
         )
     rows.sort(key=lambda r: (r.kind != "texture", r.category))
@@ -136,6 +142,7 @@ def to_markdown(rows: Sequence[SummaryRow], failures: Sequence[RunRecord] = ()) 
     head = ["category", "kind", "seeds", "image AUROC", "paper"]
     if has_pixel:
         head += ["pixel AUROC", "paper (pixel)", "AUPRO"]
+    head.append("retries")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         seeds = f"{r.seeds}" + (f" ({r.failed} failed)" if r.failed else "")
@@ -146,6 +153,7 @@ def to_markdown(rows: Sequence[SummaryRow], failures: Sequence[RunRecord] = ()) 
                 _pct(r.paper_pixel_auroc),
                 _pct(r.aupro_mean, r.aupro_std),
             ]
+        cells.append(str(r.retries))
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     if failures:

@@ -18,7 +18,7 @@ import threading
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,9 @@ from cutpaste.detector import BUNDLE_NAME, verify_bundle
 from cutpaste.errors import CutPasteError
 from cutpaste.integrity import load_weights
 from cutpaste.report import RunRecord, summarise, to_markdown, write_results
-from pipelines import datasets, descriptions, figures, tracking
+from pipelines import datasets, descriptions, faults, figures, tracking
 from pipelines.pyfunc_model import TAG_SHA256, log_detector_model
-from pipelines.status import StatusBoard, StatusPrinter
+from pipelines.status import Announcer, StatusBoard, StatusPrinter
 from pipelines.train_run import HEATMAPS_NAME, RunSpec, build_trainer, fetch_result_files
 
 EXPERIMENT = "cutpaste-benchmark"
@@ -85,7 +85,12 @@ class BenchmarkConfig:
 
 def execute_run(spec: RunSpec, bench: BenchmarkConfig, board: Any) -> dict[str, Any]:
     """Trains and evaluates one run on Ray Train (called in a driver thread). Never raises: a failure comes
-    back as a reason.
+    back as a reason, and whether it was an infrastructure fault (a retry may succeed) or not.
+
+    Ray Train itself retries nothing here (``max_failures=0``): it would retry any worker error, bad data
+    included, and not a lost controller. The driver retries instead (:func:`_finish`), for infrastructure
+    faults only, with the cause of each retry known and counted. (Ray still retries a worker group that
+    failed to start, which it does without limit by default.)
 
     It does not touch MLflow: the driver's main thread is the only writer, which keeps a sqlite store
     consistent and puts tracking outages in one place.
@@ -97,7 +102,7 @@ def execute_run(spec: RunSpec, bench: BenchmarkConfig, board: Any) -> dict[str, 
             workers=bench.workers_per_run,
             gpus_per_worker=bench.gpus_per_worker,
             cpus_per_worker=bench.cpus_per_worker,
-            max_failures=bench.max_failures,
+            max_failures=0,
             status_board=board,
         )
         result = trainer.fit()
@@ -105,9 +110,7 @@ def execute_run(spec: RunSpec, bench: BenchmarkConfig, board: Any) -> dict[str, 
             raise result.error
         return {"status": "finished", "checkpoint": result.checkpoint, "metrics": dict(result.metrics or {})}
     except Exception as exc:
-        reason = _reason(exc)
-        board.update.remote(spec.name, "failed", detail=reason)
-        return {"status": "failed", "error": reason}
+        return {"status": "failed", "error": faults.describe(exc), "retryable": faults.is_infrastructure_fault(exc)}
 
 
 def _start_run(spec: RunSpec, bench: BenchmarkConfig, board: Any) -> Future:
@@ -123,14 +126,6 @@ def _start_run(spec: RunSpec, bench: BenchmarkConfig, board: Any) -> Future:
 
     threading.Thread(target=target, name=f"cutpaste-{spec.name}", daemon=True).start()
     return future
-
-
-def _reason(exc: BaseException) -> str:
-    # Ray wraps worker errors; the innermost message is the one a user can act on.
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[-1] if text else ''}"[:500]
 
 
 def _log_finished_run(
@@ -231,6 +226,8 @@ def _record_from_mlflow(client: MlflowClient, run_id: str, spec: RunSpec) -> dic
     record = _finished_record(spec, run.data.metrics)
     record.update(mlflow_run_id=run_id, model_uri=run.data.tags[TAG_MODEL_URI], skipped=True)
     record["sha256"] = run.data.tags.get(TAG_SHA256)
+    tags = run.data.tags
+    record.update(retries=int(tags.get("cutpaste.retries", 0)), faults=tags.get("cutpaste.faults", ""))
     record.update({k: run.data.metrics.get(k) for k in ("threshold", "expected_fpr")})
     return record
 
@@ -238,30 +235,34 @@ def _record_from_mlflow(client: MlflowClient, run_id: str, spec: RunSpec) -> dic
 @dataclass
 class _Session:
     """What the steps of one benchmark share: the parent MLflow run they log under, the status board the
-    runs report to, and each queued run's metric buffer (the scheduling loop forwards into them)."""
+    runs report to (``board.handle`` for workers), each queued run's metric buffer (the scheduling loop
+    forwards into them) and the infrastructure faults each run was retried for."""
 
     bench: BenchmarkConfig
     client: MlflowClient
     experiment_id: str
     parent_id: str
-    board: Any
+    board: Announcer
     train_config: TrainConfig
     buffers: dict[str, tracking.MetricBuffer] = field(default_factory=dict)
+    faults: dict[str, list[str]] = field(default_factory=dict)
+    groups: dict[str, str] = field(default_factory=dict)  # run -> its workers' placement group, as reported
 
 
 def run_benchmark(bench: BenchmarkConfig, train_config: TrainConfig) -> tuple[list[dict[str, Any]], dict[str, Path]]:
     """Runs (or resumes) the whole benchmark; returns the run records and the results files."""
     client, experiment_id, parent_id = _open_parent_run(bench, train_config)
-    session = _Session(bench, client, experiment_id, parent_id, board=StatusBoard.remote(), train_config=train_config)
-    printer = StatusPrinter(session.board)
+    board = Announcer(StatusBoard.remote())
+    session = _Session(bench, client, experiment_id, parent_id, board=board, train_config=train_config)
+    printer = StatusPrinter(board.handle)
     records, queue = _queue_runs(session, _plan_runs(bench, train_config))
     _describe(session, records, state="running")
     printer.poll(force=True)
     records += _run_queue(session, queue, printer)
     printer.poll(force=True)
-    _add_phases(records, ray.get(session.board.phase_seconds.remote()))
+    _add_phases(records, ray.get(board.handle.phase_seconds.remote()))
     if bench.register_models:
-        _register_champions(client, records, bench.benchmark_id)
+        _register_champions(client, records, bench)
     return records, _write_and_log_results(session, records)
 
 
@@ -344,6 +345,7 @@ def _plan_runs(bench: BenchmarkConfig, train_config: TrainConfig) -> list[tuple[
                 train_config=config.to_dict(),
                 s3_endpoint=bench.s3_endpoint,
                 system_metrics=bench.system_metrics,
+                fault=os.environ.get(faults.FAULT_ENV) or None,
             )
             plan.append((spec, config))
     return plan
@@ -371,13 +373,13 @@ def _queue_runs(
         done = _record_from_mlflow(client, run_id, spec)
         if done is not None:
             detail = f"finished earlier, image AUROC {100 * done['image_auroc']:.1f}"
-            board.update.remote(spec.name, "skipped", detail=detail)
+            board.update(spec.name, "skipped", detail=detail)
             records.append(done)
             continue
         tracking.log_params(client, run_id, _run_params(spec, config))
         _log_run_datasets(session, spec, run_id, inputs)
         client.update_run(run_id, status="RUNNING")
-        board.update.remote(spec.name, "queued")
+        board.update(spec.name, "queued")
         session.buffers[spec.name] = tracking.MetricBuffer(bench.mlflow_uri, run_id)
         queue.append((spec, run_id))
     return records, queue
@@ -390,12 +392,12 @@ def _log_run_datasets(session: _Session, spec: RunSpec, run_id: str, inputs: dic
             inputs[spec.category] = datasets.dataset_inputs(spec.data, spec.category, endpoint_url=spec.s3_endpoint)
         datasets.log_datasets(session.client, run_id, inputs[spec.category])
     except Exception as exc:
-        print(f"{spec.name}: could not log its datasets ({_reason(exc)})", flush=True)
+        print(f"{spec.name}: could not log its datasets ({faults.describe(exc)})", flush=True)
 
 
 def _run_queue(session: _Session, queue: list[tuple[RunSpec, str]], printer: StatusPrinter) -> list[dict[str, Any]]:
     """Trains the queued runs, forwarding their metrics as they come; returns their records in the order
-    they ended."""
+    they ended. A run lost to an infrastructure fault goes back to the front of the queue (see _finish)."""
     bench, board = session.bench, session.board
     records: list[dict[str, Any]] = []
     running: dict[Future, tuple[RunSpec, str]] = {}
@@ -403,14 +405,20 @@ def _run_queue(session: _Session, queue: list[tuple[RunSpec, str]], printer: Sta
         # Started only when the cluster can take them: a waiting run would hold a controller process.
         while queue and len(running) < runs_at_once(bench):
             spec, run_id = queue.pop(0)
-            board.update.remote(spec.name, "starting")  # its slot is free: Ray Train start-up until it trains
-            running[_start_run(spec, bench, board)] = (spec, run_id)
+            # Its slot is free: Ray Train start-up until it trains.
+            board.update(spec.name, "starting", detail=f"attempt {spec.attempt + 1}" if spec.attempt else "")
+            running[_start_run(spec, bench, board.handle)] = (spec, run_id)
         ready, _ = wait(running, timeout=2.0, return_when=FIRST_COMPLETED)
-        _forward_metrics(board, session.buffers)
+        board.check()
+        session.groups.update(ray.get(board.handle.placement_groups.remote()))
+        _forward_metrics(board.handle, session.buffers)
         for future in ready:
             spec, run_id = running.pop(future)
-            outcome = future.result()
-            records.append(_finish(session.client, spec, run_id, outcome, bench, board, session.buffers))
+            record = _finish(session, spec, run_id, future.result())
+            if record is None:
+                queue.insert(0, (replace(spec, attempt=spec.attempt + 1), run_id))
+            else:
+                records.append(record)
         printer.poll()
     return records
 
@@ -430,17 +438,25 @@ def _write_and_log_results(session: _Session, records: list[dict[str, Any]]) -> 
     paths = write_results([_to_record(r) for r in records], out)
     failed = sum(r["status"] != "finished" for r in records)
     _write_driver_report(out, records)
-    try:
-        _log_parent(client, parent_id, records, paths, bench)
-        _describe(session, records, state=f"finished, {failed} of {len(records)} runs failed" if failed else "finished")
-        tracking.finish_run(client, parent_id, failed=bool(failed))
-    except Exception as exc:
-        # Tracking is down for good: everything trained is on disk; say where, and how to finish the logging.
-        raise tracking.TrackingError(
-            f"MLflow at {tracking.redact_uri(bench.mlflow_uri)} failed ({_reason(exc)}); results are in {out} and "
-            f"trained detectors in {bench.storage}; run the same --benchmark-id again once MLflow is back"
-        ) from None
-    return paths
+    for attempt in range(bench.max_failures + 1):
+        try:
+            _log_parent(client, parent_id, records, paths, bench)
+            state = f"finished, {failed} of {len(records)} runs failed" if failed else "finished"
+            _describe(session, records, state=state)
+            tracking.finish_run(client, parent_id, failed=bool(failed))
+            return paths
+        except Exception as exc:
+            error = exc
+            if attempt < bench.max_failures and faults.is_infrastructure_fault(exc):
+                print(f"logging the results failed ({faults.describe(exc)}); waiting for MLflow", flush=True)
+                _wait_for_tracking(bench)
+                continue
+            break
+    # Tracking is down for good: everything trained is on disk; say where, and how to finish the logging.
+    raise tracking.TrackingError(
+        f"MLflow at {tracking.redact_uri(bench.mlflow_uri)} failed ({faults.describe(error)}); results are in "
+        f"{out} and trained detectors in {bench.storage}; run the same --benchmark-id again once MLflow is back"
+    ) from None
 
 
 def _write_driver_report(out: Path, records: list[dict[str, Any]]) -> None:
@@ -473,40 +489,96 @@ def _forward_metrics(board: Any, buffers: dict[str, tracking.MetricBuffer]) -> N
         buffers[name].flush()
 
 
-def _finish(
-    client: MlflowClient,
-    spec: RunSpec,
-    run_id: str,
-    outcome: dict[str, Any],
-    bench: BenchmarkConfig,
-    board: Any,
-    buffers: dict[str, tracking.MetricBuffer],
-) -> dict[str, Any]:
-    """Logs a run's results to MLflow; a tracking failure turns into a failed record, never a crash."""
+def _finish(session: _Session, spec: RunSpec, run_id: str, outcome: dict[str, Any]) -> dict[str, Any] | None:
+    """Logs a run's results to MLflow and returns its record; None when the run is to be tried again (an
+    infrastructure fault in training or logging, within ``--max-failures``). A failure never crashes the
+    driver: it becomes a failed record."""
+    bench, board, client = session.bench, session.board, session.client
     # Every run's pending records, not only this one's: draining the board takes them all (at 20 runs and
     # more, another run's records were in the same drain).
-    _forward_metrics(board, buffers)
-    buffer = buffers[spec.name]
+    _forward_metrics(board.handle, session.buffers)
     try:
-        buffer.close(timeout_s=bench.tracking_timeout_s)
+        session.buffers[spec.name].close(timeout_s=bench.tracking_timeout_s)
         if outcome["status"] != "finished":
-            tracking.set_tags(client, run_id, {"cutpaste.error": outcome["error"][:5000]})
-            tracking.finish_run(client, run_id, failed=True)
-            return asdict(RunRecord(spec.category, spec.seed, "failed", error=outcome["error"], run_name=spec.name))
-        board.update.remote(spec.name, "logging")
+            if outcome["retryable"] and _retry(session, spec, run_id, outcome["error"]):
+                return None
+            return _failed(session, spec, run_id, outcome["error"])
+        board.update(spec.name, "logging")
+        faults.inject("logging", spec.name)
         with tempfile.TemporaryDirectory(prefix="cutpaste-result-") as tmp:
             files = fetch_result_files(outcome["checkpoint"], Path(tmp))
-            phases = ray.get(board.phase_seconds.remote()).get(spec.name)
+            phases = ray.get(board.handle.phase_seconds.remote()).get(spec.name)
             record = _log_finished_run(client, spec, run_id, files, bench, phases)
-        board.update.remote(spec.name, "done", detail=f"image AUROC {100 * record['image_auroc']:.1f}")
+        record.update(_retries(session, spec))
+        if record["retries"]:
+            tracking.set_tags(client, run_id, _retry_tags(record))
+        board.update(spec.name, "done", detail=f"image AUROC {100 * record['image_auroc']:.1f}")
         return record
     except Exception as exc:
-        reason = f"logging to MLflow failed: {_reason(exc)}"
+        reason = f"logging to MLflow failed: {faults.describe(exc)}"
+        # MLflow (or the checkpoint store) went away: the next attempt reuses the finished bundle, trains nothing.
+        if faults.is_infrastructure_fault(exc) and _retry(session, spec, run_id, reason):
+            return None
         if outcome.get("checkpoint") is not None:
             reason += f"; the trained detector is kept in {outcome['checkpoint'].path}"
-        board.update.remote(spec.name, "failed", detail=reason)
         traceback.print_exc()
-        return asdict(RunRecord(spec.category, spec.seed, "failed", error=reason, run_name=spec.name))
+        return _failed(session, spec, run_id, reason)
+
+
+def _retry(session: _Session, spec: RunSpec, run_id: str, cause: str) -> bool:
+    """Queues the run again when its failure budget allows; it resumes from its last checkpoint."""
+    causes = session.faults.setdefault(spec.name, [])
+    if len(causes) >= session.bench.max_failures:
+        return False
+    causes.append(cause)
+    release_placement_group(session.groups.pop(spec.name, None))
+    attempt = f"attempt {len(causes) + 1} of {session.bench.max_failures + 1}"
+    session.board.update(spec.name, "retrying", detail=f"{attempt} after {cause[:200]}")
+    print(f"{spec.name}: retrying ({attempt}) after {cause}", flush=True)
+    session.buffers[spec.name] = tracking.MetricBuffer(session.bench.mlflow_uri, run_id)
+    return True
+
+
+def release_placement_group(group_hex: str | None) -> None:
+    """Removes a failed run's placement group unless Ray already did. A killed train controller leaves its
+    group reserved until the job ends: Ray Train's PlacementGroupCleaner only removes it where the State API
+    (the dashboard) answers, and otherwise its CPUs and GPUs stay taken and the retry may never schedule."""
+    if not group_hex:
+        return
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+    group = PlacementGroup(PlacementGroupID(bytes.fromhex(group_hex)))
+    try:
+        if placement_group_table(group).get("state") not in (None, "REMOVED"):
+            remove_placement_group(group)
+            print(f"removed placement group {group_hex} of a failed run", flush=True)
+    except Exception as exc:  # already gone, or the GCS is busy: the cleaner may still get it
+        print(f"could not remove placement group {group_hex}: {faults.describe(exc)}", flush=True)
+
+
+def _retries(session: _Session, spec: RunSpec) -> dict[str, Any]:
+    causes = session.faults.get(spec.name, [])
+    return {"retries": len(causes), "faults": "; ".join(causes)}
+
+
+def _retry_tags(retried: dict[str, Any]) -> dict[str, Any]:
+    return {"cutpaste.retries": retried["retries"], "cutpaste.faults": retried["faults"][:5000]}
+
+
+def _failed(session: _Session, spec: RunSpec, run_id: str, reason: str) -> dict[str, Any]:
+    """A failed run's record; its MLflow run is marked failed with the reason (best effort: MLflow may be the
+    reason)."""
+    session.board.update(spec.name, "failed", detail=reason)
+    release_placement_group(session.groups.pop(spec.name, None))
+    retried = _retries(session, spec)
+    try:
+        tracking.set_tags(session.client, run_id, {"cutpaste.error": reason[:5000], **_retry_tags(retried)})
+        tracking.finish_run(session.client, run_id, failed=True)
+    except Exception:
+        traceback.print_exc()
+    record = RunRecord(spec.category, spec.seed, "failed", error=reason, run_name=spec.name)
+    return {**asdict(record), **retried}
 
 
 def _to_record(data: dict[str, Any]) -> RunRecord:
@@ -529,36 +601,54 @@ def choose_champions(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
     return best
 
 
-def _register_champions(client: MlflowClient, records: list[dict[str, Any]], benchmark_id: str) -> None:
+def _register_champions(client: MlflowClient, records: list[dict[str, Any]], bench: BenchmarkConfig) -> None:
     """Registers each category's champion (:func:`choose_champions`) as ``cutpaste-<category>@champion``; each
     version is tagged with its benchmark id (versions from benchmarks sharing a registry stay attributable),
-    its validation AUROC (what chose it) and its test AUROC (reported, never read for the choice)."""
+    its validation AUROC (what chose it) and its test AUROC (reported, never read for the choice). MLflow
+    lost on the way is waited for and the registration tried again (it is idempotent), ``--max-failures``
+    times."""
     for category, r in sorted(choose_champions(records).items()):
         name = f"cutpaste-{category}"
+        tags = {
+            tracking.TAG_BENCHMARK: bench.benchmark_id,
+            "cutpaste.run_name": r["run_name"],
+            "cutpaste.chosen_by": "val_auroc (held-in normals out-of-fold + synthetic anomalies)",
+            "cutpaste.val_auroc": f"{r.get('val_auroc')}",
+            "cutpaste.test_image_auroc": f"{r.get('image_auroc')}",
+            # The digest the version's loaders insist on (also in the model's model_config).
+            TAG_SHA256: f"{r.get('sha256')}",
+        }
+        for attempt in range(bench.max_failures + 1):
+            try:
+                version = tracking.register_champion(
+                    client, name, r["mlflow_run_id"], model_uri=r["model_uri"], aliases=("champion",), tags=tags
+                )
+            except Exception as exc:
+                # The run's results stay valid; only the registry step failed, and the exit code says so.
+                r["registration_error"] = faults.describe(exc)
+                if attempt < bench.max_failures and faults.is_infrastructure_fault(exc):
+                    print(f"could not register {name} ({r['registration_error']}); trying again", flush=True)
+                    _wait_for_tracking(bench)
+                    continue
+                print(f"could not register {name}: {r['registration_error']}", flush=True)
+                break
+            r.pop("registration_error", None)
+            r["registered_version"] = version
+            print(f"registered {name} version {version} as @champion ({r['run_name']})", flush=True)
+            break
+
+
+def _wait_for_tracking(bench: BenchmarkConfig) -> None:
+    """Until the tracking server answers its health check, at most ``tracking_timeout_s``."""
+    deadline = time.monotonic() + bench.tracking_timeout_s
+    while True:
         try:
-            version = tracking.register_champion(
-                client,
-                name,
-                r["mlflow_run_id"],
-                model_uri=r["model_uri"],
-                aliases=("champion",),
-                tags={
-                    tracking.TAG_BENCHMARK: benchmark_id,
-                    "cutpaste.run_name": r["run_name"],
-                    "cutpaste.chosen_by": "val_auroc (held-in normals out-of-fold + synthetic anomalies)",
-                    "cutpaste.val_auroc": f"{r.get('val_auroc')}",
-                    "cutpaste.test_image_auroc": f"{r.get('image_auroc')}",
-                    # The digest the version's loaders insist on (also in the model's model_config).
-                    TAG_SHA256: f"{r.get('sha256')}",
-                },
-            )
-        except Exception as exc:
-            # The run's results stay valid; only the registry step failed, and the exit code says so.
-            r["registration_error"] = _reason(exc)
-            print(f"could not register {name}: {r['registration_error']}", flush=True)
-            continue
-        r["registered_version"] = version
-        print(f"registered {name} version {version} as @champion ({r['run_name']})", flush=True)
+            tracking.check_reachable(bench.mlflow_uri, timeout_s=5.0)
+            return
+        except tracking.TrackingError:
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(1.0)
 
 
 def _log_parent(

@@ -46,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
     parser.add_argument("--out", help="results directory (default runs/<benchmark-id>)")
     parser.add_argument("--storage", help="Ray checkpoint storage, local path or s3:// (default <out>/ray_storage)")
-    parser.add_argument("--max-failures", type=int, default=1, help="worker failures a run survives")
+    parser.add_argument(
+        "--max-failures",
+        type=int,
+        default=1,
+        help="infrastructure faults (lost workers, controller, MLflow, S3) a run is retried for; never bad data",
+    )
     parser.add_argument(
         "--tracking-timeout", type=float, default=120.0, help="seconds a finished run waits for MLflow to come back"
     )
@@ -59,8 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_flags(args: argparse.Namespace) -> None:
+    import os
+
+    from pipelines import faults
     from pipelines.benchmark import BenchmarkError
 
+    faults.check_fault_setting(os.environ.get(faults.FAULT_ENV))
+    if args.max_failures < 0:
+        raise BenchmarkError(f"--max-failures must be >= 0, got {args.max_failures}")
     if args.seeds < 1:
         raise BenchmarkError(f"--seeds must be >= 1, got {args.seeds}")
     if args.workers_per_run < 1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -47,9 +48,13 @@ def phase_durations(changes: list[tuple[str, float]]) -> dict[str, float]:
     return out
 
 
-@ray.remote(num_cpus=0)
+# A killed board comes back (empty: the driver announces its runs again, see Announcer), and calls made
+# while it restarts wait for it instead of failing the driver or a worker.
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class StatusBoard:
     def __init__(self) -> None:
+        self.incarnation = uuid.uuid4().hex  # changes when Ray restarts the actor
+        self.groups: dict[str, str] = {}  # run -> its worker group's placement group (hex id)
         self.runs: dict[str, RunStatus] = {}
         self.metrics: dict[str, list[dict[str, float]]] = {}
         # (state, wall time) at each change of state, per run: where a run's time went.
@@ -82,6 +87,39 @@ class StatusBoard:
     def drain_metrics(self) -> dict[str, list[dict[str, float]]]:
         out, self.metrics = self.metrics, {}
         return out
+
+    def get_incarnation(self) -> str:
+        return self.incarnation
+
+    def set_placement_group(self, name: str, group_hex: str) -> None:
+        self.groups[name] = group_hex
+
+    def placement_groups(self) -> dict[str, str]:
+        return dict(self.groups)
+
+
+class Announcer:
+    """The driver's side of the board: what it announced per run, sent again when the board was restarted
+    (an actor killed and brought back by Ray starts empty)."""
+
+    def __init__(self, board) -> None:
+        self.handle = board
+        self.announced: dict[str, tuple[str, dict]] = {}
+        self.incarnation: str | None = None
+
+    def update(self, name: str, state: str, **fields) -> None:
+        self.announced[name] = (state, fields)
+        self.handle.update.remote(name, state, **fields)
+
+    def check(self) -> bool:
+        """True when the board came back empty since the last check (its runs were announced again)."""
+        current = ray.get(self.handle.get_incarnation.remote())
+        restarted = self.incarnation is not None and current != self.incarnation
+        self.incarnation = current
+        if restarted:
+            for name, (state, fields) in self.announced.items():
+                self.handle.update.remote(name, state, **fields)
+        return restarted
 
 
 class StatusPrinter:

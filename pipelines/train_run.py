@@ -29,6 +29,7 @@ from cutpaste.localize import sample_heatmaps
 from cutpaste.storage import materialize
 from cutpaste.train import CHECKPOINT_NAME, TrainHooks, load_checkpoint
 from cutpaste.workflow import CHECKPOINT_DIR, evaluate_category, train_category
+from pipelines import faults
 from pipelines.system_metrics import SystemSampler
 
 RESULT_FILES = (BUNDLE_NAME, SUMMARY_NAME, "train_log.jsonl", "evaluation.json")
@@ -51,6 +52,10 @@ class RunSpec:
     # checkpoint step and never reads the test split.
     validation: dict[str, Any] | None = None
     system_metrics: bool = False
+    # Which of the benchmark's attempts at this run this is (0 first).
+    attempt: int = 0
+    # A deterministic fault to inject (pipelines/faults.py), forwarded from the driver's CUTPASTE_FAULT.
+    fault: str | None = None
 
 
 def _restore_checkpoint(work: Path, rank: int) -> bool:
@@ -99,6 +104,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     board = loop_config.get("status_board")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    if board is not None and rank == 0 and (group := ray.util.get_current_placement_group()) is not None:
+        # The driver removes it if this run's controller dies (Ray's own cleaner needs the State API).
+        board.set_placement_group.remote(spec.name, group.id.hex())
+    faults.inject("startup", spec.name, spec.fault or "")
+    _run_worker(spec, board, rank, world)
+
+
+def _run_worker(spec: RunSpec, board: Any, rank: int, world: int) -> None:
     config = TrainConfig.from_dict(spec.train_config, source=f"run {spec.name}")
     data_root = materialize(spec.data, [spec.category], endpoint_url=spec.s3_endpoint)
     # Scratch space only: every checkpoint is in Ray's storage once report() returns (uploads are
@@ -134,6 +147,8 @@ def _train_and_evaluate(
     def on_checkpoint(step: int, path: Path | None) -> None:
         checkpoint = Checkpoint.from_directory(str(path.parent)) if path is not None else None
         ray.train.report({"step": step}, checkpoint=checkpoint)
+        if rank == 0 and path is not None:  # a registered checkpoint to resume from: mid-training, or density next
+            faults.inject("training" if step < config.steps else "density", spec.name, spec.fault or "")
 
     hooks = TrainHooks(
         on_log=on_log,
@@ -197,6 +212,7 @@ def _evaluate_and_report(spec: RunSpec, detector: Any, data_root: Path, work: Pa
     to Ray as the run's final checkpoint."""
     if board is not None:
         board.update.remote(spec.name, "evaluating")
+    faults.inject("evaluation", spec.name, spec.fault or "")
     evaluation = evaluate_category(detector, data_root, spec.category, keep_maps=True)
     atomic_write_text(json.dumps(evaluation.to_dict()), work / "evaluation.json")
     final = work / "final"
@@ -216,6 +232,7 @@ def _evaluate_and_report(spec: RunSpec, detector: Any, data_root: Path, work: Pa
     }
     if evaluation.pixel is not None and evaluation.pixel.aupro is not None:
         summary.update(pixel_auroc=evaluation.pixel.pixel_auroc, aupro=evaluation.pixel.aupro)
+    faults.inject("final_checkpoint", spec.name, spec.fault or "")
     ray.train.report(summary, checkpoint=Checkpoint.from_directory(str(final)))
 
 

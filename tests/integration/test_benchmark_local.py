@@ -77,7 +77,7 @@ def test_a_failing_run_does_not_stop_the_others(local_ray, data, tmp_path, capsy
                 "--out",
                 str(tmp_path / "out"),
                 "--max-failures",
-                "0",
+                "2",  # a budget it must not spend: bad data fails every attempt
             ]
         )
     finally:
@@ -92,6 +92,8 @@ def test_a_failing_run_does_not_stop_the_others(local_ray, data, tmp_path, capsy
     by_name = {r.info.run_name: r for r in runs}
     failed = by_name[f"f1-{broken}-seed0"]
     assert failed.info.status == "FAILED" and first.name in failed.data.tags["cutpaste.error"]
+    assert failed.data.tags["cutpaste.retries"] == "0" and "DataError" in failed.data.tags["cutpaste.error"]
+    assert "retrying" not in out
     finished = by_name[f"f1-{healthy}-seed0"]
     assert finished.info.status == "FINISHED"
     # Where its time went: the status board's phases, as metrics of the run.

@@ -1,6 +1,7 @@
 """The named steps of the benchmark and sweep drivers, each alone: no Ray cluster, no MLflow server."""
 
 import argparse
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -128,6 +129,16 @@ def test_sweep_params_hold_the_space_base_config_and_flags():
     assert {k for k in params if k.startswith("space.")} == {f"space.{k}" for k in space.to_dict()}
 
 
+def _session(board, buffers, **bench_changes):
+    from unittest.mock import MagicMock
+
+    from pipelines import benchmark
+    from pipelines.status import Announcer
+
+    bench = dataclasses.replace(_bench(), **bench_changes)
+    return benchmark._Session(bench, MagicMock(), "1", "parent", Announcer(board), preset("demo"), buffers=buffers)
+
+
 def test_finishing_one_run_forwards_every_run_s_pending_records(monkeypatch):
     """At 20 concurrent runs the board's drain held another run's records when one finished (a KeyError
     ended the driver); every drained record must reach its own run's buffer."""
@@ -143,8 +154,40 @@ def test_finishing_one_run_forwards_every_run_s_pending_records(monkeypatch):
     spec = next(spec for spec, _ in _plan_runs(_bench(), preset("demo")))
     buffers[spec.name] = buffers.pop("a")
     drained[spec.name] = drained.pop("a")
-    outcome = {"status": "failed", "error": "worker lost"}
-    record = benchmark._finish(MagicMock(), spec, "run-id", outcome, _bench(), board, buffers)
+    outcome = {"status": "failed", "error": "worker lost", "retryable": False}
+    record = benchmark._finish(_session(board, buffers), spec, "run-id", outcome)
     assert record["status"] == "failed"
     buffers[spec.name].log.assert_called_once_with({"loss": 0.5}, 3, flush=False)
     buffers["b"].log.assert_called_once_with({"loss": 0.4}, 4, flush=False)
+
+
+def test_infrastructure_faults_are_retried_within_the_budget_and_bad_data_never(monkeypatch):
+    from unittest.mock import MagicMock
+
+    from pipelines import benchmark
+
+    monkeypatch.setattr(benchmark.ray, "get", lambda value: value)
+    released = []
+    monkeypatch.setattr(benchmark, "release_placement_group", released.append)
+    monkeypatch.setattr(benchmark.tracking, "MetricBuffer", lambda *a, **k: MagicMock())
+    board = MagicMock()
+    board.drain_metrics.remote.return_value = {}
+    spec = next(spec for spec, _ in _plan_runs(_bench(), preset("demo")))
+    session = _session(board, {spec.name: MagicMock()}, max_failures=2)
+    session.groups[spec.name] = "ab12"
+    lost = {"status": "failed", "error": "ControllerError > ActorDiedError: worker died", "retryable": True}
+    assert benchmark._finish(session, spec, "run-id", lost) is None  # attempt 2 of 3
+    assert released == ["ab12"]  # the dead controller's placement group
+    assert benchmark._finish(session, spec, "run-id", lost) is None  # attempt 3 of 3
+    record = benchmark._finish(session, spec, "run-id", lost)  # the budget is spent
+    assert record["status"] == "failed" and record["retries"] == 2
+    assert record["faults"] == "; ".join([lost["error"]] * 2)
+    states = [call.args[1] for call in board.update.remote.call_args_list]
+    assert states == ["retrying", "retrying", "failed"]
+    assert "attempt 3 of 3 after ControllerError" in board.update.remote.call_args_list[1].kwargs["detail"]
+
+    bad = {"status": "failed", "error": "WorkerGroupError > DataError: 000.png is not an image", "retryable": False}
+    other = dataclasses.replace(spec, name="other")
+    session.buffers[other.name] = MagicMock()
+    record = benchmark._finish(session, other, "run-2", bad)
+    assert record["status"] == "failed" and record["retries"] == 0 and "DataError" in record["error"]

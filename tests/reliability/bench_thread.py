@@ -33,14 +33,21 @@ class BenchmarkThread(threading.Thread):
     """``full_benchmark.main`` in a thread (sharing the test's Ray), so the test can act while it runs."""
 
     def __init__(
-        self, stack: Stack, benchmark_id: str, category: str, *, storage: str | None = None, extra: tuple = ()
+        self,
+        stack: Stack,
+        benchmark_id: str,
+        category: str,
+        *,
+        storage: str | None = None,
+        extra: tuple = (),
+        steps: int = STEPS,
     ) -> None:
         super().__init__(daemon=True)
         self.storage = storage or stack.work / f"storage-{benchmark_id}"
         self.out = stack.work / f"out-{benchmark_id}"
         self.run_name = f"{benchmark_id}-{category}-seed0"
         self.run_dir = Path(self.storage) / self.run_name
-        config = stack.config(benchmark_id, steps=STEPS, log_every=LOG_EVERY, checkpoint_every=5)
+        config = stack.config(benchmark_id, steps=steps, log_every=LOG_EVERY, checkpoint_every=5)
         self.argv = ["--data", stack.s3_data, "--s3-endpoint", stack.endpoint, "--categories", category]
         self.argv += ["--config", str(config), "--benchmark-id", benchmark_id, "--mlflow-uri", stack.mlflow.uri]
         self.argv += ["--out", str(self.out), "--storage", str(self.storage), *extra]
@@ -51,6 +58,12 @@ class BenchmarkThread(threading.Thread):
             self.code = main(self.argv)
         except BaseException as exc:  # reported by the test, not lost in the thread
             self.code = exc
+
+    def records(self) -> list[dict]:
+        """The run records the benchmark wrote (``results_runs.parquet``)."""
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.out / "results_runs.parquet").to_pylist()
 
     def checkpoints(self) -> set[str]:
         return {p.name for p in self.run_dir.glob("checkpoint_*")} if self.run_dir.is_dir() else set()

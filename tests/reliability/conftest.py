@@ -5,12 +5,9 @@ a leak check (tests/reliability/test_secrets.py searches what was written).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-import subprocess
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -18,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from infra.local import services
 from infra.local.s3 import moto_s3_server, s3_env
-from infra.local.services import VENV_BIN, free_port, wait_http
 
 REPO = Path(__file__).resolve().parents[2]
 # Found anywhere in what a benchmark writes, each of these is a leak.
@@ -31,48 +28,11 @@ SECRETS = {
 URI_PASSWORD = "MARKERuriPW0b6c"
 
 
-class MlflowServer:
-    """``mlflow server`` on a fixed loopback port, so a test can stop it and bring it back at the same address."""
-
-    def __init__(self, work: Path, env: dict[str, str]) -> None:
-        self.work, self.env = work, env
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-        self.log = open(work / "mlflow-server.log", "ab")  # noqa: SIM115 (closed in close())
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
+class MlflowServer(services.MlflowServer):
     @property
     def uri_with_password(self) -> str:
         """The same server, addressed with credentials inside the URI (the server ignores them)."""
         return f"http://bench-user:{URI_PASSWORD}@127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        command = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.work / 'mlflow.db'}"]
-        command += ["--artifacts-destination", str(self.work / "mlartifacts"), "--host", "127.0.0.1"]
-        command += ["--port", str(self.port), "--workers", "1"]
-        self.process = subprocess.Popen(
-            command, env={**os.environ, **self.env}, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        wait_http(f"{self.uri}/health", 90, self.process)
-
-    def stop(self) -> None:
-        """Kill it like a crashed host: SIGKILL to the whole process group, no goodbye."""
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
-        self.process = None
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def close(self) -> None:
-        self.stop()
-        self.log.close()
 
 
 @dataclass

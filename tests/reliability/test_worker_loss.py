@@ -17,40 +17,16 @@ import torch
 from cutpaste.config import load_config
 from cutpaste.detector import Detector
 from cutpaste.workflow import train_category
+from infra.local.services import ray_worker_pids
 from tests.reliability.bench_thread import BenchmarkThread, registered_checkpoints
 from tests.reliability.conftest import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _proc_children(parent: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == parent:
-                out.append(int(entry.name))
-    return out
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
 def train_worker_pids(ray_temp: Path) -> list[int]:
     """RayTrainWorker processes of this test's Ray only (other Ray clusters may run on the machine)."""
-    raylets = [
-        int(p.name)
-        for p in Path("/proc").iterdir()
-        if p.name.isdigit() and "raylet" in _cmdline(int(p.name)) and str(ray_temp) in _cmdline(int(p.name))
-    ]
-    return [pid for raylet in raylets for pid in _proc_children(raylet) if "ray::RayTrainWorker" in _cmdline(pid)]
+    return ray_worker_pids(ray_temp, "ray::RayTrainWorker")
 
 
 def test_a_killed_worker_resumes_and_ends_like_an_uninterrupted_run(stack):
