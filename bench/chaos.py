@@ -61,6 +61,8 @@ RAY_TITLES = {
 KINDS = (*RAY_TITLES, "mlflow_server", "s3_server")
 BUDGET = {"preset": "ci", "steps": 20, "batch_size": 4, "checkpoint_every": 5, "log_every": 5}
 TOLERANCE = 1e-6
+# Cluster-wide actors Ray Train starts once and keeps for every later job (not a leak of this one).
+SINGLETONS = {"_AutoscalingCoordinatorActor"}
 RESTART_DELAY_S = 2.0
 
 
@@ -190,12 +192,14 @@ def leftovers(stack: Stack, submission_id: str, wait_s: float = 60.0) -> dict:
     alive once it ended, after up to ``wait_s`` for Ray's own cleanup (a detached PlacementGroupCleaner exits
     by itself once its controller is gone)."""
     jobs = {j.get("submission_id"): j.get("job_id") for j in _ray_list(stack, "jobs")}
-    job_id = jobs.get(submission_id)
+    job_id = jobs.get(submission_id) or "?"
     deadline = time.monotonic() + wait_s
     while True:
         groups = [g for g in _ray_list(stack, "placement-groups") if g.get("state") != "REMOVED"]
         actors = [
-            a for a in _ray_list(stack, "actors") if a.get("state") != "DEAD" and job_id and a.get("job_id") == job_id
+            a
+            for a in _ray_list(stack, "actors")
+            if a.get("state") != "DEAD" and a.get("job_id") == job_id and a.get("class_name") not in SINGLETONS
         ]
         if (not groups and not actors) or time.monotonic() > deadline:
             return {"placement_groups": len(groups), "actors": sorted({a.get("class_name", "?") for a in actors})}

@@ -34,7 +34,7 @@ from cutpaste.detector import BUNDLE_NAME, verify_bundle
 from cutpaste.errors import CutPasteError
 from cutpaste.integrity import load_weights
 from cutpaste.report import RunRecord, summarise, to_markdown, write_results
-from pipelines import datasets, descriptions, faults, figures, tracking
+from pipelines import datasets, descriptions, faults, figures, placement, tracking
 from pipelines.pyfunc_model import TAG_SHA256, log_detector_model
 from pipelines.status import Announcer, StatusBoard, StatusPrinter
 from pipelines.train_run import HEATMAPS_NAME, RunSpec, build_trainer, fetch_result_files
@@ -401,6 +401,7 @@ def _run_queue(session: _Session, queue: list[tuple[RunSpec, str]], printer: Sta
     bench, board = session.bench, session.board
     records: list[dict[str, Any]] = []
     running: dict[Future, tuple[RunSpec, str]] = {}
+    reaper = placement.IdleGroupReaper()
     while queue or running:
         # Started only when the cluster can take them: a waiting run would hold a controller process.
         while queue and len(running) < runs_at_once(bench):
@@ -411,6 +412,7 @@ def _run_queue(session: _Session, queue: list[tuple[RunSpec, str]], printer: Sta
         ready, _ = wait(running, timeout=2.0, return_when=FIRST_COMPLETED)
         board.check()
         session.groups.update(ray.get(board.handle.placement_groups.remote()))
+        reaper.sweep()
         _forward_metrics(board.handle, session.buffers)
         for future in ready:
             spec, run_id = running.pop(future)
@@ -420,6 +422,7 @@ def _run_queue(session: _Session, queue: list[tuple[RunSpec, str]], printer: Sta
             else:
                 records.append(record)
         printer.poll()
+    reaper.sweep(idle_s=0.0)  # no run is left: whatever group of this job is still unused was left behind
     return records
 
 
@@ -531,30 +534,12 @@ def _retry(session: _Session, spec: RunSpec, run_id: str, cause: str) -> bool:
     if len(causes) >= session.bench.max_failures:
         return False
     causes.append(cause)
-    release_placement_group(session.groups.pop(spec.name, None))
+    placement.release(session.groups.pop(spec.name, None))
     attempt = f"attempt {len(causes) + 1} of {session.bench.max_failures + 1}"
     session.board.update(spec.name, "retrying", detail=f"{attempt} after {cause[:200]}")
     print(f"{spec.name}: retrying ({attempt}) after {cause}", flush=True)
     session.buffers[spec.name] = tracking.MetricBuffer(session.bench.mlflow_uri, run_id)
     return True
-
-
-def release_placement_group(group_hex: str | None) -> None:
-    """Removes a failed run's placement group unless Ray already did. A killed train controller leaves its
-    group reserved until the job ends: Ray Train's PlacementGroupCleaner only removes it where the State API
-    (the dashboard) answers, and otherwise its CPUs and GPUs stay taken and the retry may never schedule."""
-    if not group_hex:
-        return
-    from ray._raylet import PlacementGroupID
-    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
-
-    group = PlacementGroup(PlacementGroupID(bytes.fromhex(group_hex)))
-    try:
-        if placement_group_table(group).get("state") not in (None, "REMOVED"):
-            remove_placement_group(group)
-            print(f"removed placement group {group_hex} of a failed run", flush=True)
-    except Exception as exc:  # already gone, or the GCS is busy: the cleaner may still get it
-        print(f"could not remove placement group {group_hex}: {faults.describe(exc)}", flush=True)
 
 
 def _retries(session: _Session, spec: RunSpec) -> dict[str, Any]:
@@ -570,7 +555,7 @@ def _failed(session: _Session, spec: RunSpec, run_id: str, reason: str) -> dict[
     """A failed run's record; its MLflow run is marked failed with the reason (best effort: MLflow may be the
     reason)."""
     session.board.update(spec.name, "failed", detail=reason)
-    release_placement_group(session.groups.pop(spec.name, None))
+    placement.release(session.groups.pop(spec.name, None))
     retried = _retries(session, spec)
     try:
         tracking.set_tags(session.client, run_id, {"cutpaste.error": reason[:5000], **_retry_tags(retried)})

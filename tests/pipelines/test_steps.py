@@ -168,7 +168,7 @@ def test_infrastructure_faults_are_retried_within_the_budget_and_bad_data_never(
 
     monkeypatch.setattr(benchmark.ray, "get", lambda value: value)
     released = []
-    monkeypatch.setattr(benchmark, "release_placement_group", released.append)
+    monkeypatch.setattr(benchmark.placement, "release", released.append)
     monkeypatch.setattr(benchmark.tracking, "MetricBuffer", lambda *a, **k: MagicMock())
     board = MagicMock()
     board.drain_metrics.remote.return_value = {}
