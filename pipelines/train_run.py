@@ -116,8 +116,12 @@ def _run_worker(spec: RunSpec, board: Any, rank: int, world: int) -> None:
     data_root = materialize(spec.data, [spec.category], endpoint_url=spec.s3_endpoint)
     # Scratch space only: every checkpoint is in Ray's storage once report() returns (uploads are
     # synchronous), so the directory goes when the run ends. Left behind, each run would keep its
-    # checkpoints on the node's disk for good.
-    work = Path(tempfile.mkdtemp(prefix=f"cutpaste-{spec.name}-"))
+    # checkpoints on the node's disk for good; a worker killed before its `finally` leaves its directory,
+    # which the run's next attempt on this node removes (one worker per run and rank on a node at a time).
+    prefix = f"cutpaste-{spec.name}-r{rank}-"
+    for stale in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         if spec.validation is not None:
             _validation_loop(spec, config, data_root, work, world)
