@@ -519,8 +519,9 @@ def _finish(session: _Session, spec: RunSpec, run_id: str, outcome: dict[str, An
         return record
     except Exception as exc:
         reason = f"logging to MLflow failed: {faults.describe(exc)}"
-        # MLflow (or the checkpoint store) went away: the next attempt reuses the finished bundle, trains nothing.
-        if faults.is_infrastructure_fault(exc) and _retry(session, spec, run_id, reason):
+        # MLflow (or the checkpoint store) went away and is back: the next attempt reuses the finished bundle
+        # and trains nothing. Still away after --tracking-timeout: the run fails, with its detector kept.
+        if faults.is_infrastructure_fault(exc) and _wait_for_tracking(bench) and _retry(session, spec, run_id, reason):
             return None
         if outcome.get("checkpoint") is not None:
             reason += f"; the trained detector is kept in {outcome['checkpoint'].path}"
@@ -623,16 +624,16 @@ def _register_champions(client: MlflowClient, records: list[dict[str, Any]], ben
             break
 
 
-def _wait_for_tracking(bench: BenchmarkConfig) -> None:
-    """Until the tracking server answers its health check, at most ``tracking_timeout_s``."""
+def _wait_for_tracking(bench: BenchmarkConfig) -> bool:
+    """Until the tracking server answers its health check, at most ``tracking_timeout_s``; True if it does."""
     deadline = time.monotonic() + bench.tracking_timeout_s
     while True:
         try:
             tracking.check_reachable(bench.mlflow_uri, timeout_s=5.0)
-            return
+            return True
         except tracking.TrackingError:
             if time.monotonic() >= deadline:
-                return
+                return False
             time.sleep(1.0)
 
 
