@@ -1,17 +1,17 @@
 """Which failures a run is retried for, and a deterministic way to cause them.
 
-Ray Train retries a run whose workers fail *while training* (``FailureConfig``). A worker lost while the
-worker group starts, a controller killed, the final checkpoint upload cut, MLflow gone while the driver
-logs the model: those end ``fit()`` with an error Ray does not retry. The benchmark retries them itself,
-under the same run name, so the new attempt resumes from the run's last checkpoint (or, when the run had
-finished, reports its final bundle again and trains nothing). Only infrastructure faults are retried: a
-process, node or connection that went away. Bad data, a bad config or a bug fail the same way every time,
-so a retry would only spend the failure budget.
+Ray Train's ``FailureConfig`` retries any worker error, bad data included, and never a lost train
+controller, nor a worker lost while its group's training function is launched (a ``ControllerError``).
+So the benchmark runs Ray Train with ``max_failures=0`` and retries itself, under the same run name: the
+new attempt resumes from the run's last checkpoint (or, when the run had finished, reports its final bundle
+again and trains nothing). Only infrastructure faults are retried: a process, node or connection that went
+away, at any phase (start-up, training, density, evaluation, the final upload, the driver's logging). Bad
+data, a bad config or a bug fail the same way every time, so a retry would only spend the failure budget.
 
 ``CUTPASTE_FAULT`` (``point`` or ``point@run-name``, plus ``:path`` of a marker file; several separated by
 commas) makes the process that reaches that point SIGKILL itself once: the marker is created first, so the
-retry passes the point. The
-fault tests use it to kill at exact phases; the chaos benchmark (``bench/chaos.py``) kills from outside.
+retry passes the point. The fault tests use it to kill at exact phases; the chaos benchmark
+(``bench/chaos.py``) kills from outside.
 """
 
 from __future__ import annotations
