@@ -33,7 +33,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from cutpaste.atomic import atomic_write_text
@@ -77,7 +77,6 @@ class Stack:
     s3_target_port: int
     s3_port: int
     s3_proxy: subprocess.Popen | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def s3_endpoint(self) -> str:

@@ -36,7 +36,7 @@ class RunRecord:
     run_name: str = ""
     # Validation AUROC without test labels (cutpaste.validation.training_validation): what choices read.
     val_auroc: float | None = None
-    # Attempts after the first (Ray Train's own restarts plus the benchmark's), and what each was for.
+    # The benchmark's attempts after the first (infrastructure faults only), and what each was for.
     retries: int = 0
     faults: str = ""
 

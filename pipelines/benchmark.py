@@ -17,10 +17,11 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 import ray
@@ -39,6 +40,7 @@ from pipelines.pyfunc_model import TAG_SHA256, log_detector_model
 from pipelines.status import Announcer, StatusBoard, StatusPrinter
 from pipelines.train_run import HEATMAPS_NAME, RunSpec, build_trainer, fetch_result_files
 
+T = TypeVar("T")
 EXPERIMENT = "cutpaste-benchmark"
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 TAG_MODEL_URI = "cutpaste.model_uri"
@@ -225,9 +227,9 @@ def _record_from_mlflow(client: MlflowClient, run_id: str, spec: RunSpec) -> dic
         return None
     record = _finished_record(spec, run.data.metrics)
     record.update(mlflow_run_id=run_id, model_uri=run.data.tags[TAG_MODEL_URI], skipped=True)
-    record["sha256"] = run.data.tags.get(TAG_SHA256)
     tags = run.data.tags
-    record.update(retries=int(tags.get("cutpaste.retries", 0)), faults=tags.get("cutpaste.faults", ""))
+    record.update(sha256=tags.get(TAG_SHA256), retries=int(tags.get("cutpaste.retries", 0)))
+    record["faults"] = tags.get("cutpaste.faults", "")
     record.update({k: run.data.metrics.get(k) for k in ("threshold", "expected_fpr")})
     return record
 
@@ -441,25 +443,21 @@ def _write_and_log_results(session: _Session, records: list[dict[str, Any]]) -> 
     paths = write_results([_to_record(r) for r in records], out)
     failed = sum(r["status"] != "finished" for r in records)
     _write_driver_report(out, records)
-    for attempt in range(bench.max_failures + 1):
-        try:
-            _log_parent(client, parent_id, records, paths, bench)
-            state = f"finished, {failed} of {len(records)} runs failed" if failed else "finished"
-            _describe(session, records, state=state)
-            tracking.finish_run(client, parent_id, failed=bool(failed))
-            return paths
-        except Exception as exc:
-            error = exc
-            if attempt < bench.max_failures and faults.is_infrastructure_fault(exc):
-                print(f"logging the results failed ({faults.describe(exc)}); waiting for MLflow", flush=True)
-                _wait_for_tracking(bench)
-                continue
-            break
-    # Tracking is down for good: everything trained is on disk; say where, and how to finish the logging.
-    raise tracking.TrackingError(
-        f"MLflow at {tracking.redact_uri(bench.mlflow_uri)} failed ({faults.describe(error)}); results are in "
-        f"{out} and trained detectors in {bench.storage}; run the same --benchmark-id again once MLflow is back"
-    ) from None
+
+    def log_results() -> None:
+        _log_parent(client, parent_id, records, paths, bench)
+        _describe(session, records, state=f"finished, {failed} of {len(records)} runs failed" if failed else "finished")
+        tracking.finish_run(client, parent_id, failed=bool(failed))
+
+    try:
+        _with_tracking_retries(bench, "logging the results", log_results)
+    except Exception as exc:
+        # Tracking is down for good: everything trained is on disk; say where, and how to finish the logging.
+        raise tracking.TrackingError(
+            f"MLflow at {tracking.redact_uri(bench.mlflow_uri)} failed ({faults.describe(exc)}); results are in "
+            f"{out} and trained detectors in {bench.storage}; run the same --benchmark-id again once MLflow is back"
+        ) from None
+    return paths
 
 
 def _write_driver_report(out: Path, records: list[dict[str, Any]]) -> None:
@@ -604,24 +602,39 @@ def _register_champions(client: MlflowClient, records: list[dict[str, Any]], ben
             # The digest the version's loaders insist on (also in the model's model_config).
             TAG_SHA256: f"{r.get('sha256')}",
         }
-        for attempt in range(bench.max_failures + 1):
-            try:
-                version = tracking.register_champion(
-                    client, name, r["mlflow_run_id"], model_uri=r["model_uri"], aliases=("champion",), tags=tags
-                )
-            except Exception as exc:
-                # The run's results stay valid; only the registry step failed, and the exit code says so.
-                r["registration_error"] = faults.describe(exc)
-                if attempt < bench.max_failures and faults.is_infrastructure_fault(exc):
-                    print(f"could not register {name} ({r['registration_error']}); trying again", flush=True)
-                    _wait_for_tracking(bench)
-                    continue
-                print(f"could not register {name}: {r['registration_error']}", flush=True)
-                break
-            r.pop("registration_error", None)
-            r["registered_version"] = version
-            print(f"registered {name} version {version} as @champion ({r['run_name']})", flush=True)
-            break
+        try:
+            version = _with_tracking_retries(
+                bench,
+                f"registering {name}",
+                tracking.register_champion,
+                client,
+                name,
+                r["mlflow_run_id"],
+                model_uri=r["model_uri"],
+                aliases=("champion",),
+                tags=tags,
+            )
+        except Exception as exc:
+            # The run's results stay valid; only the registry step failed, and the exit code says so.
+            r["registration_error"] = faults.describe(exc)
+            print(f"could not register {name}: {r['registration_error']}", flush=True)
+            continue
+        r["registered_version"] = version
+        print(f"registered {name} version {version} as @champion ({r['run_name']})", flush=True)
+
+
+def _with_tracking_retries(bench: BenchmarkConfig, what: str, action: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``action(*args, **kwargs)``, an idempotent MLflow step, tried again once MLflow answers (``--max-failures``
+    times) when it failed for an infrastructure fault; any other error, or the last one, is raised."""
+    for attempt in range(bench.max_failures + 1):
+        try:
+            return action(*args, **kwargs)
+        except Exception as exc:
+            if attempt >= bench.max_failures or not faults.is_infrastructure_fault(exc):
+                raise
+            print(f"{what} failed ({faults.describe(exc)}); waiting for MLflow to try again", flush=True)
+            _wait_for_tracking(bench)
+    raise AssertionError("unreachable")
 
 
 def _wait_for_tracking(bench: BenchmarkConfig) -> bool:

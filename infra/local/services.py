@@ -46,40 +46,6 @@ def wait_http(url: str, timeout_s: float, process: subprocess.Popen | None = Non
     raise TimeoutError(f"{url} did not answer within {timeout_s}s")
 
 
-@contextlib.contextmanager
-def mlflow_server(workdir: Path, *, env: dict[str, str], artifacts: str) -> Iterator[str]:
-    """``mlflow server`` with a sqlite backend and proxied artifacts at ``artifacts`` (e.g. s3://...)."""
-    port = free_port()
-    log = open(workdir / "mlflow-server.log", "wb")  # noqa: SIM115 (closed below)
-    process = subprocess.Popen(
-        [
-            str(VENV_BIN / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{workdir / 'mlflow.db'}",
-            "--artifacts-destination",
-            artifacts,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        env={**os.environ, **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{uri}/health", 90, process)
-        yield uri
-    finally:
-        stop_process_group(process)
-        log.close()
-
-
 class MlflowServer:
     """``mlflow server`` (sqlite backend) on a fixed loopback port, so it can be killed like a crashed host and
     started again at the same address, as a supervisor would (bench/chaos.py, the fault tests)."""
@@ -119,6 +85,20 @@ class MlflowServer:
     def close(self) -> None:
         self.stop()
         self.log.close()
+
+
+@contextlib.contextmanager
+def mlflow_server(workdir: Path, *, env: dict[str, str], artifacts: str) -> Iterator[str]:
+    """``mlflow server`` with a sqlite backend and proxied artifacts at ``artifacts`` (e.g. s3://...), stopped
+    politely (SIGTERM) at the end."""
+    server = MlflowServer(workdir, env, artifacts=artifacts)
+    try:
+        server.start()
+        yield server.uri
+    finally:
+        if server.process is not None:
+            stop_process_group(server.process)
+        server.log.close()
 
 
 def stop_process_group(process: subprocess.Popen, timeout_s: float = 20) -> None:
@@ -229,14 +209,7 @@ def job_status(head: dict, submission_id: str) -> str:
 
 def submit_job(head: dict, entrypoint: list[str], *, working_dir: Path, timeout_s: float) -> tuple[str, str]:
     """``ray job submit`` and wait; returns (final status, job logs)."""
-    ray = str(VENV_BIN / "ray")
-    result = subprocess.run(
-        [ray, "job", "submit", "--address", head["address"], "--working-dir", str(working_dir), "--", *entrypoint],
-        env=head["env"],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
+    result = ray_job(head, "submit", "--working-dir", str(working_dir), "--", *entrypoint, timeout=timeout_s)
     logs = result.stdout + result.stderr
     if result.returncode == 0 and "succeeded" in logs:
         return "SUCCEEDED", logs

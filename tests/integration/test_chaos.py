@@ -32,3 +32,19 @@ def test_the_chaos_benchmark_survives_a_killed_status_board_and_mlflow_server(tm
         assert row["metrics_equal"] == 1 and row["leaked_placement_groups"] == 0, (kind, row)
     assert done.returncode == 0, done.stdout[-3000:]
     assert "| mlflow_server | 1 | 1/1 |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--kinds", "training_worker,gpu_driver"], "--kinds: unknown ['gpu_driver']"),
+        (["--gap", "15,3"], "--gap: expected MIN,MAX seconds"),
+    ],
+)
+def test_bad_flags_are_one_line_errors_before_anything_starts(tmp_path, flags, message):
+    out = tmp_path / "chaos.json"
+    done = subprocess.run(
+        [sys.executable, "bench/chaos.py", *flags, "--out", str(out)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert not out.exists() and not list(tmp_path.iterdir())

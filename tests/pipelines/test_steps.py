@@ -191,3 +191,35 @@ def test_infrastructure_faults_are_retried_within_the_budget_and_bad_data_never(
     session.buffers[other.name] = MagicMock()
     record = benchmark._finish(session, other, "run-2", bad)
     assert record["status"] == "failed" and record["retries"] == 0 and "DataError" in record["error"]
+
+
+def test_mlflow_steps_are_tried_again_after_a_lost_connection_only(monkeypatch):
+    from pipelines import benchmark
+    from pipelines.tracking import TrackingError
+
+    waits = []
+    monkeypatch.setattr(benchmark, "_wait_for_tracking", waits.append)
+    bench = dataclasses.replace(_bench(), max_failures=2)
+    calls = []
+
+    def flaky(value, *, times):
+        calls.append(value)
+        if len(calls) <= times:
+            raise TrackingError("MLflow server http://127.0.0.1:5000 is unreachable")
+        return value
+
+    assert benchmark._with_tracking_retries(bench, "registering x", flaky, "v", times=2) == "v"
+    assert len(calls) == 3 and len(waits) == 2
+    calls.clear()
+    with pytest.raises(TrackingError):  # the budget is spent: the last error is raised
+        benchmark._with_tracking_retries(bench, "registering x", flaky, "v", times=3)
+    assert len(calls) == 3
+
+    def bad():
+        calls.append("bad")
+        raise ValueError("registered model name is invalid")
+
+    calls.clear()
+    with pytest.raises(ValueError):
+        benchmark._with_tracking_retries(bench, "registering x", bad)
+    assert calls == ["bad"]
