@@ -21,6 +21,7 @@ its own) and the Markdown table ``bench/results/quality.md``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import tempfile
@@ -89,6 +90,22 @@ ROWS: dict[str, Row] = {
     "short-local": Row("the short preset's training, feature-map score alone", {"image_score": "local"}, short=True),
     "short-stage3": Row("the short preset, feature maps of layer3", {"local_stage": 3}, short=True),
     "short-untrained": Row("the short preset's scoring with random weights", {}, train=False, short=True),
+    "short-knn": Row(
+        "the short preset's training, feature-map k-NN memory bank, image score its maximum",
+        {"image_score": "local", "feature_density": "knn"},
+        short=True,
+    ),
+    "short-knn-combined": Row(
+        "the short preset's training, global Gaussian + feature-map k-NN, standardised sum",
+        {"image_score": "combined", "feature_density": "knn"},
+        short=True,
+    ),
+    "short-knn-untrained": Row(
+        "feature-map k-NN with random weights",
+        {"image_score": "local", "feature_density": "knn"},
+        train=False,
+        short=True,
+    ),
 }
 
 
@@ -113,6 +130,42 @@ def training_key(config: TrainConfig, category: str) -> str:
 
 # Trained models by training_key: (model state, seconds it took, final accuracy).
 _TRAINED: dict[str, tuple[dict[str, torch.Tensor], float, float | None]] = {}
+# With --cache: (folder where trained models persist, what the data is), so a rerun with new scoring
+# rows does not retrain. The data's identity is part of the name: another --data root trains anew.
+_CACHE: list[tuple[Path, str]] = []
+
+
+def _cache_file(key: str) -> Path | None:
+    if not _CACHE:
+        return None
+    folder, data = _CACHE[0]
+    return folder / f"{hashlib.sha256((data + key).encode()).hexdigest()[:20]}.pt"
+
+
+def _trained(key: str, config: TrainConfig, train_images: torch.Tensor) -> tuple[dict, float, float | None]:
+    """The model a training key names: from this run, from --cache, or trained now (and cached)."""
+    if key in _TRAINED:
+        return _TRAINED[key]
+    path = _cache_file(key)
+    if path is not None and path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("key") == key and saved.get("data") == _CACHE[0][1]:
+            _TRAINED[key] = (saved["state"], float(saved["train_s"]), saved.get("final_accuracy"))
+            return _TRAINED[key]
+    started = time.perf_counter()
+    result = train_model(config, train_images, device="auto", progress=False)
+    accuracy = result.history[-1]["accuracy"] if result.history else None
+    state = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
+    _TRAINED[key] = (state, time.perf_counter() - started, accuracy)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(
+            {"key": key, "data": _CACHE[0][1], "state": state, "train_s": _TRAINED[key][1], "final_accuracy": accuracy},
+            tmp,
+        )
+        tmp.replace(path)
+    return _TRAINED[key]
 
 
 def run_row(name: str, row: Row, config: TrainConfig, data: Path, category: str) -> dict[str, Any]:
@@ -141,14 +194,9 @@ def run_row(name: str, row: Row, config: TrainConfig, data: Path, category: str)
     started = time.perf_counter()
     if row.train:
         key = training_key(config, category)
-        if key not in _TRAINED:
-            result = train_model(config, train_images, device="auto", progress=False)
-            accuracy = result.history[-1]["accuracy"] if result.history else None
-            state = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
-            _TRAINED[key] = (state, time.perf_counter() - started, accuracy)
-        else:
+        if key in _TRAINED or ((path := _cache_file(key)) is not None and path.is_file()):
             out["shared_training"] = True
-        state, out["train_s"], out["final_accuracy"] = _TRAINED[key]
+        state, out["train_s"], out["final_accuracy"] = _trained(key, config, train_images)
         model = build_model(config)
         model.load_state_dict(state)
         detector = fit_detector(model.eval(), train_images, config, category=category)
@@ -222,6 +270,8 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 def config_summary(config: TrainConfig) -> str:
     kind = f"patch {config.patch_size}/{config.patch_stride}" if config.patch_size else config.image_score
+    if config.image_score in ("local", "combined", "auto") and not config.patch_size:
+        kind += f" ({config.feature_density}, layer{config.local_stage} grid {config.local_grid})"
     return (
         f"{config.variant}, {config.optimizer} {config.learning_rate:g}, {config.steps}x"
         f"{config.batch_size * config.num_classes} @ {config.image_size}px, {config.embedding}, {kind}"
@@ -242,6 +292,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", help="config field for the option rows, e.g. learning_rate=0.01")
     parser.add_argument("--synth-size", type=int, default=128)
     parser.add_argument("--out", default="bench/results/quality.json")
+    parser.add_argument(
+        "--cache", help="folder for trained models: a rerun that adds scoring rows reuses them instead of retraining"
+    )
     args = parser.parse_args()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = sorted(set(rows) - set(ROWS))
@@ -255,6 +308,9 @@ def main() -> None:
     explicit = {field: getattr(args, flag) for flag, field in fields.items() if getattr(args, flag) is not None}
     explicit.update(parse_overrides(args.set or []))
     out = Path(args.out)
+    if args.cache:
+        data_id = f"synth size {args.synth_size} seed 0" if args.synth else str(Path(args.data).resolve())
+        _CACHE.append((Path(args.cache), data_id))
     with tempfile.TemporaryDirectory(prefix="cutpaste-quality-") as scratch:
         if args.synth:
             categories = [c.strip() for c in args.synth.split(",") if c.strip()]

@@ -17,7 +17,7 @@ from typing import Any
 from cutpaste.errors import ConfigError
 
 VARIANTS = ("normal", "scar", "3way", "union", "blend", "4way")
-LOCAL_DENSITIES = ("auto", "per_location", "shared")
+LOCAL_DENSITIES = ("auto", "per_location", "shared", "knn")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 EMBEDDINGS = ("pooled", "multiscale")
 IMAGE_SCORES = ("global", "local", "combined", "auto")

@@ -23,8 +23,9 @@ from cutpaste.density import GaussianDensity, out_of_fold_scores
 from cutpaste.errors import ConfigError, ModelBundleError
 from cutpaste.gradcam import gradcam_maps
 from cutpaste.integrity import file_digests, load_weights, verify_file, verify_files, warn_unverified
-from cutpaste.local_density import ALIGNED_OBJECTS, LocalDensity, resolve_layout
+from cutpaste.local_density import ALIGNED_OBJECTS, LocalDensity, fit_local, load_local, resolve_layout
 from cutpaste.local_scores import grid_to_maps, image_and_grid_features, standardise
+from cutpaste.memory_bank import MemoryBank
 from cutpaste.model import CutPasteNet, as_float_images, build_model
 from cutpaste.patches import grid_size
 from cutpaste.threshold import calibrate, threshold_quantile
@@ -64,10 +65,10 @@ class Detector:
     category: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
     # The patch-level model's per-grid-position densities; None for the image-level model.
-    local: LocalDensity | None = None
+    local: LocalDensity | MemoryBank | None = None
     # The image-level model's Gaussians over a stage's feature-map positions (image_score local or
     # combined, cutpaste/local_scores.py); None when it scores with the global Gaussian alone.
-    feature_local: LocalDensity | None = None
+    feature_local: LocalDensity | MemoryBank | None = None
 
     @property
     def device(self) -> torch.device:
@@ -216,10 +217,8 @@ class Detector:
             model = build_model(config.override({"pretrained": None}))
             model.load_state_dict(bundle["model"])
             density = GaussianDensity.from_state_dict(bundle["density"])
-            local = LocalDensity.from_state_dict(bundle["local"]) if bundle.get("local") else None
-            feature_local = (
-                LocalDensity.from_state_dict(bundle["feature_local"]) if bundle.get("feature_local") else None
-            )
+            local = load_local(bundle["local"]) if bundle.get("local") else None
+            feature_local = load_local(bundle["feature_local"]) if bundle.get("feature_local") else None
         except (KeyError, RuntimeError, TypeError) as exc:
             raise ModelBundleError(f"{path} does not match this version's model: {exc}") from None
         model.eval().to(device)
@@ -364,8 +363,8 @@ def _fit_patch_detector(
     features = _patch_features(model, train_images, config)
     layout = resolve_layout(config.local_density, category)
 
-    def fit(subset: torch.Tensor) -> LocalDensity:
-        return LocalDensity.fit(subset.to(device), layout=layout, grid=grid, dim=config.local_dim, seed=config.seed)
+    def fit(subset: torch.Tensor) -> LocalDensity | MemoryBank:
+        return fit_local(subset.to(device), layout=layout, grid=grid, dim=config.local_dim, seed=config.seed)
 
     scores = _out_of_fold_local_scores(features, fit, device=device, seed=config.seed, folds=folds)
     scores = scores.view(-1, grid, grid)
@@ -387,7 +386,7 @@ def _fit_patch_detector(
 
 def _out_of_fold_local_scores(
     features: torch.Tensor,
-    fit: Callable[[torch.Tensor], LocalDensity],
+    fit: Callable[[torch.Tensor], LocalDensity | MemoryBank],
     *,
     device: torch.device,
     seed: int,
@@ -422,8 +421,8 @@ def _fit_local_image_detector(
     layout = resolve_layout(config.feature_density, category)
     grid = config.local_grid
 
-    def fit(subset: torch.Tensor) -> LocalDensity:
-        return LocalDensity.fit(subset.to(device), layout=layout, grid=grid, dim=config.local_dim, seed=config.seed)
+    def fit(subset: torch.Tensor) -> LocalDensity | MemoryBank:
+        return fit_local(subset.to(device), layout=layout, grid=grid, dim=config.local_dim, seed=config.seed)
 
     scores = _out_of_fold_local_scores(grid_features, fit, device=device, seed=config.seed, folds=folds)
     local_oof = scores.amax(1).double()

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cutpaste.errors import ConfigError
+from cutpaste.memory_bank import MemoryBank
 
-Layout = Literal["per_location", "shared"]
+Layout = Literal["per_location", "shared", "knn"]
 # MVTec objects photographed in a fixed pose; hazelnut, metal_nut and screw lie at random
 # rotations and, like the textures, share one Gaussian (the paper's grouping for localization).
 ALIGNED_OBJECTS = frozenset({"bottle", "cable", "capsule", "pill", "toothbrush", "transistor", "zipper"})
@@ -32,8 +33,8 @@ def resolve_layout(setting: str, category: str) -> Layout:
     """``auto``: per position for aligned MVTec objects, shared for textures, unaligned and unknown categories."""
     if setting == "auto":
         return "per_location" if category in ALIGNED_OBJECTS else "shared"
-    if setting not in ("per_location", "shared"):
-        raise ConfigError(f"local_density: unknown {setting!r}; choose auto, per_location or shared")
+    if setting not in ("per_location", "shared", "knn"):
+        raise ConfigError(f"local_density: unknown {setting!r}; choose auto, per_location, shared or knn")
     return setting  # type: ignore[return-value]
 
 
@@ -142,6 +143,20 @@ class LocalDensity:
             "local_dim": float(self.mean.shape[-1]),
             "local_shrinkage_mean": float(self.shrinkage.float().mean()),
         }
+
+
+def fit_local(features: Tensor, *, layout: Layout, grid: int, dim: int, seed: int) -> LocalDensity | MemoryBank:
+    """The grid scorer a layout names: Gaussians (per position or shared) or a k-NN memory bank."""
+    if layout == "knn":
+        return MemoryBank.fit(features, grid=grid, seed=seed)
+    return LocalDensity.fit(features, layout=layout, grid=grid, dim=dim, seed=seed)
+
+
+def load_local(state: dict) -> LocalDensity | MemoryBank:
+    """A grid scorer from its ``state_dict`` (bundles written before the memory bank hold Gaussians)."""
+    if state.get("layout") == "knn":
+        return MemoryBank.from_state_dict(state)
+    return LocalDensity.from_state_dict(state)
 
 
 def _inverse(covariance: Tensor) -> Tensor:

@@ -27,7 +27,7 @@ from cutpaste.ensemble import EnsembleDetector, build_ensemble
 from cutpaste.errors import ConfigError, DataError
 from cutpaste.metrics import image_metrics
 from cutpaste.noise import noise_batch, perlin_masks
-from cutpaste.structural_anomalies import distortion_anomalies, erasure_anomalies
+from cutpaste.structural_anomalies import distortion_anomalies, erasure_anomalies, stroke_anomalies
 from cutpaste.train import TrainHooks, resolve_device, train_model
 
 # Validation images are decoded at one size for every trial, so configurations with different
@@ -112,14 +112,16 @@ def perlin_anomalies(
     return out.mul(255).round().clamp(0, 255).to(torch.uint8), masks
 
 
-ANOMALY_KINDS.update(perlin=perlin_anomalies, distortion=distortion_anomalies, erasure=erasure_anomalies)
+ANOMALY_KINDS.update(
+    perlin=perlin_anomalies, distortion=distortion_anomalies, erasure=erasure_anomalies, stroke=stroke_anomalies
+)
 
 
 def synthetic_validation(
     held_out: Sequence[Sample], *, size: int = VALIDATION_SIZE, seed: int = SPLIT_SEED
 ) -> ValidationSet:
-    """Held-out normal images plus three anomalies made from each of them: a foreign texture blended in
-    (changes colour), a region warped and a region's detail erased (keep colour, change structure)."""
+    """Held-out normal images plus four anomalies made from each of them: a foreign texture blended in
+    (changes colour), a region warped, a region's detail erased and a thin stroke (change structure)."""
     normal = load_images([s.path for s in held_out], size)
     generator = torch.Generator().manual_seed(seed)
     made = {kind: make(normal, generator)[0] for kind, make in ANOMALY_KINDS.items()}
@@ -127,7 +129,7 @@ def synthetic_validation(
         images=torch.cat([normal, *made.values()]),
         labels=[0] * len(normal) + [1] * len(normal) * len(made),
         kinds=["good"] * len(normal) + [kind for kind in made for _ in range(len(normal))],
-        source="held-out train/good + Perlin-shaped anomalies (foreign texture, warp, erasure)",
+        source="held-out train/good + Perlin-shaped anomalies (foreign texture, warp, erasure, stroke)",
     )
 
 

@@ -16,7 +16,7 @@ from cutpaste.data.layout import list_samples
 from cutpaste.data.synth import generate_dataset
 from cutpaste.errors import DataError
 from cutpaste.noise import perlin_noise
-from cutpaste.structural_anomalies import distortion_anomalies, erasure_anomalies
+from cutpaste.structural_anomalies import distortion_anomalies, erasure_anomalies, stroke_anomalies
 from cutpaste.validation import (
     folder_validation,
     perlin_anomalies,
@@ -116,7 +116,7 @@ def test_training_is_scored_per_step_on_validation_only(synth_root, tmp_path):
     assert [r["step"] for r in seen] == [2.0, 4.0, 6.0, 8.0, 8.0]  # two members, then the ensemble
     assert all(0 <= r["val_auroc"] <= 1 for r in seen)
     assert run.metrics["val_auroc"] == seen[-1]["val_auroc"]
-    assert run.train_images == 10 and run.validation_images == 8  # 2 held out + 3 anomalies made from each
+    assert run.train_images == 10 and run.validation_images == 10  # 2 held out + 4 anomalies made from each
     assert len(run.member_metrics) == 2 and len(run.detector.members) == 2
 
 
@@ -125,10 +125,10 @@ def test_validation_has_colour_and_structural_anomalies_of_every_held_out_image(
     _, held = split_train(samples)
     validation = synthetic_validation(held, size=32)
     n = len(held)
-    assert validation.labels == [0] * n + [1] * 3 * n
-    assert validation.kinds == ["good"] * n + ["perlin"] * n + ["distortion"] * n + ["erasure"] * n
+    assert validation.labels == [0] * n + [1] * 4 * n
+    assert validation.kinds == ["good"] * n + ["perlin"] * n + ["distortion"] * n + ["erasure"] * n + ["stroke"] * n
     normal = validation.images[:n].float()
-    for block, kind in enumerate(("perlin", "distortion", "erasure"), start=1):
+    for block, kind in enumerate(("perlin", "distortion", "erasure", "stroke"), start=1):
         made = validation.images[block * n : (block + 1) * n].float()
         assert ((made - normal).abs().flatten(1).amax(1) > 0).all(), f"every {kind} anomaly changes its image"
     for kind in ("distortion", "erasure"):  # colour-preserving: the mean colour hardly moves
@@ -141,8 +141,23 @@ def test_validation_has_colour_and_structural_anomalies_of_every_held_out_image(
 
 def test_structural_anomalies_are_local():
     images = (torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
-    for make in (distortion_anomalies, erasure_anomalies):
+    for make in (distortion_anomalies, erasure_anomalies, stroke_anomalies):
         out, masks = make(images, torch.Generator().manual_seed(1))
         assert out.shape == images.shape and out.dtype == torch.uint8 and masks.shape == (4, 64, 64)
         far = ~torch.nn.functional.max_pool2d(masks[:, None].float(), 9, 1, 4)[:, 0].bool()
         assert torch.equal(out.permute(0, 2, 3, 1)[far], images.permute(0, 2, 3, 1)[far]), make.__name__
+
+
+def test_strokes_are_thin_curves_that_change_what_their_mask_covers():
+    images = torch.full((16, 3, 128, 128), 128, dtype=torch.uint8)
+    out, masks = stroke_anomalies(images, torch.Generator().manual_seed(0))
+    again, _ = stroke_anomalies(images, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again), "seeded"
+    area = masks.flatten(1).float().mean(1)
+    assert (area > 0).all() and (area < 0.03).all(), "never empty, and thin: a few percent of the image at most"
+    changed = (out.int() - images.int()).abs().amax(1) > 0
+    assert not (changed & ~masks).any(), "the mask holds every changed pixel"
+    assert changed[masks].float().mean() > 0.9, "and hardly any unchanged ones (the faintest edge may round away)"
+    # Thin: eroding the mask by a 5 px square leaves almost nothing.
+    core = -torch.nn.functional.max_pool2d(-masks[:, None].float(), 5, 1, 2)[:, 0]
+    assert core.sum() <= 0.1 * masks.sum()

@@ -1,0 +1,76 @@
+"""The k-NN memory bank: exact distances, a bounded seeded bank, and detectors that save and load it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cutpaste.config import preset
+from cutpaste.detector import Detector, fit_detector
+from cutpaste.errors import ConfigError
+from cutpaste.local_density import LocalDensity, fit_local, load_local
+from cutpaste.memory_bank import MemoryBank
+from cutpaste.model import build_model
+
+
+def _two_modes(n: int, generator: torch.Generator) -> torch.Tensor:
+    """``(n, 4, 8)`` features: every position is one of two far-apart normal kinds (dark ring, light wood)."""
+    centres = torch.stack([torch.full((8,), -3.0), torch.full((8,), 3.0)])
+    which = torch.randint(0, 2, (n, 4), generator=generator)
+    return centres[which] + 0.1 * torch.randn(n, 4, 8, generator=generator)
+
+
+def test_distances_are_the_exact_nearest_neighbour_distances():
+    generator = torch.Generator().manual_seed(0)
+    train, query = torch.randn(5, 4, 8, generator=generator), torch.randn(3, 4, 8, generator=generator)
+    for k in (1, 3):
+        bank = MemoryBank.fit(train, grid=2, k=k)
+        brute = torch.cdist(query.reshape(-1, 8), train.reshape(-1, 8)).topk(k, largest=False).values.mean(1)
+        assert torch.allclose(bank.score(query), brute.view(3, 4), atol=1e-4)
+    # A training feature is at distance zero from itself.
+    assert MemoryBank.fit(train, grid=2).score(train).abs().max() < 1e-2  # float32 expansion of |a - b|^2
+
+
+def test_the_bank_flags_what_lies_between_two_normal_modes_where_a_gaussian_does_not():
+    generator = torch.Generator().manual_seed(0)
+    train, normal = _two_modes(40, generator), _two_modes(1, generator)
+    between = torch.zeros(1, 4, 8)  # the midpoint of the two kinds: never seen, inside their ellipsoid
+    bank = fit_local(train, layout="knn", grid=2, dim=8, seed=0)
+    assert isinstance(bank, MemoryBank)
+    assert bank.score(between).min() > 20 * bank.score(normal).max()
+    gaussian = LocalDensity.fit(train, layout="shared", grid=2)
+    assert gaussian.score(between).min() < gaussian.score(normal).max()
+
+
+def test_the_bank_is_capped_by_a_seeded_subset_and_round_trips():
+    features = torch.randn(10, 16, 4, generator=torch.Generator().manual_seed(1))
+    a = MemoryBank.fit(features, grid=4, max_size=50, seed=3)
+    b = MemoryBank.fit(features, grid=4, max_size=50, seed=3)
+    assert a.bank.shape == (50, 4) and torch.equal(a.bank, b.bank)
+    assert not torch.equal(a.bank, MemoryBank.fit(features, grid=4, max_size=50, seed=4).bank)
+    again = load_local(a.state_dict())
+    assert isinstance(again, MemoryBank) and torch.equal(again.score(features), a.score(features))
+    assert a.summary()["local_bank_size"] == 50.0
+    with pytest.raises(ValueError, match="positions"):
+        MemoryBank.fit(features, grid=3)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        MemoryBank.fit(features[:1], grid=4)
+
+
+def test_a_detector_scored_by_a_memory_bank_saves_and_loads(tmp_path):
+    config = preset("ci").override(
+        {"image_score": "local", "feature_density": "knn", "local_stage": 2, "local_grid": 4, "image_size": 32}
+    )
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    detector = fit_detector(build_model(config).eval(), images, config, category="widget")
+    assert isinstance(detector.feature_local, MemoryBank)
+    assert detector.meta["local_layout"] == "knn"
+    detector.save(tmp_path)
+    loaded = Detector.load(tmp_path)
+    assert isinstance(loaded.feature_local, MemoryBank)
+    assert torch.allclose(loaded.score(images), detector.score(images))
+
+
+def test_a_bad_layout_names_the_field():
+    with pytest.raises(ConfigError, match="feature_density"):
+        preset("ci").override({"feature_density": "nearest"})
