@@ -45,7 +45,7 @@ from cutpaste.metrics import image_metrics
 from cutpaste.model import build_model
 from cutpaste.paper import PAPER_IMAGE_AUROC, PAPER_PIXEL_AUROC
 from cutpaste.train import train_model, training_fields
-from cutpaste.validation import score_validation, split_train, synthetic_validation
+from cutpaste.validation import ANOMALY_KINDS, score_validation, split_train, synthetic_validation
 
 # The paper's choices for the image model; option rows change one of them.
 PAPER_CHOICES: dict[str, Any] = {
@@ -229,6 +229,12 @@ def merge(path: Path, fresh: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in old if (r["category"], r["row"]) not in mine] + fresh
 
 
+def _current_validation(row: dict[str, Any]) -> bool:
+    """Whether a row's validation AUROC was measured with every anomaly kind the validation set has now
+    (pixel statistics included: it scores the same validation images)."""
+    return all(f"val_auroc_{kind}" in row for kind in ANOMALY_KINDS) or "val_auroc" not in row
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -248,13 +254,20 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         note = f" (paper: image {paper}, pixel {pixel})" if paper else ""
         lines += [f"**{category}**{note}", "", header]
         mine = sorted((r for r in rows if r["category"] == category), key=lambda r: order.index(r["row"]))
+        older = False
         for r in mine:
             cfg = r.get("config_summary", "")
+            # A row scored before the validation set had its present anomaly kinds is marked, not mixed in silently.
+            mark = "" if _current_validation(r) else "*"
+            older = older or bool(mark)
             lines.append(
-                f"| {r['row']} | {_fmt(r.get('val_auroc'))} | {_fmt(r.get('image_auroc'))} | "
+                f"| {r['row']} | {_fmt(r.get('val_auroc'))}{mark} | {_fmt(r.get('image_auroc'))} | "
                 f"{_fmt(r.get('pixel_auroc'))} | {_fmt(r.get('aupro'))} | {_fmt(r.get('train_s'), 0)} | "
                 f"{_fmt(r.get('score_s'), 0)} | {cfg} |"
             )
+        if older:
+            kinds = ", ".join(ANOMALY_KINDS)
+            lines += ["", f"\\* validation without all of today's anomaly kinds ({kinds}): rerun the row to compare"]
         lines.append("")
     if len(categories) > 1:
         lines += ["**mean over categories**", "", "| row | val AUROC | image AUROC | categories |", "|---|---|---|---|"]

@@ -110,8 +110,8 @@ class TrainConfig:
     image_score: str = "global"
     local_stage: int = 3
     local_grid: int = 8
-    # Layout of those feature-map Gaussians, as for local_density; auto by default, since a missing
-    # part is only anomalous at the place where it belongs.
+    # Layout of those feature-map densities, as for local_density (knn included); auto by default,
+    # since a missing part is only anomalous at the place where it belongs.
     feature_density: str = "auto"
     checkpoint_every: int = 1000
     log_every: int = 50
@@ -126,8 +126,9 @@ class TrainConfig:
     patch_size: int = 0
     patch_stride: int = 4
     # The patch model's density: one Gaussian shared by all grid positions (the paper's), one per
-    # position (PaDiM style, an addition of ours), or "auto" (our grouping of MVTec categories:
-    # per position for aligned objects, shared otherwise).
+    # position (PaDiM style, an addition of ours), "knn" (a memory bank of training features, score the
+    # distance to the nearest, as in PatchCore; ours, cutpaste/memory_bank.py), or "auto" (our grouping
+    # of MVTec categories: per position for aligned objects, shared otherwise).
     local_density: str = "shared"
     # Patch model: the Gaussian that spreads a patch score over its receptive field, in px at 256 px
     # (scaled with image_size; 4 as we read the paper; 0: a quarter of the patch, our earlier default),

@@ -28,7 +28,8 @@ def test_the_matrix_runs_every_row_kind_and_merges(tmp_path):
     out = tmp_path / "quality.json"
     rows = "pixel-stats,untrained,paper-image,patch,local,combined,blend,adamw,short,short-untrained"
     tiny = ["--synth", "synth_disc", "--synth-size", "64", "--preset", "ci", "--steps", "3", "--size", "64"]
-    done = run_matrix(tmp_path, *tiny, "--rows", rows, "--set", "patch_stride=16", "--out", str(out))
+    cache = ["--cache", str(tmp_path / "models")]
+    done = run_matrix(tmp_path, *tiny, "--rows", rows, "--set", "patch_stride=16", "--out", str(out), *cache)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())["rows"]
     assert [r["row"] for r in result] == rows.split(",")
@@ -49,6 +50,14 @@ def test_the_matrix_runs_every_row_kind_and_merges(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     merged = json.loads(out.read_text())["rows"]
     assert len(merged) == len(result), "a rerun replaces its own entries and keeps the others"
+
+    # A scoring row added later reuses the cached model of the same training instead of retraining.
+    knn = run_matrix(tmp_path, *tiny, "--rows", "short-knn", "--out", str(out), *cache)
+    assert knn.returncode == 0, knn.stderr[-2000:]
+    by_row = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
+    assert by_row["short-knn"]["shared_training"] and by_row["short-knn"]["train_s"] == by_row["short"]["train_s"]
+    assert by_row["short-knn"]["config"]["feature_density"] == "knn"
+    assert "(knn, layer2 grid 8)" in out.with_suffix(".md").read_text()
 
 
 def test_an_unknown_row_is_refused(tmp_path):
