@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from cutpaste.config import VARIANTS
+from cutpaste.config import IMAGE_SCORES, LOCAL_DENSITIES, VARIANTS
 from cutpaste.ensemble import RULES
 from cutpaste.errors import ConfigError
 
@@ -60,6 +60,10 @@ class SearchSpace:
     image_size: tuple[int, ...] = ()
     ensemble_size: tuple[int, ...] = (1,)
     ensemble_rule: tuple[str, ...] = ("mean",)
+    # How the detector scores (no retraining is implied, but each trial trains its own model). Empty:
+    # the base config's value; e.g. ["global", "combined"] and ["auto", "knn"].
+    image_score: tuple[str, ...] = ()
+    feature_density: tuple[str, ...] = ()
 
     def validate(self) -> SearchSpace:
         def fail(key: str, why: str) -> None:
@@ -108,6 +112,10 @@ class SearchSpace:
         for rule in self.ensemble_rule:
             if rule not in RULES:
                 fail("ensemble_rule", f"unknown {rule!r}; choose from {', '.join(RULES)}")
+        for name, known in (("image_score", IMAGE_SCORES), ("feature_density", LOCAL_DENSITIES)):
+            for v in getattr(self, name):
+                if v not in known:
+                    fail(name, f"unknown {v!r}; choose from {', '.join(known)}")
         return self
 
     @classmethod
@@ -215,7 +223,7 @@ def trial_overrides(params: dict[str, Any]) -> TrialPoint:
             overrides[key] = [float(params[f"{name}_min"]), float(params[f"{name}_max"])]
     if "patch_jitter" in params:
         overrides["augment.patch_jitter"] = float(params["patch_jitter"])
-    for key in ("variant", "learning_rate", "steps", "head_depth", "image_size"):
+    for key in ("variant", "learning_rate", "steps", "head_depth", "image_size", "image_score", "feature_density"):
         if key in params:
             overrides[key] = params[key]
     return TrialPoint(

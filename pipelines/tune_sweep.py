@@ -202,6 +202,8 @@ def _trial_row(settings: SweepSettings, result: Any, metric: str) -> dict[str, A
         "learning_rate": config.learning_rate,
         "steps": config.steps,
         "image_size": config.image_size,
+        "image_score": config.image_score,
+        "feature_density": config.feature_density,
         "ensemble_size": size,
         "ensemble_rule": rule,
         "iterations": metrics.get("training_iteration"),
