@@ -184,9 +184,9 @@ def run_row(name: str, row: Row, config: TrainConfig, data: Path, category: str)
         test_scores = pixel_statistics_scores(train_images, test_images)
         val_images = load_images_tensor(validation.images, config.image_size)
         val_scores = pixel_statistics_scores(train_images, val_images)
+        out.update(score_validation(val_scores, validation))
         out.update(
             image_auroc=image_metrics(labels, test_scores.tolist(), defects).image_auroc,
-            val_auroc=score_validation(val_scores, validation)["val_auroc"],
             train_s=0.0,
             score_s=time.perf_counter() - started,
         )
