@@ -142,16 +142,19 @@ def _cache_file(key: str) -> Path | None:
     return folder / f"{hashlib.sha256((data + key).encode()).hexdigest()[:20]}.pt"
 
 
-def _trained(key: str, config: TrainConfig, train_images: torch.Tensor) -> tuple[dict, float, float | None]:
-    """The model a training key names: from this run, from --cache, or trained now (and cached)."""
+def _trained(
+    key: str, config: TrainConfig, train_images: torch.Tensor
+) -> tuple[tuple[dict, float, float | None], bool]:
+    """The model a training key names (state, seconds it took, final accuracy), and whether it was reused:
+    from this run or from --cache, or trained now (and cached)."""
     if key in _TRAINED:
-        return _TRAINED[key]
+        return _TRAINED[key], True
     path = _cache_file(key)
     if path is not None and path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         if saved.get("key") == key and saved.get("data") == _CACHE[0][1]:
             _TRAINED[key] = (saved["state"], float(saved["train_s"]), saved.get("final_accuracy"))
-            return _TRAINED[key]
+            return _TRAINED[key], True
     started = time.perf_counter()
     result = train_model(config, train_images, device="auto", progress=False)
     accuracy = result.history[-1]["accuracy"] if result.history else None
@@ -165,7 +168,7 @@ def _trained(key: str, config: TrainConfig, train_images: torch.Tensor) -> tuple
             tmp,
         )
         tmp.replace(path)
-    return _TRAINED[key]
+    return _TRAINED[key], False
 
 
 def run_row(name: str, row: Row, config: TrainConfig, data: Path, category: str) -> dict[str, Any]:
@@ -193,10 +196,11 @@ def run_row(name: str, row: Row, config: TrainConfig, data: Path, category: str)
         return out
     started = time.perf_counter()
     if row.train:
-        key = training_key(config, category)
-        if key in _TRAINED or ((path := _cache_file(key)) is not None and path.is_file()):
+        (state, out["train_s"], out["final_accuracy"]), reused = _trained(
+            training_key(config, category), config, train_images
+        )
+        if reused:
             out["shared_training"] = True
-        state, out["train_s"], out["final_accuracy"] = _trained(key, config, train_images)
         model = build_model(config)
         model.load_state_dict(state)
         detector = fit_detector(model.eval(), train_images, config, category=category)

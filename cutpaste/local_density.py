@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cutpaste.config import LOCAL_DENSITIES
 from cutpaste.errors import ConfigError
 from cutpaste.memory_bank import MemoryBank
 
@@ -33,8 +34,8 @@ def resolve_layout(setting: str, category: str) -> Layout:
     """``auto``: per position for aligned MVTec objects, shared for textures, unaligned and unknown categories."""
     if setting == "auto":
         return "per_location" if category in ALIGNED_OBJECTS else "shared"
-    if setting not in ("per_location", "shared", "knn"):
-        raise ConfigError(f"local_density: unknown {setting!r}; choose auto, per_location, shared or knn")
+    if setting not in LOCAL_DENSITIES:
+        raise ConfigError(f"density layout: unknown {setting!r}; choose one of {', '.join(LOCAL_DENSITIES)}")
     return setting  # type: ignore[return-value]
 
 

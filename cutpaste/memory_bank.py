@@ -15,6 +15,7 @@ size and scoring time stay bounded; distances are computed in chunks on the feat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -31,10 +32,10 @@ class MemoryBank:
     """Normal features ``bank (M, D)`` of a ``grid x grid`` position layout; scores are the mean
     Euclidean distance of a feature to its ``k`` nearest bank features."""
 
+    layout: ClassVar[str] = "knn"
     grid: int
     bank: Tensor
     k: int = 1
-    layout: str = "knn"
 
     @classmethod
     def fit(

@@ -97,9 +97,6 @@ class SearchSpace:
             fail("learning_rate", f"must be > 0, got {self.learning_rate.low}")
         if not self.variant:
             fail("variant", "choose at least one variant")
-        for v in self.variant:
-            if v not in VARIANTS:
-                fail("variant", f"unknown {v!r}; choose from {', '.join(VARIANTS)}")
         checks = (("steps", 1), ("image_size", 32), ("head_depth", 0), ("ensemble_size", 1))
         for name, least in checks:
             for v in getattr(self, name):
@@ -109,10 +106,9 @@ class SearchSpace:
             fail("ensemble_size", "choose at least one size")
         if not self.ensemble_rule:
             fail("ensemble_rule", "choose at least one rule")
-        for rule in self.ensemble_rule:
-            if rule not in RULES:
-                fail("ensemble_rule", f"unknown {rule!r}; choose from {', '.join(RULES)}")
-        for name, known in (("image_score", IMAGE_SCORES), ("feature_density", LOCAL_DENSITIES)):
+        choices = {"variant": VARIANTS, "ensemble_rule": RULES}
+        choices |= {"image_score": IMAGE_SCORES, "feature_density": LOCAL_DENSITIES}
+        for name, known in choices.items():
             for v in getattr(self, name):
                 if v not in known:
                     fail(name, f"unknown {v!r}; choose from {', '.join(known)}")
