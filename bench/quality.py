@@ -326,6 +326,8 @@ def main() -> None:
     explicit.update(parse_overrides(args.set or []))
     out = Path(args.out)
     if args.cache:
+        if Path(args.cache).exists() and not Path(args.cache).is_dir():
+            parser.error(f"--cache: {args.cache} is a file, not a folder for trained models")
         data_id = f"synth size {args.synth_size} seed 0" if args.synth else str(Path(args.data).resolve())
         _CACHE.append((Path(args.cache), data_id))
     with tempfile.TemporaryDirectory(prefix="cutpaste-quality-") as scratch:

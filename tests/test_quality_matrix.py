@@ -63,3 +63,12 @@ def test_the_matrix_runs_every_row_kind_and_merges(tmp_path):
 def test_an_unknown_row_is_refused(tmp_path):
     done = run_matrix(tmp_path, "--synth", "synth_disc", "--rows", "paper-image,magic")
     assert done.returncode == 2 and "magic" in done.stderr
+
+
+def test_a_cache_that_is_a_file_is_refused_before_any_work(tmp_path):
+    cache = tmp_path / "models.pt"
+    cache.write_text("not a folder")
+    out = tmp_path / "quality.json"
+    done = run_matrix(tmp_path, "--synth", "synth_disc", "--rows", "short", "--cache", str(cache), "--out", str(out))
+    assert done.returncode == 2 and "--cache" in done.stderr and "is a file" in done.stderr
+    assert cache.read_text() == "not a folder" and not out.exists()
