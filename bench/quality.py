@@ -88,6 +88,11 @@ ROWS: dict[str, Row] = {
     "short": Row("the short preset (chosen on validation)", {}, short=True),
     "short-global": Row("the short preset's training, the paper's global score", {"image_score": "global"}, short=True),
     "short-local": Row("the short preset's training, feature-map score alone", {"image_score": "local"}, short=True),
+    "short-combined": Row(
+        "the short preset's training, global + feature-map Gaussians, standardised sum",
+        {"image_score": "combined"},
+        short=True,
+    ),
     "short-stage3": Row("the short preset, feature maps of layer3", {"local_stage": 3}, short=True),
     "short-untrained": Row("the short preset's scoring with random weights", {}, train=False, short=True),
     "short-knn": Row(
@@ -207,6 +212,10 @@ def run_row(name: str, row: Row, config: TrainConfig, data: Path, category: str)
     else:
         detector = untrained_detector(config, train_images, category=category)
         out["train_s"] = 0.0
+    selection = detector.meta.get("image_score_selection")
+    if selection:  # image_score=auto chose on the training images; what it chose and why
+        out["auto_choice"] = selection["chosen"]
+        out["auto_selection_auroc"] = selection["val_auroc"]
     started = time.perf_counter()
     out.update(score_validation(detector.score(validation.images), validation))
     evaluation = evaluate_detector(detector, test)
@@ -350,6 +359,8 @@ def main() -> None:
                 started = time.perf_counter()
                 result = run_row(name, row, config, data, category)
                 result["config_summary"] = config_summary(config) if name != "pixel-stats" else ""
+                if result.get("auto_choice"):
+                    result["config_summary"] += f"; auto chose {result['auto_choice']}"
                 result["config"] = config.to_dict()
                 result["threads"] = torch.get_num_threads()
                 result["wall_s"] = time.perf_counter() - started

@@ -23,11 +23,12 @@ from cutpaste.density import GaussianDensity, out_of_fold_scores
 from cutpaste.errors import ConfigError, ModelBundleError
 from cutpaste.gradcam import gradcam_maps
 from cutpaste.integrity import file_digests, load_weights, verify_file, verify_files, warn_unverified
-from cutpaste.local_density import ALIGNED_OBJECTS, LocalDensity, fit_local, load_local, resolve_layout
+from cutpaste.local_density import LocalDensity, fit_local, load_local, resolve_layout
 from cutpaste.local_scores import grid_to_maps, image_and_grid_features, standardise
 from cutpaste.memory_bank import MemoryBank
 from cutpaste.model import CutPasteNet, as_float_images, build_model
 from cutpaste.patches import grid_size
+from cutpaste.scorer_selection import can_select, prior_choice, select_image_score
 from cutpaste.threshold import calibrate, threshold_quantile
 
 BUNDLE_FORMAT = 1
@@ -278,7 +279,7 @@ def fit_detector(
     calibration with its expected false-positive rate and bootstrap interval (``calibration``).
     """
     if config.image_score == "auto":
-        config = config.override({"image_score": resolve_image_score(config, category)})
+        config, meta = _resolve_auto_score(model, train_images, config, category, meta)
     if config.patch_size:
         return _fit_patch_detector(model, train_images, config, category=category, meta=meta)
     if config.image_score != "global":
@@ -297,16 +298,18 @@ def fit_detector(
     )
 
 
-def resolve_image_score(config: TrainConfig, category: str) -> str:
-    """``image_score=auto``: ``local`` for the aligned MVTec objects, where the quality matrix's validation
-    AUROC preferred it at the short budget (transistor 0.978 against 0.975 combined and 0.957 global,
-    bottle 0.985 / 0.981 / 0.947), ``global`` elsewhere (the textures preferred it on validation; unknown
-    categories and patch models keep the paper's)."""
-    if config.image_score != "auto":
-        return config.image_score
-    if config.patch_size or not config.backbone.startswith("resnet"):
-        return "global"
-    return "local" if category in ALIGNED_OBJECTS else "global"
+def _resolve_auto_score(
+    model: CutPasteNet, train_images: torch.Tensor, config: TrainConfig, category: str, meta: dict[str, Any] | None
+) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """``image_score=auto`` made concrete: chosen on validation from the training images where they are
+    enough (:mod:`cutpaste.scorer_selection`, recorded in ``meta["image_score_selection"]``), else by the
+    category-name lookup; the detector's config keeps the choice, so a loaded bundle scores the same way."""
+    if not can_select(config, train_images.shape[0]):
+        return config.override({"image_score": prior_choice(config, category)}), meta
+    selection = select_image_score(model, train_images, config, category=category)
+    meta = dict(meta or {})
+    meta["image_score_selection"] = selection.to_dict()
+    return config.override(selection.overrides()), meta
 
 
 def _calibrated(meta: dict[str, Any] | None, oof: torch.Tensor, config: TrainConfig) -> tuple[dict[str, Any], float]:

@@ -1,6 +1,6 @@
 """Structural synthetic anomalies for validation: a region warped, a region's detail erased, a thin stroke.
 
-The validation set's Perlin-texture anomalies (:func:`cutpaste.validation.perlin_anomalies`) change
+The validation set's Perlin-texture anomalies (:func:`cutpaste.synthetic_anomalies.perlin_anomalies`) change
 colour: global colour statistics alone rank them at 0.96 AUROC on MVTec transistor, better than a
 trained detector, while real defects are mostly structural (a bent lead, a crack, a missing part).
 These two kinds keep the colours and change the structure, so a validation AUROC rewards what the

@@ -26,16 +26,13 @@ from cutpaste.detector import Detector, fit_detector
 from cutpaste.ensemble import EnsembleDetector, build_ensemble
 from cutpaste.errors import ConfigError, DataError
 from cutpaste.metrics import image_metrics
-from cutpaste.noise import noise_batch, perlin_masks
-from cutpaste.structural_anomalies import distortion_anomalies, erasure_anomalies, stroke_anomalies
+from cutpaste.synthetic_anomalies import ANOMALY_KINDS
 from cutpaste.train import TrainHooks, resolve_device, train_model
 
 # Validation images are decoded at one size for every trial, so configurations with different
 # image sizes are ranked on the same pixels (each detector resizes to its own size).
 VALIDATION_SIZE = 128
 SPLIT_SEED = 0
-# Each held-out normal image gives one anomaly of each kind; the per-kind AUROC is reported too.
-ANOMALY_KINDS: dict[str, Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]] = {}
 
 
 @dataclass
@@ -76,45 +73,6 @@ def split_train(
     held_idx = set(order[:held])
     train = [s for i, s in enumerate(ordered) if i not in held_idx]
     return train, [s for i, s in enumerate(ordered) if i in held_idx]
-
-
-def foreign_textures(batch: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """``(batch, 3, size, size)`` float textures unrelated to the category: two-colour Perlin patterns."""
-    noise = noise_batch(batch, size, generator, (4, 8, 16))
-    stripes = noise_batch(batch, size, generator, (16, 32))
-    pattern = (0.5 + 0.35 * noise + 0.15 * torch.sin(12 * stripes)).clamp(0, 1).unsqueeze(1)
-    colours = torch.rand(batch, 2, 3, 1, 1, generator=generator, device=generator.device)
-    return colours[:, 0] * pattern + colours[:, 1] * (1 - pattern)
-
-
-def perlin_anomalies(
-    images: torch.Tensor,
-    generator: torch.Generator,
-    *,
-    area_ratio: tuple[float, float] = (0.02, 0.15),
-    opacity: tuple[float, float] = (0.3, 1.0),
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """DRAEM-style anomalies: ``(B, 3, S, S)`` uint8 -> (anomalous uint8 images, ``(B, S, S)`` bool masks).
-
-    The mask is the top ``area`` fraction of a Perlin noise field (so it is never empty), ``area`` drawn
-    per image from ``area_ratio``; inside it a foreign texture is blended in with a drawn opacity.
-    """
-    b, _, h, w = images.shape
-    if h != w:
-        raise ValueError(f"perlin_anomalies expects square images, got {h}x{w}")
-    device = generator.device
-    masks = perlin_masks(b, h, generator, area_ratio)
-    beta = opacity[0] + (opacity[1] - opacity[0]) * torch.rand(b, 1, 1, 1, generator=generator, device=device)
-    texture = foreign_textures(b, h, generator)
-    x = images.to(device).float().div(255)
-    m = masks.unsqueeze(1).float()
-    out = x * (1 - beta * m) + texture * (beta * m)
-    return out.mul(255).round().clamp(0, 255).to(torch.uint8), masks
-
-
-ANOMALY_KINDS.update(
-    perlin=perlin_anomalies, distortion=distortion_anomalies, erasure=erasure_anomalies, stroke=stroke_anomalies
-)
 
 
 def synthetic_validation(

@@ -160,7 +160,7 @@ def _log_finished_run(
         client.log_artifact(run_id, str(files / HEATMAPS_NAME), "heatmaps")
     # The model goes last, then the run is marked finished: a FINISHED run always has complete artifacts.
     model_uri, digest = log_detector_model(files, run_id=run_id)
-    tracking.set_tags(client, run_id, {TAG_MODEL_URI: model_uri, TAG_SHA256: digest})
+    tracking.set_tags(client, run_id, {TAG_MODEL_URI: model_uri, TAG_SHA256: digest, **_scoring_tags(bundle)})
     tracking.finish_run(client, run_id)
     record = _finished_record(spec, final)
     samples = evaluation["samples"]
@@ -193,6 +193,9 @@ def _final_metrics(
         final.update(pixel_auroc=evaluation["pixel_auroc"], aupro=evaluation["aupro"])
     validation = bundle["meta"].get("validation") or {}
     final.update({k: v for k, v in validation.items() if k.startswith("val_")})
+    selection = bundle["meta"].get("image_score_selection")
+    if selection:  # image_score=auto: every candidate's validation AUROC on the training images
+        final.update({f"auto_val_auroc_{name}": v for name, v in selection["val_auroc"].items()})
     calibration = bundle["meta"].get("calibration")
     if calibration:  # the false-positive rate the threshold is expected to give, with its bootstrap interval
         final.update(
@@ -203,6 +206,16 @@ def _final_metrics(
     # Where the run's time went, as the status board saw it (seconds queued, training, evaluating).
     final.update({f"seconds_{state}": value for state, value in (phases or {}).items()})
     return final
+
+
+def _scoring_tags(bundle: dict[str, Any]) -> dict[str, str]:
+    """How the detector scores images, and for ``image_score=auto`` which candidate it chose."""
+    config = bundle["config"]
+    tags = {"cutpaste.image_score": f"{config.get('image_score')} ({config.get('feature_density')})"}
+    selection = bundle["meta"].get("image_score_selection")
+    if selection:
+        tags["cutpaste.auto_choice"] = selection["chosen"]
+    return tags
 
 
 def _finished_record(spec: RunSpec, metrics: dict[str, float]) -> dict[str, Any]:

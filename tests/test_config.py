@@ -99,21 +99,22 @@ def test_flatten_has_dotted_keys():
     assert flat["steps"] == 65536
 
 
-def test_image_score_auto_follows_the_category_group():
+def test_image_score_auto_falls_back_to_the_category_group_with_few_images():
     import torch
 
     from cutpaste.baselines import untrained_detector
-    from cutpaste.detector import resolve_image_score
+    from cutpaste.scorer_selection import MIN_IMAGES, prior_choice
 
     short = preset("short")
     assert short.image_score == "auto"
-    assert resolve_image_score(short, "transistor") == "local"
-    assert resolve_image_score(short, "carpet") == "global" and resolve_image_score(short, "synth_disc") == "global"
-    assert resolve_image_score(short.override({"patch_size": 32}), "bottle") == "global"
-    assert resolve_image_score(short.override({"image_score": "local"}), "carpet") == "local"
+    assert prior_choice(short, "transistor") == "local"
+    assert prior_choice(short, "carpet") == "global" and prior_choice(short, "synth_disc") == "global"
+    assert prior_choice(short.override({"patch_size": 32}), "bottle") == "global"
+    assert MIN_IMAGES > 8
     images = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     small = short.override({"image_size": 64, "local_grid": 4})
     bottle = untrained_detector(small, images, category="bottle")
     assert bottle.config.image_score == "local" and bottle.feature_local is not None, "the bundle keeps the choice"
     carpet = untrained_detector(small, images, category="carpet")
     assert carpet.config.image_score == "global" and carpet.feature_local is None
+    assert "image_score_selection" not in carpet.meta

@@ -42,8 +42,10 @@ def test_the_matrix_runs_every_row_kind_and_merges(tmp_path):
     assert by_row["blend"]["config"]["variant"] == "4way"
     assert by_row["paper-image"]["config"]["optimizer"] == "sgd"
     assert by_row["short"]["config"]["preset"] == "short" and by_row["short"]["config"]["steps"] == 3
+    chosen = by_row["short"]["auto_choice"]  # image_score=auto chose on the training images, and says so
+    assert by_row["short"]["auto_selection_auroc"][chosen] == max(by_row["short"]["auto_selection_auroc"].values())
     table = out.with_suffix(".md").read_text()
-    assert "| paper-image |" in table and "val AUROC" in table
+    assert "| paper-image |" in table and "val AUROC" in table and f"auto chose {chosen}" in table
     assert not list(tmp_path.glob("cutpaste-quality-*")), "generated data is removed"
 
     again = run_matrix(tmp_path, *tiny, "--rows", "pixel-stats", "--seed", "1", "--out", str(out))

@@ -17,9 +17,9 @@ from cutpaste.data.synth import generate_dataset
 from cutpaste.errors import DataError
 from cutpaste.noise import perlin_noise
 from cutpaste.structural_anomalies import distortion_anomalies, erasure_anomalies, stroke_anomalies
+from cutpaste.synthetic_anomalies import perlin_anomalies
 from cutpaste.validation import (
     folder_validation,
-    perlin_anomalies,
     prepare_validation,
     split_train,
     synthetic_validation,

@@ -64,7 +64,8 @@ def stack(tmp_path_factory):
 
 def _submit(stack) -> tuple[str, str]:
     config = stack["work"] / "config.json"
-    config.write_text(json.dumps({"preset": "ci", "steps": 30, "checkpoint_every": 10}))
+    # image_score=auto: each run chooses its scoring on its training images, and the run shows the choice.
+    config.write_text(json.dumps({"preset": "ci", "steps": 30, "checkpoint_every": 10, "image_score": "auto"}))
     entrypoint = [
         str(VENV_BIN / "python"),
         "pipelines/full_benchmark.py",
@@ -110,6 +111,9 @@ def test_benchmark_job_end_to_end(stack):
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.info.status == "FINISHED"
         assert 0.0 <= child.data.metrics["image_auroc"] <= 1.0
+        chosen = child.data.tags["cutpaste.auto_choice"]
+        candidates = {k.removeprefix("auto_val_auroc_"): v for k, v in child.data.metrics.items() if "auto_val" in k}
+        assert candidates[chosen] == max(candidates.values()) and len(candidates) >= 4
         assert child.data.params["steps"] == "30" and child.data.params["augment.area_ratio"] == "(0.02, 0.15)"
         assert len(client.get_metric_history(child.info.run_id, "loss")) >= 2
         density_file = client.download_artifacts(child.info.run_id, "density/density.pt", str(stack["work"]))

@@ -1,0 +1,172 @@
+"""``image_score=auto``: a detector chooses its own image score, on validation made from its training images.
+
+Which score serves best differs by category: at the ``short`` budget the feature-map Gaussians lead on
+the aligned MVTec objects, the paper's global Gaussian or the k-NN memory bank on textures
+(``bench/results/quality.md``). A lookup by category name cannot know a category it has not seen, so the
+detector decides from data, never from a test split: the training images are split into folds, and
+densities fitted without a fold score that fold's images and synthetic anomalies made from them (every
+kind in :data:`cutpaste.synthetic_anomalies.ANOMALY_KINDS`). The candidate with the highest AUROC wins;
+the name lookup's choice (:func:`prior_choice`) wins ties, and wins outright when there are too few
+images to split. The encoder has trained on these images, which makes every candidate's normal scores
+a little lower alike; the ranking, not the level, is what is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import Tensor
+
+from cutpaste.config import TrainConfig
+from cutpaste.density import GaussianDensity
+from cutpaste.local_density import ALIGNED_OBJECTS, fit_local, resolve_layout
+from cutpaste.local_scores import image_and_grid_features, standardise
+from cutpaste.model import CutPasteNet
+from cutpaste.synthetic_anomalies import ANOMALY_KINDS
+
+# Below this many training images the folds are too small to rank anything; the lookup decides.
+MIN_IMAGES = 10
+# Anomalies are made from at most this many training images per kind (a seeded subset).
+MAX_ANOMALY_BASES = 128
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to score an image: the config fields it sets, and the name tables and logs show.
+    ``feature_density="auto"`` keeps the config's own setting."""
+
+    name: str
+    image_score: str
+    feature_density: str
+
+
+# The lookup's choices first: on a tie the earlier candidate wins.
+CANDIDATES: tuple[Candidate, ...] = (
+    Candidate("local", "local", "auto"),
+    Candidate("global", "global", "auto"),
+    Candidate("knn", "local", "knn"),
+    Candidate("knn-global", "combined", "knn"),
+    Candidate("local-global", "combined", "auto"),
+)
+
+
+def prior_choice(config: TrainConfig, category: str) -> str:
+    """The name lookup: ``local`` for the aligned MVTec objects, where the quality matrix's validation
+    preferred it at the short budget, ``global`` (the paper's) elsewhere and for patch models."""
+    if config.patch_size or not config.backbone.startswith("resnet"):
+        return "global"
+    return "local" if category in ALIGNED_OBJECTS else "global"
+
+
+def can_select(config: TrainConfig, n_images: int) -> bool:
+    return not config.patch_size and config.backbone.startswith("resnet") and n_images >= MIN_IMAGES
+
+
+@dataclass
+class Selection:
+    """The chosen candidate, every candidate's validation AUROC (pooled and per kind), and the counts."""
+
+    chosen: Candidate
+    auroc: dict[str, float]
+    per_kind: dict[str, dict[str, float]]
+    normals: int
+    anomalies: int
+
+    def overrides(self) -> dict[str, str]:
+        """Config changes: the image score, and the memory bank where the candidate names it (the others
+        keep the config's ``feature_density``)."""
+        out = {"image_score": self.chosen.image_score}
+        if self.chosen.feature_density == "knn":
+            out["feature_density"] = "knn"
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "chosen": self.chosen.name,
+            "val_auroc": self.auroc,
+            "val_auroc_per_kind": self.per_kind,
+            "normals": self.normals,
+            "anomalies": self.anomalies,
+        }
+
+
+@torch.no_grad()
+def select_image_score(
+    model: CutPasteNet, train_images: Tensor, config: TrainConfig, *, category: str = "", folds: int = 5
+) -> Selection:
+    """Cross-fitted validation of every candidate in :data:`CANDIDATES` on ``train_images``."""
+    device = next(model.parameters()).device
+    images = _as_uint8(train_images)
+    n = images.shape[0]
+    generator = torch.Generator().manual_seed(config.seed)
+    bases = torch.randperm(n, generator=generator)[:MAX_ANOMALY_BASES]
+    made = [make(images[bases], generator)[0] for make in ANOMALY_KINDS.values()]
+    kinds = [kind for kind in ANOMALY_KINDS for _ in range(len(bases))]
+    anomaly_base = bases.repeat(len(made))
+
+    embeddings, grid = image_and_grid_features(model, images, config)
+    a_embeddings, a_grid = image_and_grid_features(model, torch.cat(made), config)
+    layouts = {"auto": resolve_layout(config.feature_density, category), "knn": "knn"}
+
+    normal = {key: torch.empty(n, dtype=torch.float64) for key in ("global", *layouts)}
+    anomalous = {key: torch.empty(len(anomaly_base), dtype=torch.float64) for key in normal}
+    # The same folds as the detector's out-of-fold calibration (cutpaste.density.out_of_fold_scores).
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
+    for part in torch.tensor_split(order, max(2, min(folds, n // 2))):
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[part] = False
+        held = torch.isin(anomaly_base, part)
+        density = GaussianDensity.fit(embeddings[keep])
+        normal["global"][part] = density.score(embeddings[part]).double()
+        anomalous["global"][held] = density.score(a_embeddings[held]).double()
+        for key, layout in layouts.items():
+            scorer = fit_local(
+                grid[keep].to(device), layout=layout, grid=config.local_grid, dim=config.local_dim, seed=config.seed
+            )
+            normal[key][part] = _image_max(scorer.score(grid[part].to(device)))
+            anomalous[key][held] = _image_max(scorer.score(a_grid[held].to(device)))
+
+    labels = [0] * n + [1] * len(anomaly_base)
+    auroc: dict[str, float] = {}
+    per_kind: dict[str, dict[str, float]] = {}
+    for candidate in CANDIDATES:
+        scores = _candidate_scores(candidate, normal, anomalous)
+        auroc[candidate.name] = float(roc_auc_score(labels, scores.numpy()))
+        per_kind[candidate.name] = {
+            kind: float(
+                roc_auc_score(
+                    [0] * n + [1] * len(bases),
+                    torch.cat([scores[:n], scores[n:][[k == kind for k in kinds]]]).numpy(),
+                )
+            )
+            for kind in ANOMALY_KINDS
+        }
+    prior = prior_choice(config, category)
+    ranked = sorted(CANDIDATES, key=lambda c: (-auroc[c.name], c.name != prior, CANDIDATES.index(c)))
+    return Selection(chosen=ranked[0], auroc=auroc, per_kind=per_kind, normals=n, anomalies=len(anomaly_base))
+
+
+def _candidate_scores(candidate: Candidate, normal: dict[str, Tensor], anomalous: dict[str, Tensor]) -> Tensor:
+    """Normal then anomalous scores of one candidate; a combined score standardises both parts by the
+    normal images' out-of-fold statistics, as the fitted detector does."""
+    both = {key: torch.cat([normal[key], anomalous[key]]) for key in normal}
+    local_key = "knn" if candidate.feature_density == "knn" else "auto"
+    if candidate.image_score == "global":
+        return both["global"]
+    if candidate.image_score == "local":
+        return both[local_key]
+    return sum(
+        standardise(both[key], (float(normal[key].mean()), float(normal[key].std()))) for key in ("global", local_key)
+    )
+
+
+def _image_max(position_scores: Tensor) -> Tensor:
+    return position_scores.flatten(1).amax(1).double().cpu()
+
+
+def _as_uint8(images: Tensor) -> Tensor:
+    if images.dtype == torch.uint8:
+        return images
+    return images.float().clamp(0, 1).mul(255).round().to(torch.uint8)

@@ -1,0 +1,58 @@
+"""The synthetic anomalies that validation scores: a foreign texture blended in, a warp, an erasure, a stroke.
+
+None of them is what training sees (CutPaste and blend paste rectangles of image content), so no
+configuration wins by recognising its own augmentation. They live apart from :mod:`cutpaste.validation`
+because a detector uses them too, when it chooses its own image score (:mod:`cutpaste.scorer_selection`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from cutpaste.noise import noise_batch, perlin_masks
+from cutpaste.structural_anomalies import distortion_anomalies, erasure_anomalies, stroke_anomalies
+
+
+def foreign_textures(batch: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """``(batch, 3, size, size)`` float textures unrelated to the category: two-colour Perlin patterns."""
+    noise = noise_batch(batch, size, generator, (4, 8, 16))
+    stripes = noise_batch(batch, size, generator, (16, 32))
+    pattern = (0.5 + 0.35 * noise + 0.15 * torch.sin(12 * stripes)).clamp(0, 1).unsqueeze(1)
+    colours = torch.rand(batch, 2, 3, 1, 1, generator=generator, device=generator.device)
+    return colours[:, 0] * pattern + colours[:, 1] * (1 - pattern)
+
+
+def perlin_anomalies(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    area_ratio: tuple[float, float] = (0.02, 0.15),
+    opacity: tuple[float, float] = (0.3, 1.0),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DRAEM-style anomalies: ``(B, 3, S, S)`` uint8 -> (anomalous uint8 images, ``(B, S, S)`` bool masks).
+
+    The mask is the top ``area`` fraction of a Perlin noise field (so it is never empty), ``area`` drawn
+    per image from ``area_ratio``; inside it a foreign texture is blended in with a drawn opacity.
+    """
+    b, _, h, w = images.shape
+    if h != w:
+        raise ValueError(f"perlin_anomalies expects square images, got {h}x{w}")
+    device = generator.device
+    masks = perlin_masks(b, h, generator, area_ratio)
+    beta = opacity[0] + (opacity[1] - opacity[0]) * torch.rand(b, 1, 1, 1, generator=generator, device=device)
+    texture = foreign_textures(b, h, generator)
+    x = images.to(device).float().div(255)
+    m = masks.unsqueeze(1).float()
+    out = x * (1 - beta * m) + texture * (beta * m)
+    return out.mul(255).round().clamp(0, 255).to(torch.uint8), masks
+
+
+# Each base image gives one anomaly of each kind; validation reports the AUROC per kind too.
+ANOMALY_KINDS: dict[str, Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]] = {
+    "perlin": perlin_anomalies,
+    "distortion": distortion_anomalies,
+    "erasure": erasure_anomalies,
+    "stroke": stroke_anomalies,
+}

@@ -1,0 +1,91 @@
+"""image_score=auto chooses on validation made from the training images, records why, and keeps its choice."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cutpaste.baselines import untrained_detector
+from cutpaste.config import preset
+from cutpaste.data import list_samples, load_images
+from cutpaste.data.synth import generate_dataset
+from cutpaste.detector import Detector
+from cutpaste.scorer_selection import CANDIDATES, Candidate, Selection, _candidate_scores, select_image_score
+from cutpaste.synthetic_anomalies import ANOMALY_KINDS
+
+
+@pytest.fixture(scope="module")
+def weave(tmp_path_factory) -> torch.Tensor:
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root, categories=["synth_weave"], size=64, train_count=16, test_good=1, test_defect_per_type=1)
+    return load_images([s.path for s in list_samples(root, "synth_weave", "train")], 64)
+
+
+@pytest.fixture(scope="module")
+def small():
+    return preset("short").override({"image_size": 64, "local_grid": 4, "eval_batch_size": 32})
+
+
+def test_auto_picks_the_best_candidate_on_validation_and_the_bundle_keeps_it(weave, small, tmp_path):
+    detector = untrained_detector(small, weave, category="synth_weave")
+    record = detector.meta["image_score_selection"]
+    assert set(record["val_auroc"]) == {c.name for c in CANDIDATES}
+    assert all(set(v) == set(ANOMALY_KINDS) for v in record["val_auroc_per_kind"].values())
+    assert record["normals"] == len(weave) and record["anomalies"] == len(weave) * len(ANOMALY_KINDS)
+    best = max(record["val_auroc"].values())
+    assert record["val_auroc"][record["chosen"]] == best
+    chosen = next(c for c in CANDIDATES if c.name == record["chosen"])
+    assert detector.config.image_score == chosen.image_score
+    if chosen.feature_density == "knn":
+        assert detector.config.feature_density == "knn"
+    loaded = Detector.load(detector.save(tmp_path / "bundle").parent)
+    assert loaded.config.image_score == detector.config.image_score
+    assert loaded.meta["image_score_selection"] == record
+    torch.testing.assert_close(loaded.score(weave[:4]), detector.score(weave[:4]))
+
+
+def test_selection_is_deterministic_under_the_seed(weave, small):
+    torch.manual_seed(small.seed)
+    from cutpaste.model import build_model
+
+    model = build_model(small).eval()
+    first = select_image_score(model, weave, small, category="synth_weave")
+    again = select_image_score(model, weave, small, category="synth_weave")
+    assert first.auroc == again.auroc and first.chosen == again.chosen
+    other = select_image_score(model, weave, small.override({"seed": 1}), category="synth_weave")
+    assert other.auroc != first.auroc, "the seed draws the anomalies and the folds"
+
+
+def test_only_the_bank_candidates_change_the_configured_density():
+    def overrides(name: str) -> dict[str, str]:
+        chosen = next(c for c in CANDIDATES if c.name == name)
+        return Selection(chosen=chosen, auroc={}, per_kind={}, normals=0, anomalies=0).overrides()
+
+    assert overrides("local") == {"image_score": "local"}, "a configured per_location or shared layout is kept"
+    assert overrides("global") == {"image_score": "global"}
+    assert overrides("knn") == {"image_score": "local", "feature_density": "knn"}
+    assert overrides("knn-global") == {"image_score": "combined", "feature_density": "knn"}
+
+
+def test_combined_candidates_standardise_by_the_normal_scores():
+    normal = {"global": torch.tensor([1.0, 3.0], dtype=torch.float64), "knn": torch.tensor([10.0, 30.0]).double()}
+    anomalous = {"global": torch.tensor([5.0], dtype=torch.float64), "knn": torch.tensor([50.0]).double()}
+    normal["auto"], anomalous["auto"] = normal["knn"], anomalous["knn"]
+    combined = _candidate_scores(Candidate("knn-global", "combined", "knn"), normal, anomalous)
+    std_g, std_k = normal["global"].std(), normal["knn"].std()
+    g, k = torch.tensor([1.0, 3.0, 5.0]).double(), torch.tensor([10.0, 30, 50]).double()
+    torch.testing.assert_close(combined, (g - 2) / std_g + (k - 20) / std_k)
+    plain = _candidate_scores(Candidate("global", "global", "auto"), normal, anomalous)
+    assert torch.equal(plain[2:], anomalous["global"])
+
+
+def test_ties_go_to_the_category_lookup(weave, small, monkeypatch):
+    import cutpaste.scorer_selection as selection
+
+    monkeypatch.setattr(selection, "roc_auc_score", lambda labels, scores: 0.5)
+    from cutpaste.model import build_model
+
+    model = build_model(small).eval()
+    assert select_image_score(model, weave, small, category="bottle").chosen.name == "local"
+    assert select_image_score(model, weave, small, category="carpet").chosen.name == "global"
+    assert isinstance(select_image_score(model, weave, small, category="carpet"), Selection)
