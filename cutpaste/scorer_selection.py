@@ -5,14 +5,16 @@ the aligned MVTec objects, the paper's global Gaussian or the k-NN memory bank o
 (``bench/results/quality.md``). A lookup by category name cannot know a category it has not seen, so the
 detector decides from data, never from a test split: the training images are split into folds, and
 densities fitted without a fold score that fold's images and synthetic anomalies made from them (every
-kind in :data:`cutpaste.synthetic_anomalies.ANOMALY_KINDS`). The candidate with the highest AUROC wins;
-the name lookup's choice (:func:`prior_choice`) wins ties, and wins outright when there are too few
-images to split. The encoder has trained on these images, which makes every candidate's normal scores
-a little lower alike; the ranking, not the level, is what is read.
+kind in :data:`cutpaste.synthetic_anomalies.ANOMALY_KINDS`). The candidate with the highest mean AUROC
+over the kinds that some candidate detects (:func:`informative_kinds`) wins; the name lookup's choice
+(:func:`prior_choice`) wins ties, and wins outright when there are too few images to split. The encoder
+has trained on these images, which makes every candidate's normal scores a little lower alike; the
+ranking, not the level, is what is read.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -66,11 +68,13 @@ def can_select(config: TrainConfig, n_images: int) -> bool:
 
 @dataclass
 class Selection:
-    """The chosen candidate, every candidate's validation AUROC (pooled and per kind), and the counts."""
+    """The chosen candidate; every candidate's validation AUROC (the mean over the ``kinds`` that rank, and
+    per kind); how many normal and anomalous images it rests on."""
 
     chosen: Candidate
     auroc: dict[str, float]
     per_kind: dict[str, dict[str, float]]
+    kinds: list[str]
     normals: int
     anomalies: int
 
@@ -87,6 +91,7 @@ class Selection:
             "chosen": self.chosen.name,
             "val_auroc": self.auroc,
             "val_auroc_per_kind": self.per_kind,
+            "kinds_ranked_on": self.kinds,
             "normals": self.normals,
             "anomalies": self.anomalies,
         }
@@ -128,24 +133,33 @@ def select_image_score(
             normal[key][part] = _image_max(scorer.score(grid[part].to(device)))
             anomalous[key][held] = _image_max(scorer.score(a_grid[held].to(device)))
 
-    labels = [0] * n + [1] * len(anomaly_base)
-    auroc: dict[str, float] = {}
+    labels = [0] * n + [1] * len(bases)
+    of_kind = {kind: torch.tensor([k == kind for k in kinds]) for kind in ANOMALY_KINDS}
     per_kind: dict[str, dict[str, float]] = {}
     for candidate in CANDIDATES:
         scores = _candidate_scores(candidate, normal, anomalous)
-        auroc[candidate.name] = float(roc_auc_score(labels, scores.numpy()))
         per_kind[candidate.name] = {
-            kind: float(
-                roc_auc_score(
-                    [0] * n + [1] * len(bases),
-                    torch.cat([scores[:n], scores[n:][[k == kind for k in kinds]]]).numpy(),
-                )
-            )
-            for kind in ANOMALY_KINDS
+            kind: float(roc_auc_score(labels, torch.cat([scores[:n], scores[n:][mask]]).numpy()))
+            for kind, mask in of_kind.items()
         }
+    used = informative_kinds(per_kind, normals=n, anomalies=len(bases))
+    auroc = {name: sum(values[k] for k in used) / len(used) for name, values in per_kind.items()}
     prior = prior_choice(config, category)
     ranked = sorted(CANDIDATES, key=lambda c: (-auroc[c.name], c.name != prior, CANDIDATES.index(c)))
-    return Selection(chosen=ranked[0], auroc=auroc, per_kind=per_kind, normals=n, anomalies=len(anomaly_base))
+    return Selection(
+        chosen=ranked[0], auroc=auroc, per_kind=per_kind, kinds=used, normals=n, anomalies=len(anomaly_base)
+    )
+
+
+def informative_kinds(per_kind: dict[str, dict[str, float]], *, normals: int, anomalies: int) -> list[str]:
+    """The anomaly kinds that can tell candidates apart: those some candidate detects better than chance
+    by more than two standard errors of a chance AUROC (Mann-Whitney's null distribution). A kind that
+    nothing detects (on a texture a warp is often more of the same texture) only adds noise to a mean;
+    when no kind qualifies, all count."""
+    chance_se = math.sqrt((normals + anomalies + 1) / (12 * normals * anomalies))
+    kinds = list(next(iter(per_kind.values())))
+    used = [k for k in kinds if max(values[k] for values in per_kind.values()) > 0.5 + 2 * chance_se]
+    return used or kinds
 
 
 def _candidate_scores(candidate: Candidate, normal: dict[str, Tensor], anomalous: dict[str, Tensor]) -> Tensor:

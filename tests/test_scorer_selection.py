@@ -10,7 +10,14 @@ from cutpaste.config import preset
 from cutpaste.data import list_samples, load_images
 from cutpaste.data.synth import generate_dataset
 from cutpaste.detector import Detector
-from cutpaste.scorer_selection import CANDIDATES, Candidate, Selection, _candidate_scores, select_image_score
+from cutpaste.scorer_selection import (
+    CANDIDATES,
+    Candidate,
+    Selection,
+    _candidate_scores,
+    informative_kinds,
+    select_image_score,
+)
 from cutpaste.synthetic_anomalies import ANOMALY_KINDS
 
 
@@ -32,6 +39,7 @@ def test_auto_picks_the_best_candidate_on_validation_and_the_bundle_keeps_it(wea
     assert set(record["val_auroc"]) == {c.name for c in CANDIDATES}
     assert all(set(v) == set(ANOMALY_KINDS) for v in record["val_auroc_per_kind"].values())
     assert record["normals"] == len(weave) and record["anomalies"] == len(weave) * len(ANOMALY_KINDS)
+    assert record["kinds_ranked_on"] and set(record["kinds_ranked_on"]) <= set(ANOMALY_KINDS)
     best = max(record["val_auroc"].values())
     assert record["val_auroc"][record["chosen"]] == best
     chosen = next(c for c in CANDIDATES if c.name == record["chosen"])
@@ -59,12 +67,24 @@ def test_selection_is_deterministic_under_the_seed(weave, small):
 def test_only_the_bank_candidates_change_the_configured_density():
     def overrides(name: str) -> dict[str, str]:
         chosen = next(c for c in CANDIDATES if c.name == name)
-        return Selection(chosen=chosen, auroc={}, per_kind={}, normals=0, anomalies=0).overrides()
+        return Selection(chosen=chosen, auroc={}, per_kind={}, kinds=[], normals=0, anomalies=0).overrides()
 
     assert overrides("local") == {"image_score": "local"}, "a configured per_location or shared layout is kept"
     assert overrides("global") == {"image_score": "global"}
     assert overrides("knn") == {"image_score": "local", "feature_density": "knn"}
     assert overrides("knn-global") == {"image_score": "combined", "feature_density": "knn"}
+
+
+def test_kinds_that_no_candidate_detects_do_not_rank():
+    per_kind = {
+        "a": {"stroke": 0.90, "warp": 0.52, "blob": 0.60},
+        "b": {"stroke": 0.80, "warp": 0.55, "blob": 0.70},
+    }
+    # 48 normals and 48 anomalies per kind: chance AUROCs spread with a standard error of about 0.059.
+    assert informative_kinds(per_kind, normals=48, anomalies=48) == ["stroke", "blob"]
+    assert informative_kinds(per_kind, normals=2000, anomalies=2000) == ["stroke", "warp", "blob"]
+    nothing = {"a": {"stroke": 0.5, "warp": 0.55}, "b": {"stroke": 0.52, "warp": 0.5}}
+    assert informative_kinds(nothing, normals=48, anomalies=48) == ["stroke", "warp"], "then every kind counts"
 
 
 def test_combined_candidates_standardise_by_the_normal_scores():
