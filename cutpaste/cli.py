@@ -93,6 +93,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"final loss {meta['final_loss']:.4f}, accuracy {meta['final_accuracy']:.3f}; "
         f"threshold {run.detector.threshold:.4f}; saved {run.out_dir}"
     )
+    selection = meta.get("image_score_selection")
+    if selection:
+        ranked = ", ".join(
+            f"{name} {auc:.3f}" for name, auc in sorted(selection["val_auroc"].items(), key=lambda x: -x[1])
+        )
+        print(
+            f"image score {selection['chosen']}, chosen on validation from the training images "
+            f"({selection['normals']} normal, {selection['anomalies']} synthetic anomalies; "
+            f"{', '.join(selection['kinds_ranked_on'])}): {ranked}"
+        )
     calibration = meta.get("calibration")
     if calibration:
         print(

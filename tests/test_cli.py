@@ -153,3 +153,14 @@ def test_bundle_loads_without_training_code_and_scores_any_size(trained, tiny_ro
     small = detector.score(x.unsqueeze(0))
     assert small.shape == (1,) and torch.isfinite(small).all()
     assert detector.config.image_size == 32
+
+
+def test_train_says_which_image_score_auto_chose_and_why(tmp_path, capsys):
+    from tests.conftest import write_tiny_category
+
+    write_tiny_category(tmp_path / "data", train=12)
+    out = tmp_path / "model"
+    assert _train(tmp_path / "data", out, "--set", "image_score=auto", "--set", "local_grid=2") == 0
+    printed = capsys.readouterr().out
+    chosen = Detector.load(out).meta["image_score_selection"]["chosen"]
+    assert f"image score {chosen}, chosen on validation from the training images (12 normal" in printed
