@@ -7,7 +7,7 @@ Rows (``--rows``, default all): ``pixel-stats`` (global colour statistics), ``un
 image model with random weights, same density), ``paper-image`` (the paper's image model: 3-way
 CutPaste, SGD, pooled embedding, one Gaussian), ``patch`` (the paper's patch model, image score the
 maximum of its map), one row per option on top of ``paper-image`` (``multiscale``, ``local``,
-``combined``, ``blend``, ``adamw``), and ``short`` / ``short-untrained`` (the ``short`` preset,
+``combined``, ``auto``, ``blend``, ``adamw``), and ``short`` / ``short-untrained`` (the ``short`` preset,
 trained and with random weights). Option rows use ``--preset`` (default ``demo``) for their budget
 and size, with the paper's choices wherever the row does not name another.
 
@@ -80,6 +80,7 @@ ROWS: dict[str, Row] = {
     "multiscale": Row("paper-image + pooled layer2..4 embedding", {"embedding": "multiscale"}),
     "local": Row("paper-image + feature-map Gaussians, image score their maximum", {"image_score": "local"}),
     "combined": Row("paper-image + global and feature-map scores, standardised sum", {"image_score": "combined"}),
+    "auto": Row("paper-image, image score chosen on validation from the training images", {"image_score": "auto"}),
     "blend": Row("paper-image + blended foreign patches as a 4th class (4way)", {"variant": "4way"}),
     "adamw": Row(
         "paper-image trained with AdamW 1e-3, 10% warm-up",

@@ -140,7 +140,7 @@ class Detector:
         by its global Gaussian, its feature-map grid's maximum, or both (``config.image_score``)."""
         if self.is_patch_model:
             return self.anomaly_maps(images, "dense")[0]
-        if self.feature_local is None:
+        if self.feature_local is None or self.config.image_score == "global":
             return self.density.score(self.embed(images))
         return self._combine(*self._image_scores(images))
 
@@ -154,6 +154,8 @@ class Detector:
         return self.density.score(embeddings), local
 
     def _combine(self, global_scores: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        if self.config.image_score == "global":  # auto chose the global score; the grid gives the maps
+            return global_scores.double()
         local = grid.flatten(1).amax(1).double()
         if self.config.image_score == "local":
             return local
@@ -278,11 +280,13 @@ def fit_detector(
     records those scores (``oof_scores``, what an ensemble standardises a member with) and the
     calibration with its expected false-positive rate and bootstrap interval (``calibration``).
     """
+    maps = False
     if config.image_score == "auto":
         config, meta = _resolve_auto_score(model, train_images, config, category, meta)
+        maps = "image_score_selection" in meta
     if config.patch_size:
         return _fit_patch_detector(model, train_images, config, category=category, meta=meta)
-    if config.image_score != "global":
+    if config.image_score != "global" or maps:
         return _fit_local_image_detector(model, train_images, config, category=category, meta=meta)
     features = embed_images(model, train_images, batch_size=config.eval_batch_size, size=config.image_size)
     density = GaussianDensity.fit(features)
@@ -303,9 +307,10 @@ def _resolve_auto_score(
 ) -> tuple[TrainConfig, dict[str, Any] | None]:
     """``image_score=auto`` made concrete: chosen on validation from the training images where they are
     enough (:mod:`cutpaste.scorer_selection`, recorded in ``meta["image_score_selection"]``), else by the
-    category-name lookup; the detector's config keeps the choice, so a loaded bundle scores the same way."""
+    category-name lookup; the detector's config keeps the choice, so a loaded bundle scores the same way.
+    When the global score wins, the best feature-map candidate still gives the anomaly maps."""
     if not can_select(config, train_images.shape[0]):
-        return config.override({"image_score": prior_choice(config, category)}), meta
+        return config.override({"image_score": prior_choice(config, category)}), meta or {}
     selection = select_image_score(model, train_images, config, category=category)
     meta = dict(meta or {})
     meta["image_score_selection"] = selection.to_dict()
@@ -434,11 +439,12 @@ def _fit_local_image_detector(
         "global": [float(global_oof.mean()), float(global_oof.std())],
         "local": [float(local_oof.mean()), float(local_oof.std())],
     }
-    calibration = (
-        local_oof
-        if config.image_score == "local"
-        else standardise(global_oof, norm["global"]) + standardise(local_oof, norm["local"])
-    )
+    if config.image_score == "global":  # chosen by image_score=auto: the feature maps serve the anomaly maps
+        calibration = global_oof
+    elif config.image_score == "local":
+        calibration = local_oof
+    else:
+        calibration = standardise(global_oof, norm["global"]) + standardise(local_oof, norm["local"])
     meta, threshold = _calibrated(meta, calibration, config)
     meta["score_norm"] = norm
     meta["map_low"] = float(scores.median())

@@ -267,13 +267,13 @@ def build_ensemble(
 
 def reports_global_density(detector: Detector) -> bool:
     """True when the detector's score is the Mahalanobis distance of its image embedding (the paper's)."""
-    return not detector.is_patch_model and detector.feature_local is None
+    return not detector.is_patch_model and (detector.feature_local is None or detector.config.image_score == "global")
 
 
 def _score_kind(detector: Detector) -> str:
     if detector.is_patch_model:
         return "a patch model scored by its map"
-    if detector.feature_local is not None:
+    if not reports_global_density(detector):
         return f"image_score {detector.config.image_score}"
     return "global Gaussian"
 

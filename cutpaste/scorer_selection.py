@@ -78,17 +78,27 @@ class Selection:
     normals: int
     anomalies: int
 
+    @property
+    def maps_from(self) -> Candidate:
+        """The candidate whose feature-map scorer draws the anomaly maps: the chosen one, or where that is
+        the global score (which has no map), the best-ranked candidate with one."""
+        if self.chosen.image_score != "global":
+            return self.chosen
+        with_maps = [c for c in CANDIDATES if c.image_score != "global" and c.name in self.auroc]
+        return max(with_maps, key=lambda c: self.auroc[c.name], default=self.chosen)
+
     def overrides(self) -> dict[str, str]:
-        """Config changes: the image score, and the memory bank where the candidate names it (the others
-        keep the config's ``feature_density``)."""
+        """Config changes: the image score, and the memory bank where the map's candidate names it (the
+        others keep the config's ``feature_density``)."""
         out = {"image_score": self.chosen.image_score}
-        if self.chosen.feature_density == "knn":
+        if self.maps_from.feature_density == "knn":
             out["feature_density"] = "knn"
         return out
 
     def to_dict(self) -> dict:
         return {
             "chosen": self.chosen.name,
+            "maps_from": self.maps_from.name,
             "val_auroc": self.auroc,
             "val_auroc_per_kind": self.per_kind,
             "kinds_ranked_on": self.kinds,

@@ -43,8 +43,10 @@ def test_auto_picks_the_best_candidate_on_validation_and_the_bundle_keeps_it(wea
     best = max(record["val_auroc"].values())
     assert record["val_auroc"][record["chosen"]] == best
     chosen = next(c for c in CANDIDATES if c.name == record["chosen"])
-    assert detector.config.image_score == chosen.image_score
-    if chosen.feature_density == "knn":
+    maps_from = next(c for c in CANDIDATES if c.name == record["maps_from"])
+    assert detector.config.image_score == chosen.image_score and maps_from.image_score != "global"
+    assert detector.feature_local is not None, "the anomaly maps come from a feature map whatever scores images"
+    if maps_from.feature_density == "knn":
         assert detector.config.feature_density == "knn"
     loaded = Detector.load(detector.save(tmp_path / "bundle").parent)
     assert loaded.config.image_score == detector.config.image_score
@@ -64,10 +66,14 @@ def test_selection_is_deterministic_under_the_seed(weave, small):
     assert other.auroc != first.auroc, "the seed draws the anomalies and the folds"
 
 
+def _selection(name: str, auroc: dict[str, float] | None = None) -> Selection:
+    chosen = next(c for c in CANDIDATES if c.name == name)
+    return Selection(chosen=chosen, auroc=auroc or {}, per_kind={}, kinds=[], normals=0, anomalies=0)
+
+
 def test_only_the_bank_candidates_change_the_configured_density():
     def overrides(name: str) -> dict[str, str]:
-        chosen = next(c for c in CANDIDATES if c.name == name)
-        return Selection(chosen=chosen, auroc={}, per_kind={}, kinds=[], normals=0, anomalies=0).overrides()
+        return _selection(name).overrides()
 
     assert overrides("local") == {"image_score": "local"}, "a configured per_location or shared layout is kept"
     assert overrides("global") == {"image_score": "global"}
@@ -109,3 +115,23 @@ def test_ties_go_to_the_category_lookup(weave, small, monkeypatch):
     assert select_image_score(model, weave, small, category="bottle").chosen.name == "local"
     assert select_image_score(model, weave, small, category="carpet").chosen.name == "global"
     assert isinstance(select_image_score(model, weave, small, category="carpet"), Selection)
+
+
+def test_a_global_choice_keeps_the_best_feature_map_for_the_anomaly_maps(weave, small, monkeypatch):
+    auroc = {"global": 0.9, "knn": 0.8, "knn-global": 0.85, "local": 0.7, "local-global": 0.6}
+    selection = _selection("global", auroc)
+    assert selection.maps_from.name == "knn-global" and selection.to_dict()["maps_from"] == "knn-global"
+    assert selection.overrides() == {"image_score": "global", "feature_density": "knn"}
+
+    import cutpaste.detector as detector_module
+
+    monkeypatch.setattr(detector_module, "select_image_score", lambda *a, **k: selection)
+    detector = untrained_detector(small, weave, category="synth_weave")
+    assert detector.config.image_score == "global" and detector.feature_local is not None
+    torch.testing.assert_close(detector.score(weave[:4]), detector.density.score(detector.embed(weave[:4])))
+    scores, maps = detector.anomaly_maps(weave[:4])
+    torch.testing.assert_close(scores, detector.score(weave[:4]))
+    local_scores, local_maps = detector.anomaly_maps(weave[:4], "local")
+    torch.testing.assert_close(maps, local_maps)  # the feature-map maps, not GradCAM's
+    torch.testing.assert_close(local_scores, scores)
+    assert detector.meta["oof_scores"], "calibrated on the global score's out-of-fold values"
