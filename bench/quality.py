@@ -11,11 +11,11 @@ maximum of its map), one row per option on top of ``paper-image`` (``multiscale`
 trained and with random weights). Option rows use ``--preset`` (default ``demo``) for their budget
 and size, with the paper's choices wherever the row does not name another.
 
-Every trained row trains on 80% of ``train/good``; the other 20% plus one Perlin-texture anomaly
-each (:mod:`cutpaste.validation`) give the validation AUROC, the only column a choice may be read
-from. Test image AUROC, pixel AUROC and AUPRO (where masks exist) are reported next to it, never used.
-Results merge into ``bench/results/quality.json`` (one entry per category and row; a rerun replaces
-its own) and the Markdown table ``bench/results/quality.md``.
+Every trained row trains on 80% of ``train/good``; the other 20%, and one synthetic anomaly of
+each kind made from each of them (:mod:`cutpaste.validation`), give the validation AUROC, the only
+column a choice may be read from. Test image AUROC, pixel AUROC and AUPRO (where masks exist) are
+reported next to it, never used. Results merge into ``bench/results/quality.json`` (one entry per
+category and row; a rerun replaces its own) and the Markdown table ``bench/results/quality.md``.
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ class Detector:
         """``(B, 3, H, W)`` -> scores ``(B,)`` float64 and maps ``(B, S, S)`` float32 at ``image_size``.
 
         ``dense`` (the patch model's Gaussian-upsampled patch scores, score = max of the map), ``local``
-        (the image model's feature-map grid, upsampled; needs image_score local or combined) or
+        (the image model's feature-map grid, upsampled; needs image_score local, combined or auto) or
         ``gradcam`` (the image-level model); ``auto`` picks dense for a patch model, local where the
         image model has feature-map Gaussians, GradCAM otherwise.
         """
@@ -304,7 +304,7 @@ def fit_detector(
 
 def _resolve_auto_score(
     model: CutPasteNet, train_images: torch.Tensor, config: TrainConfig, category: str, meta: dict[str, Any] | None
-) -> tuple[TrainConfig, dict[str, Any] | None]:
+) -> tuple[TrainConfig, dict[str, Any]]:
     """``image_score=auto`` made concrete: chosen on validation from the training images where they are
     enough (:mod:`cutpaste.scorer_selection`, recorded in ``meta["image_score_selection"]``), else by the
     category-name lookup; the detector's config keeps the choice, so a loaded bundle scores the same way.
