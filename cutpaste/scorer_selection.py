@@ -25,7 +25,7 @@ from cutpaste.config import TrainConfig
 from cutpaste.density import GaussianDensity
 from cutpaste.local_density import ALIGNED_OBJECTS, fit_local, resolve_layout
 from cutpaste.local_scores import image_and_grid_features, standardise
-from cutpaste.model import CutPasteNet
+from cutpaste.model import CutPasteNet, as_float_images
 from cutpaste.synthetic_anomalies import ANOMALY_KINDS
 
 # Below this many training images the folds are too small to rank anything; the lookup decides.
@@ -113,7 +113,7 @@ def select_image_score(
 ) -> Selection:
     """Cross-fitted validation of every candidate in :data:`CANDIDATES` on ``train_images``."""
     device = next(model.parameters()).device
-    images = _as_uint8(train_images)
+    images = _as_uint8(train_images, config.image_size)
     n = images.shape[0]
     generator = torch.Generator().manual_seed(config.seed)
     bases = torch.randperm(n, generator=generator)[:MAX_ANOMALY_BASES]
@@ -190,7 +190,8 @@ def _image_max(position_scores: Tensor) -> Tensor:
     return position_scores.flatten(1).amax(1).double().cpu()
 
 
-def _as_uint8(images: Tensor) -> Tensor:
-    if images.dtype == torch.uint8:
+def _as_uint8(images: Tensor, size: int) -> Tensor:
+    """Training images as the anomaly generators take them: uint8, square, at the detector's size."""
+    if images.dtype == torch.uint8 and images.shape[-2:] == (size, size):
         return images
-    return images.float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    return as_float_images(images, size).clamp(0, 1).mul(255).round().to(torch.uint8)

@@ -54,6 +54,15 @@ def test_auto_picks_the_best_candidate_on_validation_and_the_bundle_keeps_it(wea
     torch.testing.assert_close(loaded.score(weave[:4]), detector.score(weave[:4]))
 
 
+def test_float_and_non_square_training_images_are_taken_as_the_detector_sees_them(weave, small):
+    from cutpaste.model import build_model
+
+    model = build_model(small).eval()
+    wide = torch.nn.functional.interpolate(weave.float() / 255, size=(64, 80), mode="bilinear")
+    selection = select_image_score(model, wide, small, category="synth_weave")
+    assert selection.normals == len(weave) and set(selection.auroc) == {c.name for c in CANDIDATES}
+
+
 def test_selection_is_deterministic_under_the_seed(weave, small):
     torch.manual_seed(small.seed)
     from cutpaste.model import build_model
