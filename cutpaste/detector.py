@@ -19,7 +19,7 @@ from cutpaste import __version__
 from cutpaste.atomic import atomic_torch_save, atomic_write_text
 from cutpaste.config import TrainConfig
 from cutpaste.dense import dense_embeddings, upsample_scores
-from cutpaste.density import GaussianDensity, out_of_fold_scores
+from cutpaste.density import GaussianDensity, fold_parts, out_of_fold_scores
 from cutpaste.errors import ConfigError, ModelBundleError
 from cutpaste.gradcam import gradcam_maps
 from cutpaste.integrity import file_digests, load_weights, verify_file, verify_files, warn_unverified
@@ -403,9 +403,8 @@ def _out_of_fold_local_scores(
     """``(N, L, D)`` position features -> ``(N, L)`` scores of each image's positions under densities
     fitted without that image (k-fold): the unbiased normal scores a threshold is calibrated on."""
     n = features.shape[0]
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     out = torch.empty(features.shape[:2])
-    for part in torch.tensor_split(order, max(2, min(folds, n // 2))):
+    for part in fold_parts(n, folds=folds, seed=seed):
         keep = torch.ones(n, dtype=torch.bool)
         keep[part] = False
         out[part] = fit(features[keep]).score(features[part].to(device)).float().cpu()

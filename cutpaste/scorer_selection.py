@@ -22,7 +22,7 @@ from sklearn.metrics import roc_auc_score
 from torch import Tensor
 
 from cutpaste.config import TrainConfig
-from cutpaste.density import GaussianDensity
+from cutpaste.density import GaussianDensity, fold_parts
 from cutpaste.local_density import ALIGNED_OBJECTS, fit_local, resolve_layout
 from cutpaste.local_scores import image_and_grid_features, standardise
 from cutpaste.model import CutPasteNet, as_float_images
@@ -127,9 +127,7 @@ def select_image_score(
 
     normal = {key: torch.empty(n, dtype=torch.float64) for key in ("global", *layouts)}
     anomalous = {key: torch.empty(len(anomaly_base), dtype=torch.float64) for key in normal}
-    # The same folds as the detector's out-of-fold calibration (cutpaste.density.out_of_fold_scores).
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
-    for part in torch.tensor_split(order, max(2, min(folds, n // 2))):
+    for part in fold_parts(n, folds=folds, seed=config.seed):  # the folds of the detector's calibration
         keep = torch.ones(n, dtype=torch.bool)
         keep[part] = False
         held = torch.isin(anomaly_base, part)
