@@ -280,14 +280,13 @@ def fit_detector(
     records those scores (``oof_scores``, what an ensemble standardises a member with) and the
     calibration with its expected false-positive rate and bootstrap interval (``calibration``).
     """
-    maps = False
+    features = None
     if config.image_score == "auto":
-        config, meta = _resolve_auto_score(model, train_images, config, category, meta)
-        maps = "image_score_selection" in meta
+        config, meta, features = _resolve_auto_score(model, train_images, config, category, meta)
     if config.patch_size:
         return _fit_patch_detector(model, train_images, config, category=category, meta=meta)
-    if config.image_score != "global" or maps:
-        return _fit_local_image_detector(model, train_images, config, category=category, meta=meta)
+    if config.image_score != "global" or features is not None:  # a chosen global score keeps feature maps
+        return _fit_local_image_detector(model, train_images, config, category=category, meta=meta, features=features)
     features = embed_images(model, train_images, batch_size=config.eval_batch_size, size=config.image_size)
     density = GaussianDensity.fit(features)
     oof = out_of_fold_scores(features, seed=config.seed)
@@ -304,17 +303,19 @@ def fit_detector(
 
 def _resolve_auto_score(
     model: CutPasteNet, train_images: torch.Tensor, config: TrainConfig, category: str, meta: dict[str, Any] | None
-) -> tuple[TrainConfig, dict[str, Any]]:
+) -> tuple[TrainConfig, dict[str, Any], tuple[torch.Tensor, torch.Tensor] | None]:
     """``image_score=auto`` made concrete: chosen on validation from the training images where they are
     enough (:mod:`cutpaste.scorer_selection`, recorded in ``meta["image_score_selection"]``), else by the
     category-name lookup; the detector's config keeps the choice, so a loaded bundle scores the same way.
-    When the global score wins, the best feature-map candidate still gives the anomaly maps."""
+    After a selection, the training images' features it computed are returned for the fit to reuse (and
+    when the global score wins, the best feature-map candidate still gives the anomaly maps)."""
     if not can_select(config, train_images.shape[0]):
-        return config.override({"image_score": prior_choice(config, category)}), meta or {}
-    selection = select_image_score(model, train_images, config, category=category)
+        return config.override({"image_score": prior_choice(config, category)}), meta or {}, None
+    features = image_and_grid_features(model, train_images, config)
+    selection = select_image_score(model, train_images, config, category=category, features=features)
     meta = dict(meta or {})
     meta["image_score_selection"] = selection.to_dict()
-    return config.override(selection.overrides()), meta
+    return config.override(selection.overrides()), meta, features
 
 
 def _calibrated(meta: dict[str, Any] | None, oof: torch.Tensor, config: TrainConfig) -> tuple[dict[str, Any], float]:
@@ -419,12 +420,13 @@ def _fit_local_image_detector(
     category: str,
     meta: dict[str, Any] | None,
     folds: int = 5,
+    features: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Detector:
     """The image model with feature-map Gaussians: the global Gaussian as usual, the grid Gaussians on
-    the same forward pass, and out-of-fold scores of both to standardise them (``combined``) and to
-    calibrate the threshold of the score the detector reports."""
+    the same forward pass (or ``features``, that pass's output already computed), and out-of-fold scores
+    of both to standardise them (``combined``) and to calibrate the threshold of the score reported."""
     device = next(model.parameters()).device
-    embeddings, grid_features = image_and_grid_features(model, train_images, config)
+    embeddings, grid_features = features or image_and_grid_features(model, train_images, config)
     layout = resolve_layout(config.feature_density, category)
     grid = config.local_grid
 

@@ -109,9 +109,16 @@ class Selection:
 
 @torch.no_grad()
 def select_image_score(
-    model: CutPasteNet, train_images: Tensor, config: TrainConfig, *, category: str = "", folds: int = 5
+    model: CutPasteNet,
+    train_images: Tensor,
+    config: TrainConfig,
+    *,
+    category: str = "",
+    folds: int = 5,
+    features: tuple[Tensor, Tensor] | None = None,
 ) -> Selection:
-    """Cross-fitted validation of every candidate in :data:`CANDIDATES` on ``train_images``."""
+    """Cross-fitted validation of every candidate in :data:`CANDIDATES` on ``train_images``; ``features``
+    are their :func:`~cutpaste.local_scores.image_and_grid_features` where the caller has them."""
     device = next(model.parameters()).device
     images = _as_uint8(train_images, config.image_size)
     n = images.shape[0]
@@ -121,7 +128,7 @@ def select_image_score(
     kinds = [kind for kind in ANOMALY_KINDS for _ in range(len(bases))]
     anomaly_base = bases.repeat(len(made))
 
-    embeddings, grid = image_and_grid_features(model, images, config)
+    embeddings, grid = features or image_and_grid_features(model, train_images, config)
     a_embeddings, a_grid = image_and_grid_features(model, torch.cat(made), config)
     layouts = {"auto": resolve_layout(config.feature_density, category), "knn": "knn"}
 
