@@ -80,6 +80,12 @@ class Detector:
         return self.local is not None
 
     @property
+    def reports_global_density(self) -> bool:
+        """True when the score is the Mahalanobis distance of the image embedding (the paper's), also where
+        ``image_score=auto`` chose it and kept feature-map densities for the anomaly maps."""
+        return not self.is_patch_model and (self.feature_local is None or self.config.image_score == "global")
+
+    @property
     def map_range(self) -> tuple[float, float]:
         """Map values shown as cold and hot: a typical normal value, and twice the way from it to the
         threshold, so that the threshold sits in the middle of the colour scale of every heatmap."""
@@ -140,7 +146,7 @@ class Detector:
         by its global Gaussian, its feature-map grid's maximum, or both (``config.image_score``)."""
         if self.is_patch_model:
             return self.anomaly_maps(images, "dense")[0]
-        if self.feature_local is None or self.config.image_score == "global":
+        if self.reports_global_density:
             return self.density.score(self.embed(images))
         return self._combine(*self._image_scores(images))
 

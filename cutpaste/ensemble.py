@@ -77,7 +77,7 @@ class EnsembleDetector:
             raise ConfigError("ensemble: needs at least one member")
         if self.rule == "logdensity":
             for i, member in enumerate(self.members):
-                if not reports_global_density(member):
+                if not member.reports_global_density:
                     raise ConfigError(
                         f"ensemble rule logdensity: member {i} does not score by one Gaussian on its image "
                         f"embedding ({_score_kind(member)}); use --ensemble-rule mean or max"
@@ -265,15 +265,10 @@ def build_ensemble(
     return ensemble
 
 
-def reports_global_density(detector: Detector) -> bool:
-    """True when the detector's score is the Mahalanobis distance of its image embedding (the paper's)."""
-    return not detector.is_patch_model and (detector.feature_local is None or detector.config.image_score == "global")
-
-
 def _score_kind(detector: Detector) -> str:
     if detector.is_patch_model:
         return "a patch model scored by its map"
-    if not reports_global_density(detector):
+    if not detector.reports_global_density:
         return f"image_score {detector.config.image_score}"
     return "global Gaussian"
 
@@ -285,7 +280,7 @@ def member_oof_scores(member: Detector, train_images: torch.Tensor) -> torch.Ten
     recorded = member.meta.get("oof_scores")
     if recorded is not None and len(recorded) == train_images.shape[0]:
         return torch.tensor(recorded, dtype=torch.float64)
-    if reports_global_density(member):
+    if member.reports_global_density:
         return out_of_fold_scores(member.embed(train_images), seed=member.config.seed)
     raise ModelBundleError(
         f"ensemble: a member ({_score_kind(member)}) has no out-of-fold scores for these "
