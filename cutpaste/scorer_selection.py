@@ -57,13 +57,18 @@ CANDIDATES: tuple[Candidate, ...] = (
 def prior_choice(config: TrainConfig, category: str) -> str:
     """The name lookup: ``local`` for the aligned MVTec objects, where the quality matrix's validation
     preferred it at the short budget, ``global`` (the paper's) elsewhere and for patch models."""
-    if config.patch_size or not config.backbone.startswith("resnet"):
+    if not _has_feature_maps(config):
         return "global"
     return "local" if category in ALIGNED_OBJECTS else "global"
 
 
 def can_select(config: TrainConfig, n_images: int) -> bool:
-    return not config.patch_size and config.backbone.startswith("resnet") and n_images >= MIN_IMAGES
+    return _has_feature_maps(config) and n_images >= MIN_IMAGES
+
+
+def _has_feature_maps(config: TrainConfig) -> bool:
+    """An image-level model on a ResNet: the only kind with stage feature maps to score."""
+    return not config.patch_size and config.backbone.startswith("resnet")
 
 
 @dataclass
