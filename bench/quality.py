@@ -106,6 +106,16 @@ ROWS: dict[str, Row] = {
         {"image_score": "combined", "feature_density": "knn"},
         short=True,
     ),
+    "short-knn-relative": Row(
+        "the short preset's training, feature-map k-NN, image score its maximum less its median",
+        {"image_score": "local", "feature_density": "knn", "feature_score": "max-median"},
+        short=True,
+    ),
+    "short-knn-relative-combined": Row(
+        "the short preset's training, global Gaussian + feature-map k-NN (maximum less median), standardised sum",
+        {"image_score": "combined", "feature_density": "knn", "feature_score": "max-median"},
+        short=True,
+    ),
     "short-knn-untrained": Row(
         "feature-map k-NN with random weights",
         {"image_score": "local", "feature_density": "knn"},

@@ -22,6 +22,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 EMBEDDINGS = ("pooled", "multiscale")
 IMAGE_SCORES = ("global", "local", "combined", "auto")
 PATCH_SCORES = ("grid_max", "map_max")
+FEATURE_SCORES = ("max", "max-median")
 
 
 @dataclass(frozen=True)
@@ -105,14 +106,22 @@ class TrainConfig:
     # ``local_grid`` square, laid out as ``local_density`` says), image score its maximum, and anomaly
     # maps from that grid instead of GradCAM; combined: the sum of both, each standardised on
     # out-of-fold training scores. Local scoring is an addition of ours, not the paper's protocol.
-    # auto: local for the aligned MVTec objects (where validation preferred it), global otherwise
-    # (textures, unknown categories, patch models); the detector records what it resolved to.
+    # auto: the detector chooses among these (and the k-NN bank's variants) on validation made from its
+    # own training images (cutpaste/scorer_selection.py), and records what it resolved to.
     image_score: str = "global"
     local_stage: int = 3
     local_grid: int = 8
     # Layout of those feature-map densities, as for local_density (knn included); auto by default,
     # since a missing part is only anomalous at the place where it belongs.
     feature_density: str = "auto"
+    # A k-NN memory bank over those feature maps compares each position after subtracting its image's
+    # mean feature (cutpaste/memory_bank.py): ours, measured to help textures and leave objects alone.
+    # The Gaussians are fitted on raw features whatever this says (centring did not help them).
+    feature_centring: bool = True
+    # How a feature-map grid becomes an image score: its maximum, or its maximum minus its median
+    # position (ours): a texture's own typical patch is normal, so an image whose every patch is far
+    # from the bank (unusual lighting) is not flagged for that, only for the patch that stands out.
+    feature_score: str = "max"
     checkpoint_every: int = 1000
     log_every: int = 50
     eval_batch_size: int = 64
@@ -186,6 +195,12 @@ class TrainConfig:
         if self.feature_density not in LOCAL_DENSITIES:
             raise ConfigError(
                 f"feature_density: unknown {self.feature_density!r}; choose one of {', '.join(LOCAL_DENSITIES)}"
+            )
+        if not isinstance(self.feature_centring, bool):
+            raise ConfigError(f"feature_centring: expected true or false, got {self.feature_centring!r}")
+        if self.feature_score not in FEATURE_SCORES:
+            raise ConfigError(
+                f"feature_score: unknown {self.feature_score!r}; choose one of {', '.join(FEATURE_SCORES)}"
             )
         if self.patch_score not in PATCH_SCORES:
             raise ConfigError(f"patch_score: unknown {self.patch_score!r}; choose one of {', '.join(PATCH_SCORES)}")

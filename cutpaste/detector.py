@@ -24,7 +24,7 @@ from cutpaste.errors import ConfigError, ModelBundleError
 from cutpaste.gradcam import gradcam_maps
 from cutpaste.integrity import file_digests, load_weights, verify_file, verify_files, warn_unverified
 from cutpaste.local_density import LocalDensity, fit_local, load_local, resolve_layout
-from cutpaste.local_scores import grid_to_maps, image_and_grid_features, standardise
+from cutpaste.local_scores import grid_image_scores, grid_to_maps, image_and_grid_features, standardise
 from cutpaste.memory_bank import MemoryBank
 from cutpaste.model import CutPasteNet, as_float_images, build_model
 from cutpaste.patches import grid_size
@@ -162,7 +162,7 @@ class Detector:
     def _combine(self, global_scores: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         if self.config.image_score == "global":  # auto chose the global score; the grid gives the maps
             return global_scores.double()
-        local = grid.flatten(1).amax(1).double()
+        local = grid_image_scores(grid, self.config.feature_score)
         if self.config.image_score == "local":
             return local
         norm = self.meta["score_norm"]
@@ -437,10 +437,17 @@ def _fit_local_image_detector(
     grid = config.local_grid
 
     def fit(subset: torch.Tensor) -> LocalDensity | MemoryBank:
-        return fit_local(subset.to(device), layout=layout, grid=grid, dim=config.local_dim, seed=config.seed)
+        return fit_local(
+            subset.to(device),
+            layout=layout,
+            grid=grid,
+            dim=config.local_dim,
+            seed=config.seed,
+            centred=config.feature_centring,
+        )
 
     scores = _out_of_fold_local_scores(grid_features, fit, device=device, seed=config.seed, folds=folds)
-    local_oof = scores.amax(1).double()
+    local_oof = grid_image_scores(scores, config.feature_score)
     global_oof = out_of_fold_scores(embeddings, seed=config.seed)
     norm = {
         "global": [float(global_oof.mean()), float(global_oof.std())],

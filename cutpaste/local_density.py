@@ -146,10 +146,13 @@ class LocalDensity:
         }
 
 
-def fit_local(features: Tensor, *, layout: Layout, grid: int, dim: int, seed: int) -> LocalDensity | MemoryBank:
-    """The grid scorer a layout names: Gaussians (per position or shared) or a k-NN memory bank."""
+def fit_local(
+    features: Tensor, *, layout: Layout, grid: int, dim: int, seed: int, centred: bool = False
+) -> LocalDensity | MemoryBank:
+    """The grid scorer a layout names: Gaussians (per position or shared) or a k-NN memory bank, whose
+    features are centred per image when ``centred`` (the Gaussians ignore it: see MemoryBank)."""
     if layout == "knn":
-        return MemoryBank.fit(features, grid=grid, seed=seed)
+        return MemoryBank.fit(features, grid=grid, seed=seed, centred=centred)
     return LocalDensity.fit(features, layout=layout, grid=grid, dim=dim, seed=seed)
 
 

@@ -53,6 +53,18 @@ def grid_to_maps(grid_scores: Tensor, image_size: int) -> Tensor:
     return F.conv2d(F.pad(maps, (size // 2,) * 4, mode="replicate"), kernel)[:, 0]
 
 
+def grid_image_scores(grid_scores: Tensor, how: str = "max") -> Tensor:
+    """``(N, ...)`` position scores -> ``(N,)`` float64 image scores: the maximum, or with ``max-median``
+    the maximum less the image's median position score (see ``TrainConfig.feature_score``)."""
+    flat = grid_scores.flatten(1).double()
+    peak = flat.amax(1)
+    if how == "max":
+        return peak
+    if how == "max-median":
+        return peak - flat.median(1).values
+    raise ValueError(f"feature_score: unknown {how!r}")
+
+
 def standardise(scores: Tensor, stats: tuple[float, float]) -> Tensor:
     mean, std = stats
     return (scores.double() - mean) / max(std, 1e-12)

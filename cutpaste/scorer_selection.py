@@ -2,7 +2,8 @@
 
 Which score serves best differs by category: at the ``short`` budget the feature-map Gaussians lead on
 the aligned MVTec objects, the paper's global Gaussian or the k-NN memory bank on textures
-(``bench/results/quality.md``). A lookup by category name cannot know a category it has not seen, so the
+(``bench/results/quality.md``); on a texture the bank's image score gains from discounting the image's
+own typical patch (``feature_score=max-median``), on an object it loses. A lookup by category name cannot know a category it has not seen, so the
 detector decides from data, never from a test split: the training images are split into folds, and
 densities fitted without a fold score that fold's images and synthetic anomalies made from them (every
 kind in :data:`cutpaste.synthetic_anomalies.ANOMALY_KINDS`). The candidate with the highest mean AUROC
@@ -24,7 +25,7 @@ from torch import Tensor
 from cutpaste.config import TrainConfig
 from cutpaste.density import GaussianDensity, fold_parts
 from cutpaste.local_density import ALIGNED_OBJECTS, fit_local, resolve_layout
-from cutpaste.local_scores import image_and_grid_features, standardise
+from cutpaste.local_scores import grid_image_scores, image_and_grid_features, standardise
 from cutpaste.model import CutPasteNet, as_float_images
 from cutpaste.synthetic_anomalies import ANOMALY_KINDS
 
@@ -42,6 +43,7 @@ class Candidate:
     name: str
     image_score: str
     feature_density: str
+    feature_score: str = "max"
 
 
 # The lookup's choices first: on a tie the earlier candidate wins.
@@ -51,6 +53,8 @@ CANDIDATES: tuple[Candidate, ...] = (
     Candidate("knn", "local", "knn"),
     Candidate("knn-global", "combined", "knn"),
     Candidate("local-global", "combined", "auto"),
+    Candidate("knn-relative", "local", "knn", "max-median"),
+    Candidate("knn-relative-global", "combined", "knn", "max-median"),
 )
 
 
@@ -98,6 +102,8 @@ class Selection:
         out = {"image_score": self.chosen.image_score}
         if self.maps_from.feature_density == "knn":
             out["feature_density"] = "knn"
+        if self.maps_from.feature_score != "max":
+            out["feature_score"] = self.maps_from.feature_score
         return out
 
     def to_dict(self) -> dict:
@@ -137,21 +143,28 @@ def select_image_score(
     a_embeddings, a_grid = image_and_grid_features(model, torch.cat(made), config)
     layouts = {"auto": resolve_layout(config.feature_density, category), "knn": "knn"}
 
-    normal = {key: torch.empty(n, dtype=torch.float64) for key in ("global", *layouts)}
-    anomalous = {key: torch.empty(len(anomaly_base), dtype=torch.float64) for key in normal}
+    # Global scores (N, 1), and for each layout every position's score (N, G * G), reduced per candidate.
+    width = {"global": 1} | {key: config.local_grid**2 for key in layouts}
+    normal = {key: torch.empty(n, w, dtype=torch.float64) for key, w in width.items()}
+    anomalous = {key: torch.empty(len(anomaly_base), w, dtype=torch.float64) for key, w in width.items()}
     for part in fold_parts(n, folds=folds, seed=config.seed):  # the folds of the detector's calibration
         keep = torch.ones(n, dtype=torch.bool)
         keep[part] = False
         held = torch.isin(anomaly_base, part)
         density = GaussianDensity.fit(embeddings[keep])
-        normal["global"][part] = density.score(embeddings[part]).double()
-        anomalous["global"][held] = density.score(a_embeddings[held]).double()
+        normal["global"][part] = density.score(embeddings[part]).double()[:, None]
+        anomalous["global"][held] = density.score(a_embeddings[held]).double()[:, None]
         for key, layout in layouts.items():
             scorer = fit_local(
-                grid[keep].to(device), layout=layout, grid=config.local_grid, dim=config.local_dim, seed=config.seed
+                grid[keep].to(device),
+                layout=layout,
+                grid=config.local_grid,
+                dim=config.local_dim,
+                seed=config.seed,
+                centred=config.feature_centring,
             )
-            normal[key][part] = _image_max(scorer.score(grid[part].to(device)))
-            anomalous[key][held] = _image_max(scorer.score(a_grid[held].to(device)))
+            normal[key][part] = scorer.score(grid[part].to(device)).flatten(1).double().cpu()
+            anomalous[key][held] = scorer.score(a_grid[held].to(device)).flatten(1).double().cpu()
 
     labels = [0] * n + [1] * len(bases)
     of_kind = {kind: torch.tensor([k == kind for k in kinds]) for kind in ANOMALY_KINDS}
@@ -183,10 +196,15 @@ def informative_kinds(per_kind: dict[str, dict[str, float]], *, normals: int, an
 
 
 def _candidate_scores(candidate: Candidate, normal: dict[str, Tensor], anomalous: dict[str, Tensor]) -> Tensor:
-    """Normal then anomalous scores of one candidate; a combined score standardises both parts by the
-    normal images' out-of-fold statistics, as the fitted detector does."""
-    both = {key: torch.cat([normal[key], anomalous[key]]) for key in normal}
+    """Normal then anomalous image scores of one candidate, from the position scores its layout gave; a
+    combined score standardises both parts by the normal images' out-of-fold statistics, as the fitted
+    detector does."""
     local_key = "knn" if candidate.feature_density == "knn" else "auto"
+    normal, anomalous = (
+        {"global": part["global"][:, 0], local_key: grid_image_scores(part[local_key], candidate.feature_score)}
+        for part in (normal, anomalous)
+    )
+    both = {key: torch.cat([normal[key], anomalous[key]]) for key in normal}
     if candidate.image_score == "global":
         return both["global"]
     if candidate.image_score == "local":
@@ -194,10 +212,6 @@ def _candidate_scores(candidate: Candidate, normal: dict[str, Tensor], anomalous
     return sum(
         standardise(both[key], (float(normal[key].mean()), float(normal[key].std()))) for key in ("global", local_key)
     )
-
-
-def _image_max(position_scores: Tensor) -> Tensor:
-    return position_scores.flatten(1).amax(1).double().cpu()
 
 
 def _as_uint8(images: Tensor, size: int) -> Tensor:

@@ -49,6 +49,8 @@ _NON_TRAINING_FIELDS = frozenset(
         "local_stage",
         "local_grid",
         "feature_density",
+        "feature_centring",
+        "feature_score",
         "map_sigma",
         "patch_score",
     }

@@ -59,6 +59,8 @@ def test_override_accepts_dotted_and_nested_keys():
         ({"embedding": "multiscale", "backbone": "efficientnet_b0"}, "embedding"),
         ({"local_stage": 5}, "local_stage"),
         ({"feature_density": "here"}, "feature_density"),
+        ({"feature_score": "mean"}, "feature_score"),
+        ({"feature_centring": "perhaps"}, "feature_centring"),
         ({"patch_score": "mean"}, "patch_score"),
         ({"map_sigma": -1}, "map_sigma"),
         ({"augment.blend_opacity": [0.9, 0.2]}, "blend_opacity"),

@@ -74,3 +74,23 @@ def test_a_detector_scored_by_a_memory_bank_saves_and_loads(tmp_path):
 def test_a_bad_layout_names_the_field():
     with pytest.raises(ConfigError, match="feature_density"):
         preset("ci").override({"feature_density": "nearest"})
+
+
+def test_a_centred_bank_ignores_a_shift_shared_by_an_image_and_keeps_it_through_save():
+    generator = torch.Generator().manual_seed(0)
+    train, query = torch.randn(6, 9, 5, generator=generator), torch.randn(3, 9, 5, generator=generator)
+    shift = 10 * torch.randn(3, 1, 5, generator=generator)  # one offset per image, as lighting moves a texture
+    centred = MemoryBank.fit(train, grid=3, centred=True)
+    torch.testing.assert_close(centred.score(query + shift), centred.score(query), rtol=1e-4, atol=1e-4)
+    raw = MemoryBank.fit(train, grid=3)
+    assert (raw.score(query + shift) - raw.score(query)).abs().max() > 1, "raw features see the shift"
+    # A bump at one position still stands out after centring: it is not the image's mean.
+    bumped = query.clone()
+    bumped[:, 4] += 5
+    assert bool((centred.score(bumped)[:, 4] > centred.score(query)[:, 4]).all())
+    again = load_local(centred.state_dict())
+    assert isinstance(again, MemoryBank) and again.centred
+    torch.testing.assert_close(again.score(query), centred.score(query))
+    old = {k: v for k, v in raw.state_dict().items() if k != "centred"}  # a bundle from before centring
+    assert not load_local(old).centred
+    assert fit_local(train, layout="knn", grid=3, dim=4, seed=0, centred=True).centred

@@ -48,6 +48,7 @@ def test_auto_picks_the_best_candidate_on_validation_and_the_bundle_keeps_it(wea
     assert detector.feature_local is not None, "the anomaly maps come from a feature map whatever scores images"
     if maps_from.feature_density == "knn":
         assert detector.config.feature_density == "knn"
+    assert detector.config.feature_score == maps_from.feature_score
     loaded = Detector.load(detector.save(tmp_path / "bundle").parent)
     assert loaded.config.image_score == detector.config.image_score
     assert loaded.meta["image_score_selection"] == record
@@ -88,6 +89,8 @@ def test_only_the_bank_candidates_change_the_configured_density():
     assert overrides("global") == {"image_score": "global"}
     assert overrides("knn") == {"image_score": "local", "feature_density": "knn"}
     assert overrides("knn-global") == {"image_score": "combined", "feature_density": "knn"}
+    relative = {"image_score": "combined", "feature_density": "knn", "feature_score": "max-median"}
+    assert overrides("knn-relative-global") == relative
 
 
 def test_kinds_that_no_candidate_detects_do_not_rank():
@@ -103,15 +106,18 @@ def test_kinds_that_no_candidate_detects_do_not_rank():
 
 
 def test_combined_candidates_standardise_by_the_normal_scores():
-    normal = {"global": torch.tensor([1.0, 3.0], dtype=torch.float64), "knn": torch.tensor([10.0, 30.0]).double()}
-    anomalous = {"global": torch.tensor([5.0], dtype=torch.float64), "knn": torch.tensor([50.0]).double()}
+    # Global scores (N, 1); a layout's position scores (N, positions), here two positions per image.
+    normal = {"global": torch.tensor([[1.0], [3.0]]).double(), "knn": torch.tensor([[10.0, 0.0], [30.0, 2.0]]).double()}
+    anomalous = {"global": torch.tensor([[5.0]]).double(), "knn": torch.tensor([[50.0, 4.0]]).double()}
     normal["auto"], anomalous["auto"] = normal["knn"], anomalous["knn"]
     combined = _candidate_scores(Candidate("knn-global", "combined", "knn"), normal, anomalous)
-    std_g, std_k = normal["global"].std(), normal["knn"].std()
-    g, k = torch.tensor([1.0, 3.0, 5.0]).double(), torch.tensor([10.0, 30, 50]).double()
-    torch.testing.assert_close(combined, (g - 2) / std_g + (k - 20) / std_k)
+    g, k = torch.tensor([1.0, 3.0, 5.0]).double(), torch.tensor([10.0, 30, 50]).double()  # k: each image's max
+    torch.testing.assert_close(combined, (g - 2) / g[:2].std() + (k - 20) / k[:2].std())
     plain = _candidate_scores(Candidate("global", "global", "auto"), normal, anomalous)
-    assert torch.equal(plain[2:], anomalous["global"])
+    assert torch.equal(plain[2:], anomalous["global"][:, 0])
+    # max-median: with two positions the median is the lower one (torch's median of an even count).
+    relative = _candidate_scores(Candidate("knn-relative", "local", "knn", "max-median"), normal, anomalous)
+    torch.testing.assert_close(relative, torch.tensor([10.0, 28.0, 46.0]).double())
 
 
 def test_ties_go_to_the_category_lookup(weave, small, monkeypatch):
