@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from cutpaste.config import IMAGE_SCORES, LOCAL_DENSITIES, VARIANTS
+from cutpaste.config import FEATURE_SCORES, IMAGE_SCORES, LOCAL_DENSITIES, VARIANTS
 from cutpaste.ensemble import RULES
 from cutpaste.errors import ConfigError
 
@@ -64,6 +64,8 @@ class SearchSpace:
     # the base config's value; e.g. ["global", "combined"] and ["auto", "knn"].
     image_score: tuple[str, ...] = ()
     feature_density: tuple[str, ...] = ()
+    # The k-NN bank's image score: ["max", "max-median"] (TrainConfig.feature_score).
+    feature_score: tuple[str, ...] = ()
 
     def validate(self) -> SearchSpace:
         def fail(key: str, why: str) -> None:
@@ -107,7 +109,7 @@ class SearchSpace:
         if not self.ensemble_rule:
             fail("ensemble_rule", "choose at least one rule")
         choices = {"variant": VARIANTS, "ensemble_rule": RULES}
-        choices |= {"image_score": IMAGE_SCORES, "feature_density": LOCAL_DENSITIES}
+        choices |= {"image_score": IMAGE_SCORES, "feature_density": LOCAL_DENSITIES, "feature_score": FEATURE_SCORES}
         for name, known in choices.items():
             for v in getattr(self, name):
                 if v not in known:
@@ -219,7 +221,8 @@ def trial_overrides(params: dict[str, Any]) -> TrialPoint:
             overrides[key] = [float(params[f"{name}_min"]), float(params[f"{name}_max"])]
     if "patch_jitter" in params:
         overrides["augment.patch_jitter"] = float(params["patch_jitter"])
-    for key in ("variant", "learning_rate", "steps", "head_depth", "image_size", "image_score", "feature_density"):
+    scoring = ("image_score", "feature_density", "feature_score")
+    for key in ("variant", "learning_rate", "steps", "head_depth", "image_size", *scoring):
         if key in params:
             overrides[key] = params[key]
     return TrialPoint(
