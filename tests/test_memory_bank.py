@@ -67,8 +67,21 @@ def test_a_detector_scored_by_a_memory_bank_saves_and_loads(tmp_path):
     assert detector.meta["local_layout"] == "knn"
     detector.save(tmp_path)
     loaded = Detector.load(tmp_path)
-    assert isinstance(loaded.feature_local, MemoryBank)
+    assert isinstance(loaded.feature_local, MemoryBank) and loaded.feature_local.centred, "feature_centring's default"
     assert torch.allclose(loaded.score(images), detector.score(images))
+
+
+def test_max_median_scores_an_image_by_its_peak_over_its_own_typical_position():
+    config = preset("ci").override(
+        {"image_score": "local", "feature_density": "knn", "local_stage": 2, "local_grid": 4, "image_size": 32}
+    )
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    relative = config.override({"feature_score": "max-median"})
+    detector = fit_detector(build_model(relative).eval(), images, relative, category="widget")
+    _, grid = detector._image_scores(images)
+    flat = grid.flatten(1).double()
+    torch.testing.assert_close(detector.score(images), flat.amax(1) - flat.median(1).values)
+    assert bool((detector.score(images) >= 0).all())
 
 
 def test_a_bad_layout_names_the_field():
