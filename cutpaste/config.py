@@ -309,7 +309,7 @@ PRESETS: dict[str, TrainConfig] = {
     # Sized for a 2-core CPU: a category trains in about two minutes at 64 px. Scored like `short`: each
     # detector chooses its image score on validation from its training images (image_score=auto). At
     # this budget held-out validation ranks that at or above the fixed global + layer2 feature-map
-    # Gaussians on 5 of 6 categories (mean 0.747 against 0.741; bench/quality.py --rows combined,auto),
+    # Gaussians on 5 of 6 categories (mean 0.750 against 0.741; bench/quality.py --rows combined,auto),
     # and both localize (pixel AUROC 0.880 and 0.961 on bottle and transistor against GradCAM's 0.663
     # and 0.814).
     "demo": TrainConfig(
