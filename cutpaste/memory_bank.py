@@ -16,7 +16,10 @@ that shift out of every distance. At the ``short`` budget (``bench/quality.py --
 same trained models) it raised the k-NN image AUROC on synth_grain from 0.914 to 0.945 and on
 synth_noise from 0.896 to 0.904, and left MVTec transistor (0.953 -> 0.956), bottle (0.973 -> 0.972)
 and solar_poly (0.782 -> 0.784) as they were; the Gaussians did not gain from it (transistor's
-per-position ones lost 0.003), so they keep raw features.
+per-position ones lost 0.003), so they keep raw features. The patch model's bank is not centred.
+
+The bank holds at most ``max_size`` features, a seeded random subset when training has more, so its
+size and scoring time stay bounded; distances are computed in chunks on the features' device.
 """
 
 from __future__ import annotations

@@ -4,14 +4,13 @@ Which score serves best differs by category: at the ``short`` budget the feature
 the aligned MVTec objects, the paper's global Gaussian or the k-NN memory bank on textures
 (``bench/results/quality.md``); on a texture the bank's image score gains from discounting the image's
 own typical patch (``feature_score=max-median``), on an object it loses. A lookup by category name
-cannot know a category it has not seen, so the detector decides from data, never from a test split:
-the training images are split into folds, and
-densities fitted without a fold score that fold's images and synthetic anomalies made from them (every
-kind in :data:`cutpaste.synthetic_anomalies.ANOMALY_KINDS`). The candidate with the highest mean AUROC
-over the kinds that some candidate detects (:func:`informative_kinds`) wins; the name lookup's choice
-(:func:`prior_choice`) wins ties, and wins outright when there are too few images to split. The encoder
-has trained on these images, which makes every candidate's normal scores a little lower alike; the
-ranking, not the level, is what is read.
+cannot know a category it has not seen, so the detector decides from data, never from a test split: the
+training images are split into folds, and densities fitted without a fold score that fold's images and
+synthetic anomalies made from them (every kind in :data:`cutpaste.synthetic_anomalies.ANOMALY_KINDS`).
+The candidate with the highest mean AUROC over the kinds that some candidate detects
+(:func:`informative_kinds`) wins; the name lookup's choice (:func:`prior_choice`) wins ties, and wins
+outright when there are too few images to split. The encoder has trained on these images, which makes
+every candidate's normal scores a little lower alike; the ranking, not the level, is what is read.
 """
 
 from __future__ import annotations
