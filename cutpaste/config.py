@@ -181,10 +181,7 @@ class TrainConfig:
                 raise ConfigError("image_score: local and combined apply to the image-level model (patch_size 0)")
             if not self.backbone.startswith("resnet"):
                 raise ConfigError(f"image_score: {self.image_score!r} needs a ResNet backbone, got {self.backbone!r}")
-        if self.local_stage not in (1, 2, 3, 4):
-            raise ConfigError(f"local_stage: choose a ResNet stage 1..4, got {self.local_stage}")
-        if self.local_grid < 1:
-            raise ConfigError(f"local_grid: must be >= 1, got {self.local_grid}")
+        self._validate_feature_maps()
         if self.patch_size:
             if self.patch_size < 16:
                 raise ConfigError(f"patch_size: must be 0 (image-level model) or >= 16 px, got {self.patch_size}")
@@ -192,16 +189,6 @@ class TrainConfig:
                 raise ConfigError(f"patch_size: {self.patch_size} px is larger than the image ({self.image_size} px)")
         if self.patch_stride < 1:
             raise ConfigError(f"patch_stride: must be >= 1 px, got {self.patch_stride}")
-        if self.feature_density not in LOCAL_DENSITIES:
-            raise ConfigError(
-                f"feature_density: unknown {self.feature_density!r}; choose one of {', '.join(LOCAL_DENSITIES)}"
-            )
-        if not isinstance(self.feature_centring, bool):
-            raise ConfigError(f"feature_centring: expected true or false, got {self.feature_centring!r}")
-        if self.feature_score not in FEATURE_SCORES:
-            raise ConfigError(
-                f"feature_score: unknown {self.feature_score!r}; choose one of {', '.join(FEATURE_SCORES)}"
-            )
         if self.patch_score not in PATCH_SCORES:
             raise ConfigError(f"patch_score: unknown {self.patch_score!r}; choose one of {', '.join(PATCH_SCORES)}")
         if self.map_sigma < 0:
@@ -218,6 +205,23 @@ class TrainConfig:
             raise ConfigError(f"threshold_quantile: must lie in (0, 1), got {self.threshold_quantile}")
         self.augment.validate()
         return self
+
+    def _validate_feature_maps(self) -> None:
+        """The image model's feature-map scoring fields."""
+        if self.local_stage not in (1, 2, 3, 4):
+            raise ConfigError(f"local_stage: choose a ResNet stage 1..4, got {self.local_stage}")
+        if self.local_grid < 1:
+            raise ConfigError(f"local_grid: must be >= 1, got {self.local_grid}")
+        if self.feature_density not in LOCAL_DENSITIES:
+            raise ConfigError(
+                f"feature_density: unknown {self.feature_density!r}; choose one of {', '.join(LOCAL_DENSITIES)}"
+            )
+        if not isinstance(self.feature_centring, bool):
+            raise ConfigError(f"feature_centring: expected true or false, got {self.feature_centring!r}")
+        if self.feature_score not in FEATURE_SCORES:
+            raise ConfigError(
+                f"feature_score: unknown {self.feature_score!r}; choose one of {', '.join(FEATURE_SCORES)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

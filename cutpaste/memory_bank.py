@@ -81,10 +81,12 @@ class MemoryBank:
         bank_sq = bank.square().sum(1)
         out = []
         for chunk in _centre(features.float(), self.centred).reshape(-1, width).split(_CHUNK):
-            # |a - b|^2 = |a|^2 - 2 a.b + |b|^2, in one matrix product and in place.
+            # The neighbours from |a - b|^2 = |a|^2 - 2 a.b + |b|^2, one matrix product done in place; their
+            # distances again as |a - b| directly, since the expansion loses digits to cancellation when a
+            # feature lies close to the bank (the scores would then move with the matmul's blocking).
             squared = torch.addmm(bank_sq[None], chunk, bank.T, alpha=-2.0).add_(chunk.square().sum(1, keepdim=True))
-            nearest = squared.topk(self.k, dim=1, largest=False).values.clamp_min(0)
-            out.append(nearest.sqrt().mean(1))
+            nearest = squared.topk(self.k, dim=1, largest=False).indices
+            out.append((chunk[:, None] - bank[nearest]).norm(dim=2).mean(1))
         return torch.cat(out).view(n, positions)
 
     def state_dict(self) -> dict:

@@ -33,7 +33,9 @@ def as_float_images(images: torch.Tensor, size: int) -> torch.Tensor:
     x = images.float().div(255) if images.dtype == torch.uint8 else images.float()
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x
+    # One memory layout whatever the caller's strides (an HWC array permuted is channels-last): convolution
+    # picks its kernels by layout, and the same image must get the same score from every entry point.
+    return x.contiguous()
 
 
 def pretrained_weights_path(backbone: str, pretrained: str) -> Path:

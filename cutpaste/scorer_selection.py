@@ -139,11 +139,46 @@ def select_image_score(
     kinds = [kind for kind in ANOMALY_KINDS for _ in range(len(bases))]
     anomaly_base = bases.repeat(len(made))
 
-    embeddings, grid = features or image_and_grid_features(model, train_images, config)
-    a_embeddings, a_grid = image_and_grid_features(model, torch.cat(made), config)
-    layouts = {"auto": resolve_layout(config.feature_density, category), "knn": "knn"}
+    train_features = features or image_and_grid_features(model, train_images, config)
+    anomaly_features = image_and_grid_features(model, torch.cat(made), config)
+    normal, anomalous = _cross_fitted_scores(
+        train_features, anomaly_features, anomaly_base, config, category=category, folds=folds, device=device
+    )
 
-    # Global scores (N, 1), and for each layout every position's score (N, G * G), reduced per candidate.
+    labels = [0] * n + [1] * len(bases)
+    of_kind = {kind: torch.tensor([k == kind for k in kinds]) for kind in ANOMALY_KINDS}
+    per_kind: dict[str, dict[str, float]] = {}
+    for candidate in CANDIDATES:
+        scores = _candidate_scores(candidate, normal, anomalous)
+        per_kind[candidate.name] = {
+            kind: float(roc_auc_score(labels, torch.cat([scores[:n], scores[n:][mask]]).numpy()))
+            for kind, mask in of_kind.items()
+        }
+    used = informative_kinds(per_kind, normals=n, anomalies=len(bases))
+    auroc = {name: sum(values[k] for k in used) / len(used) for name, values in per_kind.items()}
+    prior = prior_choice(config, category)
+    ranked = sorted(CANDIDATES, key=lambda c: (-auroc[c.name], c.name != prior, CANDIDATES.index(c)))
+    return Selection(
+        chosen=ranked[0], auroc=auroc, per_kind=per_kind, kinds=used, normals=n, anomalies=len(anomaly_base)
+    )
+
+
+def _cross_fitted_scores(
+    train: tuple[Tensor, Tensor],
+    anomalies: tuple[Tensor, Tensor],
+    anomaly_base: Tensor,
+    config: TrainConfig,
+    *,
+    category: str,
+    folds: int,
+    device: torch.device,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Out-of-fold scores of the normal images and of the anomalies (each scored by densities fitted
+    without its base image's fold): the global Gaussian's ``(N, 1)``, and every position's ``(N, G * G)``
+    for the configured feature-map layout (``auto``) and the memory bank (``knn``), reduced per candidate."""
+    (embeddings, grid), (a_embeddings, a_grid) = train, anomalies
+    n = len(embeddings)
+    layouts = {"auto": resolve_layout(config.feature_density, category), "knn": "knn"}
     width = {"global": 1} | {key: config.local_grid**2 for key in layouts}
     normal = {key: torch.empty(n, w, dtype=torch.float64) for key, w in width.items()}
     anomalous = {key: torch.empty(len(anomaly_base), w, dtype=torch.float64) for key, w in width.items()}
@@ -165,23 +200,7 @@ def select_image_score(
             )
             normal[key][part] = scorer.score(grid[part].to(device)).flatten(1).double().cpu()
             anomalous[key][held] = scorer.score(a_grid[held].to(device)).flatten(1).double().cpu()
-
-    labels = [0] * n + [1] * len(bases)
-    of_kind = {kind: torch.tensor([k == kind for k in kinds]) for kind in ANOMALY_KINDS}
-    per_kind: dict[str, dict[str, float]] = {}
-    for candidate in CANDIDATES:
-        scores = _candidate_scores(candidate, normal, anomalous)
-        per_kind[candidate.name] = {
-            kind: float(roc_auc_score(labels, torch.cat([scores[:n], scores[n:][mask]]).numpy()))
-            for kind, mask in of_kind.items()
-        }
-    used = informative_kinds(per_kind, normals=n, anomalies=len(bases))
-    auroc = {name: sum(values[k] for k in used) / len(used) for name, values in per_kind.items()}
-    prior = prior_choice(config, category)
-    ranked = sorted(CANDIDATES, key=lambda c: (-auroc[c.name], c.name != prior, CANDIDATES.index(c)))
-    return Selection(
-        chosen=ranked[0], auroc=auroc, per_kind=per_kind, kinds=used, normals=n, anomalies=len(anomaly_base)
-    )
+    return normal, anomalous
 
 
 def informative_kinds(per_kind: dict[str, dict[str, float]], *, normals: int, anomalies: int) -> list[str]:

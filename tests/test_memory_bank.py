@@ -27,8 +27,13 @@ def test_distances_are_the_exact_nearest_neighbour_distances():
         bank = MemoryBank.fit(train, grid=2, k=k)
         brute = torch.cdist(query.reshape(-1, 8), train.reshape(-1, 8)).topk(k, largest=False).values.mean(1)
         assert torch.allclose(bank.score(query), brute.view(3, 4), atol=1e-4)
-    # A training feature is at distance zero from itself.
-    assert MemoryBank.fit(train, grid=2).score(train).abs().max() < 1e-2  # float32 expansion of |a - b|^2
+    # A training feature is at distance zero from itself, and a feature close to the bank far from the
+    # origin gets its true small distance: no digits lost to |a|^2 - 2 a.b + |b|^2 in float32.
+    assert MemoryBank.fit(train, grid=2).score(train).abs().max() == 0
+    far = 100 + train
+    near = far + 1e-2 * torch.sign(torch.randn(far.shape, generator=generator))
+    expected = torch.full((5, 4), 1e-2 * 8**0.5)
+    torch.testing.assert_close(MemoryBank.fit(far, grid=2).score(near), expected, rtol=1e-3, atol=0)
 
 
 def test_the_bank_flags_what_lies_between_two_normal_modes_where_a_gaussian_does_not():

@@ -44,3 +44,18 @@ def test_pretrained_from_a_local_file(tmp_path, monkeypatch):
     torch.save({"garbage": torch.zeros(1)}, tmp_path / "wrong.pth")
     with pytest.raises(ConfigError, match="does not fit resnet18"):
         CutPasteNet(pretrained=str(tmp_path / "wrong.pth"))
+
+
+def test_an_image_scores_the_same_whatever_the_memory_layout_it_arrives_in():
+    # An HWC array permuted to CHW is channels-last in memory; a served batch (B, H, W, 3) permuted is too,
+    # with another batch stride. Convolution picks kernels by layout, so scoring first makes it one layout.
+    from cutpaste.detector import fit_detector
+
+    scoring = {"image_score": "combined", "feature_density": "knn", "feature_score": "max-median", "local_grid": 4}
+    config = preset("short").override({**scoring, "image_size": 64})
+    images = torch.randint(0, 256, (12, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    detector = fit_detector(build_model(config).eval(), images, config, category="widget")
+    hwc = images[0].permute(1, 2, 0).contiguous()
+    one = detector.score(hwc.permute(2, 0, 1)[None])
+    batch = detector.score(hwc[None].contiguous().permute(0, 3, 1, 2))
+    assert torch.equal(one, batch) and torch.equal(one, detector.score(images[:1]))
