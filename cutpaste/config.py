@@ -169,7 +169,10 @@ class TrainConfig:
             raise ConfigError(f"head_depth: must be >= 0, got {self.head_depth}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate: must be > 0, got {self.learning_rate}")
-        for name, choices in (("optimizer", OPTIMIZERS), ("embedding", EMBEDDINGS), ("image_score", IMAGE_SCORES)):
+        choice_fields = {"optimizer": OPTIMIZERS, "embedding": EMBEDDINGS, "image_score": IMAGE_SCORES}
+        choice_fields |= {"feature_density": LOCAL_DENSITIES, "feature_score": FEATURE_SCORES}
+        choice_fields |= {"local_density": LOCAL_DENSITIES, "patch_score": PATCH_SCORES}
+        for name, choices in choice_fields.items():
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name}: unknown {getattr(self, name)!r}; choose one of {', '.join(choices)}")
         if self.warmup_steps < 0:
@@ -189,14 +192,8 @@ class TrainConfig:
                 raise ConfigError(f"patch_size: {self.patch_size} px is larger than the image ({self.image_size} px)")
         if self.patch_stride < 1:
             raise ConfigError(f"patch_stride: must be >= 1 px, got {self.patch_stride}")
-        if self.patch_score not in PATCH_SCORES:
-            raise ConfigError(f"patch_score: unknown {self.patch_score!r}; choose one of {', '.join(PATCH_SCORES)}")
         if self.map_sigma < 0:
             raise ConfigError(f"map_sigma: must be >= 0 px, got {self.map_sigma}")
-        if self.local_density not in LOCAL_DENSITIES:
-            raise ConfigError(
-                f"local_density: unknown {self.local_density!r}; choose one of {', '.join(LOCAL_DENSITIES)}"
-            )
         if self.local_dim < 1 or self.patch_batch_size < 1:
             raise ConfigError("local_dim and patch_batch_size: must be >= 1")
         if not 0 <= self.target_fpr < 1:
@@ -212,16 +209,8 @@ class TrainConfig:
             raise ConfigError(f"local_stage: choose a ResNet stage 1..4, got {self.local_stage}")
         if self.local_grid < 1:
             raise ConfigError(f"local_grid: must be >= 1, got {self.local_grid}")
-        if self.feature_density not in LOCAL_DENSITIES:
-            raise ConfigError(
-                f"feature_density: unknown {self.feature_density!r}; choose one of {', '.join(LOCAL_DENSITIES)}"
-            )
         if not isinstance(self.feature_centring, bool):
             raise ConfigError(f"feature_centring: expected true or false, got {self.feature_centring!r}")
-        if self.feature_score not in FEATURE_SCORES:
-            raise ConfigError(
-                f"feature_score: unknown {self.feature_score!r}; choose one of {', '.join(FEATURE_SCORES)}"
-            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
