@@ -24,7 +24,13 @@ from cutpaste.errors import ConfigError, ModelBundleError
 from cutpaste.gradcam import gradcam_maps
 from cutpaste.integrity import file_digests, load_weights, verify_file, verify_files, warn_unverified
 from cutpaste.local_density import LocalDensity, fit_local, load_local, resolve_layout
-from cutpaste.local_scores import grid_image_scores, grid_to_maps, image_and_grid_features, standardise
+from cutpaste.local_scores import (
+    fit_feature_scorer,
+    grid_image_scores,
+    grid_to_maps,
+    image_and_grid_features,
+    standardise,
+)
 from cutpaste.memory_bank import MemoryBank
 from cutpaste.model import CutPasteNet, as_float_images, build_model
 from cutpaste.patches import grid_size
@@ -434,17 +440,9 @@ def _fit_local_image_detector(
     device = next(model.parameters()).device
     embeddings, grid_features = features or image_and_grid_features(model, train_images, config)
     layout = resolve_layout(config.feature_density, category)
-    grid = config.local_grid
 
     def fit(subset: torch.Tensor) -> LocalDensity | MemoryBank:
-        return fit_local(
-            subset.to(device),
-            layout=layout,
-            grid=grid,
-            dim=config.local_dim,
-            seed=config.seed,
-            centred=config.feature_centring,
-        )
+        return fit_feature_scorer(subset.to(device), layout, config)
 
     scores = _out_of_fold_local_scores(grid_features, fit, device=device, seed=config.seed, folds=folds)
     local_oof = grid_image_scores(scores, config.feature_score)

@@ -17,6 +17,8 @@ from torch import Tensor
 
 from cutpaste.config import TrainConfig
 from cutpaste.dense import gaussian_kernel
+from cutpaste.local_density import Layout, LocalDensity, fit_local
+from cutpaste.memory_bank import MemoryBank
 from cutpaste.model import CutPasteNet, as_float_images
 
 
@@ -38,6 +40,19 @@ def image_and_grid_features(
         grids.append(pooled.flatten(2).transpose(1, 2).cpu())
     model.train(was_training)
     return torch.cat(embeddings), torch.cat(grids)
+
+
+def fit_feature_scorer(features: Tensor, layout: Layout, config: TrainConfig) -> LocalDensity | MemoryBank:
+    """The scorer of ``(N, G * G, C)`` feature-map grids that ``config`` asks for, in ``layout``: the detector
+    and the scorer selection fit it alike (a memory bank centred per image unless feature_centring is off)."""
+    return fit_local(
+        features,
+        layout=layout,
+        grid=config.local_grid,
+        dim=config.local_dim,
+        seed=config.seed,
+        centred=config.feature_centring,
+    )
 
 
 def grid_to_maps(grid_scores: Tensor, image_size: int) -> Tensor:

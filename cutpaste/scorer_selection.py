@@ -24,8 +24,8 @@ from torch import Tensor
 
 from cutpaste.config import TrainConfig
 from cutpaste.density import GaussianDensity, fold_parts
-from cutpaste.local_density import ALIGNED_OBJECTS, fit_local, resolve_layout
-from cutpaste.local_scores import grid_image_scores, image_and_grid_features, standardise
+from cutpaste.local_density import ALIGNED_OBJECTS, resolve_layout
+from cutpaste.local_scores import fit_feature_scorer, grid_image_scores, image_and_grid_features, standardise
 from cutpaste.model import CutPasteNet, as_float_images
 from cutpaste.synthetic_anomalies import ANOMALY_KINDS
 
@@ -190,14 +190,7 @@ def _cross_fitted_scores(
         normal["global"][part] = density.score(embeddings[part]).double()[:, None]
         anomalous["global"][held] = density.score(a_embeddings[held]).double()[:, None]
         for key, layout in layouts.items():
-            scorer = fit_local(
-                grid[keep].to(device),
-                layout=layout,
-                grid=config.local_grid,
-                dim=config.local_dim,
-                seed=config.seed,
-                centred=config.feature_centring,
-            )
+            scorer = fit_feature_scorer(grid[keep].to(device), layout, config)
             normal[key][part] = scorer.score(grid[part].to(device)).flatten(1).double().cpu()
             anomalous[key][held] = scorer.score(a_grid[held].to(device)).flatten(1).double().cpu()
     return normal, anomalous
