@@ -111,6 +111,10 @@ class TrainConfig:
     image_score: str = "global"
     local_stage: int = 3
     local_grid: int = 8
+    # How many consecutive stages, ending at ``local_stage``, the feature maps stack: 2 adds the stage
+    # below it (finer detail: a thin scratch, a pore), each pooled to the grid and concatenated, as
+    # PatchCore's hypercolumn of two stages (ours; measured to help the k-NN bank on textures).
+    feature_stages: int = 1
     # Layout of those feature-map densities, as for local_density (knn included); auto by default,
     # since a missing part is only anomalous at the place where it belongs.
     feature_density: str = "auto"
@@ -209,6 +213,10 @@ class TrainConfig:
             raise ConfigError(f"local_stage: choose a ResNet stage 1..4, got {self.local_stage}")
         if self.local_grid < 1:
             raise ConfigError(f"local_grid: must be >= 1, got {self.local_grid}")
+        if not isinstance(self.feature_stages, int) or not 1 <= self.feature_stages <= self.local_stage:
+            raise ConfigError(
+                f"feature_stages: stack 1..local_stage ({self.local_stage}) stages, got {self.feature_stages!r}"
+            )
         if not isinstance(self.feature_centring, bool):
             raise ConfigError(f"feature_centring: expected true or false, got {self.feature_centring!r}")
 

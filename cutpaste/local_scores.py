@@ -27,15 +27,17 @@ def image_and_grid_features(
     model: CutPasteNet, images: Tensor, config: TrainConfig, *, device: torch.device | None = None
 ) -> tuple[Tensor, Tensor]:
     """``(N, 3, H, W)`` -> embeddings ``(N, D)`` and grid features ``(N, G * G, C)``, float32 on the CPU,
-    with ``G = config.local_grid`` and ``C`` the width of ``config.local_stage``."""
+    with ``G = config.local_grid`` and ``C`` the summed width of the ``config.feature_stages`` stages
+    ending at ``config.local_stage`` (each map pooled to the grid, then concatenated)."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     embeddings, grids = [], []
+    stages = tuple(range(config.local_stage - config.feature_stages + 1, config.local_stage + 1))
     for chunk in images.split(config.eval_batch_size):
         x = as_float_images(chunk.to(device, non_blocking=True), config.image_size)
-        embedding, feature_map = model.embed_with_map(x, config.local_stage)
-        pooled = F.adaptive_avg_pool2d(feature_map.float(), config.local_grid)
+        embedding, maps = model.embed_with_maps(x, stages)
+        pooled = torch.cat([F.adaptive_avg_pool2d(m.float(), config.local_grid) for m in maps], dim=1)
         embeddings.append(embedding.float().cpu())
         grids.append(pooled.flatten(2).transpose(1, 2).cpu())
     model.train(was_training)

@@ -155,15 +155,16 @@ class CutPasteNet(nn.Module):
         maps = self.stage_maps(images, MULTISCALE_STAGES)
         return torch.cat([F.normalize(m.float().mean((2, 3)), dim=1) for m in maps], dim=1)
 
-    def embed_with_map(self, images: torch.Tensor, stage: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward pass -> (:meth:`embed` ``(B, feature_dim)``, the feature map of ``stage`` ``(B, C, h, w)``)."""
-        wanted = tuple(sorted({stage, 4} | (set(MULTISCALE_STAGES) if self.embedding == "multiscale" else set())))
+    def embed_with_maps(self, images: torch.Tensor, stages: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One forward pass -> (:meth:`embed` ``(B, feature_dim)``, the feature maps of ``stages``, each
+        ``(B, C_s, h_s, w_s)``, in the order given)."""
+        wanted = tuple(sorted({*stages, 4} | (set(MULTISCALE_STAGES) if self.embedding == "multiscale" else set())))
         maps = dict(zip(wanted, self.stage_maps(images, wanted), strict=True))
         if self.embedding == "pooled":
             embedding = maps[4].float().mean((2, 3))
         else:
             embedding = torch.cat([F.normalize(maps[s].float().mean((2, 3)), dim=1) for s in MULTISCALE_STAGES], 1)
-        return embedding, maps[stage]
+        return embedding, [maps[s] for s in stages]
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(pooled last-stage features (B, D), logits (B, num_classes))``; the proxy task

@@ -47,6 +47,7 @@ _NON_TRAINING_FIELDS = frozenset(
         "embedding",
         "image_score",
         "local_stage",
+        "feature_stages",
         "local_grid",
         "feature_density",
         "feature_centring",

@@ -66,6 +66,8 @@ class SearchSpace:
     feature_density: tuple[str, ...] = ()
     # The k-NN bank's image score: ["max", "max-median"] (TrainConfig.feature_score).
     feature_score: tuple[str, ...] = ()
+    # Stages stacked into the feature maps: [1, 2] (TrainConfig.feature_stages).
+    feature_stages: tuple[int, ...] = ()
 
     def validate(self) -> SearchSpace:
         def fail(key: str, why: str) -> None:
@@ -99,7 +101,7 @@ class SearchSpace:
             fail("learning_rate", f"must be > 0, got {self.learning_rate.low}")
         if not self.variant:
             fail("variant", "choose at least one variant")
-        checks = (("steps", 1), ("image_size", 32), ("head_depth", 0), ("ensemble_size", 1))
+        checks = (("steps", 1), ("image_size", 32), ("head_depth", 0), ("ensemble_size", 1), ("feature_stages", 1))
         for name, least in checks:
             for v in getattr(self, name):
                 if not isinstance(v, int) or v < least:
@@ -221,7 +223,7 @@ def trial_overrides(params: dict[str, Any]) -> TrialPoint:
             overrides[key] = [float(params[f"{name}_min"]), float(params[f"{name}_max"])]
     if "patch_jitter" in params:
         overrides["augment.patch_jitter"] = float(params["patch_jitter"])
-    scoring = ("image_score", "feature_density", "feature_score")
+    scoring = ("image_score", "feature_density", "feature_score", "feature_stages")
     for key in ("variant", "learning_rate", "steps", "head_depth", "image_size", *scoring):
         if key in params:
             overrides[key] = params[key]

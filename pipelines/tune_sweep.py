@@ -205,6 +205,7 @@ def _trial_row(settings: SweepSettings, result: Any, metric: str) -> dict[str, A
         "image_score": config.image_score,
         "feature_density": config.feature_density,
         "feature_score": config.feature_score,
+        "feature_stages": config.feature_stages,
         "ensemble_size": size,
         "ensemble_rule": rule,
         "iterations": metrics.get("training_iteration"),

@@ -9,6 +9,7 @@ from cutpaste.config import preset
 from cutpaste.detector import Detector, fit_detector
 from cutpaste.errors import ConfigError
 from cutpaste.local_density import LocalDensity, fit_local, load_local
+from cutpaste.local_scores import image_and_grid_features
 from cutpaste.memory_bank import MemoryBank
 from cutpaste.model import build_model
 
@@ -112,3 +113,25 @@ def test_a_centred_bank_ignores_a_shift_shared_by_an_image_and_keeps_it_through_
     old = {k: v for k, v in raw.state_dict().items() if k != "centred"}  # a bundle from before centring
     assert not load_local(old).centred
     assert fit_local(train, layout="knn", grid=3, dim=4, seed=0, centred=True).centred
+
+
+def test_two_stacked_stages_give_each_position_both_stages_pooled_to_the_grid(tmp_path):
+    """feature_stages=2: layer1's map pooled to the grid, then layer2's, side by side at every position;
+    a detector on them saves, loads and scores the same."""
+    one = preset("ci").override(
+        {"image_score": "local", "feature_density": "knn", "local_stage": 2, "local_grid": 4, "image_size": 32}
+    )
+    two = one.override({"feature_stages": 2})
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    model = build_model(two).eval()
+    _, stacked = image_and_grid_features(model, images, two)
+    _, layer2 = image_and_grid_features(model, images, one)
+    _, layer1 = image_and_grid_features(model, images, one.override({"local_stage": 1}))
+    assert stacked.shape == (6, 16, layer1.shape[-1] + layer2.shape[-1])
+    torch.testing.assert_close(stacked, torch.cat([layer1, layer2], dim=-1))
+    detector = fit_detector(model, images, two, category="widget")
+    assert detector.feature_local.bank.shape[-1] == stacked.shape[-1]
+    detector.save(tmp_path)
+    loaded = Detector.load(tmp_path)
+    assert loaded.config.feature_stages == 2
+    torch.testing.assert_close(loaded.score(images), detector.score(images))

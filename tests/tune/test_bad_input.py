@@ -42,6 +42,7 @@ def _space(tmp_path: Path, content: dict) -> str:
         ({"feature_density": ["nearest"]}, "feature_density: unknown 'nearest'"),
         ({"image_score": ["patch"]}, "image_score: unknown 'patch'"),
         ({"feature_score": ["mean"]}, "feature_score: unknown 'mean'"),
+        ({"feature_stages": [0, 2]}, "feature_stages: values must be integers >= 1"),
         ({"ensemble_size": [0]}, "ensemble_size: values must be integers >= 1"),
         ({"patch_jitter": [0.1, 0.9]}, "patch_jitter: must lie in [0, 0.5]"),
         ({"lerning_rate": [0.1, 0.2]}, "unknown key 'lerning_rate'"),
