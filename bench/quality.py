@@ -7,9 +7,11 @@ Rows (``--rows``, default all): ``pixel-stats`` (global colour statistics), ``un
 image model with random weights, same density), ``paper-image`` (the paper's image model: 3-way
 CutPaste, SGD, pooled embedding, one Gaussian), ``patch`` (the paper's patch model, image score the
 maximum of its map), one row per option on top of ``paper-image`` (``multiscale``, ``local``,
-``combined``, ``auto``, ``blend``, ``adamw``), and ``short`` / ``short-untrained`` (the ``short`` preset,
-trained and with random weights). Option rows use ``--preset`` (default ``demo``) for their budget
-and size, with the paper's choices wherever the row does not name another.
+``combined``, ``auto``, ``auto-one-stage``, ``blend``, ``adamw``), and ``short`` / ``short-untrained``
+(the ``short`` preset, trained and with random weights) with the ``short-*`` scoring variants of the
+same model (``short-one-stage``: ``layer2``'s feature map without ``layer1`` stacked). Option rows use
+``--preset`` (default ``demo``) for their budget and size, with the paper's choices wherever the row
+does not name another.
 
 Every trained row trains on 80% of ``train/good``; the other 20%, and one synthetic anomaly of
 each kind made from each of them (:mod:`cutpaste.validation`), give the validation AUROC, the only
@@ -81,6 +83,9 @@ ROWS: dict[str, Row] = {
     "local": Row("paper-image + feature-map Gaussians, image score their maximum", {"image_score": "local"}),
     "combined": Row("paper-image + global and feature-map scores, standardised sum", {"image_score": "combined"}),
     "auto": Row("paper-image, image score chosen on validation from the training images", {"image_score": "auto"}),
+    "auto-one-stage": Row(
+        "auto with layer2's feature map alone (no layer1 stacked)", {"image_score": "auto", "feature_stages": 1}
+    ),
     "blend": Row("paper-image + blended foreign patches as a 4th class (4way)", {"variant": "4way"}),
     "adamw": Row(
         "paper-image trained with AdamW 1e-3, 10% warm-up",
@@ -94,7 +99,12 @@ ROWS: dict[str, Row] = {
         {"image_score": "combined"},
         short=True,
     ),
-    "short-stage3": Row("the short preset, feature maps of layer3", {"local_stage": 3}, short=True),
+    "short-one-stage": Row("the short preset with layer2's feature map alone", {"feature_stages": 1}, short=True),
+    "short-stage3": Row(
+        "the short preset one stage deeper: layer2 + layer3 feature maps (PatchCore's pair)",
+        {"local_stage": 3},
+        short=True,
+    ),
     "short-untrained": Row("the short preset's scoring with random weights", {}, train=False, short=True),
     "short-knn": Row(
         "the short preset's training, feature-map k-NN memory bank, image score its maximum",
@@ -308,7 +318,9 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 def config_summary(config: TrainConfig) -> str:
     kind = f"patch {config.patch_size}/{config.patch_stride}" if config.patch_size else config.image_score
     if config.image_score in ("local", "combined", "auto") and not config.patch_size:
-        kind += f" ({config.feature_density}, layer{config.local_stage} grid {config.local_grid})"
+        first = config.local_stage - config.feature_stages + 1
+        layers = "+".join(str(i) for i in range(first, config.local_stage + 1))
+        kind += f" ({config.feature_density}, layer{layers} grid {config.local_grid})"
     return (
         f"{config.variant}, {config.optimizer} {config.learning_rate:g}, {config.steps}x"
         f"{config.batch_size * config.num_classes} @ {config.image_size}px, {config.embedding}, {kind}"

@@ -320,6 +320,7 @@ PRESETS: dict[str, TrainConfig] = {
         batch_size=16,
         image_score="auto",
         local_stage=2,
+        feature_stages=2,
         checkpoint_every=50,
         log_every=10,
     ),
@@ -332,6 +333,9 @@ PRESETS: dict[str, TrainConfig] = {
         batch_size=32,
         image_score="auto",
         local_stage=2,
+        # layer1 + layer2: held-out validation rose on 5 of 6 categories at this budget and at demo's
+        # (bench/quality.py rows short / short-one-stage, auto / auto-one-stage).
+        feature_stages=2,
         checkpoint_every=100,
         log_every=25,
     ),
