@@ -59,7 +59,8 @@ def test_the_matrix_runs_every_row_kind_and_merges(tmp_path):
     by_row = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
     assert by_row["short-knn"]["shared_training"] and by_row["short-knn"]["train_s"] == by_row["short"]["train_s"]
     assert by_row["short-knn"]["config"]["feature_density"] == "knn"
-    assert "(knn, layer2 grid 8)" in out.with_suffix(".md").read_text()
+    assert by_row["short-knn"]["config"]["feature_stages"] == 2
+    assert "(knn, layer1+2 grid 8)" in out.with_suffix(".md").read_text(), "the config column names the stacked stages"
 
 
 def test_an_unknown_row_is_refused(tmp_path):
