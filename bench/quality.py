@@ -318,8 +318,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 def config_summary(config: TrainConfig) -> str:
     kind = f"patch {config.patch_size}/{config.patch_stride}" if config.patch_size else config.image_score
     if config.image_score in ("local", "combined", "auto") and not config.patch_size:
-        first = config.local_stage - config.feature_stages + 1
-        layers = "+".join(str(i) for i in range(first, config.local_stage + 1))
+        layers = "+".join(str(i) for i in config.feature_map_stages)
         kind += f" ({config.feature_density}, layer{layers} grid {config.local_grid})"
     return (
         f"{config.variant}, {config.optimizer} {config.learning_rate:g}, {config.steps}x"

@@ -159,6 +159,11 @@ class TrainConfig:
     def num_classes(self) -> int:
         return {"3way": 3, "4way": 4}.get(self.variant, 2)
 
+    @property
+    def feature_map_stages(self) -> tuple[int, ...]:
+        """The ResNet stages the feature maps stack: ``feature_stages`` of them, ending at ``local_stage``."""
+        return tuple(range(self.local_stage - self.feature_stages + 1, self.local_stage + 1))
+
     def validate(self) -> TrainConfig:
         if self.variant not in VARIANTS:
             raise ConfigError(f"variant: unknown {self.variant!r}; choose one of {', '.join(VARIANTS)}")

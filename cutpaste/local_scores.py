@@ -33,10 +33,9 @@ def image_and_grid_features(
     was_training = model.training
     model.eval()
     embeddings, grids = [], []
-    stages = tuple(range(config.local_stage - config.feature_stages + 1, config.local_stage + 1))
     for chunk in images.split(config.eval_batch_size):
         x = as_float_images(chunk.to(device, non_blocking=True), config.image_size)
-        embedding, maps = model.embed_with_maps(x, stages)
+        embedding, maps = model.embed_with_maps(x, config.feature_map_stages)
         pooled = torch.cat([F.adaptive_avg_pool2d(m.float(), config.local_grid) for m in maps], dim=1)
         embeddings.append(embedding.float().cpu())
         grids.append(pooled.flatten(2).transpose(1, 2).cpu())
