@@ -275,22 +275,45 @@ def _apply(base: Any, changes: dict[str, Any], *, source: str) -> Any:
 
 
 def _coerce(spec: dataclasses.Field, value: Any, where: str) -> Any:
+    """``value`` as the field's type. Strings (CLI flags, ``--set``) are parsed; a number that is not the
+    field's kind is an error, never silently changed: ``true`` is not a stage count, 2.5 steps are not 2."""
     default = spec.default if spec.default is not dataclasses.MISSING else None
     try:
         if isinstance(default, tuple) or (isinstance(value, list | tuple) and default is None):
             lo, hi = value
             return (type(default[0])(lo), type(default[1])(hi)) if default else (lo, hi)
         if isinstance(default, bool):
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
-        if isinstance(default, int | float) and not isinstance(value, bool):
-            return type(default)(value)
+            return _as_bool(value)
+        if isinstance(default, int | float) and isinstance(value, bool):
+            raise ValueError(f"expected a number, not {str(value).lower()}")
+        if isinstance(default, int):
+            return _as_int(value)
+        if isinstance(default, float):
+            return float(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: cannot use {value!r} ({exc})") from None
     return value
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy's, as a Tune sampler returns it
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ValueError("expected true or false")
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError("expected a whole number")
+    return int(value)
 
 
 def flatten(config: TrainConfig) -> dict[str, Any]:

@@ -41,6 +41,10 @@ def test_presets_validate_and_round_trip(name):
 def test_override_accepts_dotted_and_nested_keys():
     config = preset("ci").override({"augment.area_ratio": [0.05, 0.1], "steps": "12"})
     assert config.augment.area_ratio == (0.05, 0.1) and config.steps == 12
+    # Whole numbers written as floats (YAML's 1e3, a JSON 2.0) and 0/1 for a switch are what they say.
+    parsed = preset("ci").override({"steps": "1e3", "batch_size": 8.0, "amp": 1, "feature_centring": "no"})
+    assert (parsed.steps, parsed.batch_size, parsed.amp, parsed.feature_centring) == (1000, 8, True, False)
+    assert isinstance(parsed.steps, int) and isinstance(parsed.batch_size, int)
     again = preset("ci").override({"augment": {"scar_rotation": 10}})
     assert again.augment.scar_rotation == 10.0
 
@@ -73,6 +77,13 @@ def test_override_accepts_dotted_and_nested_keys():
         ({"steps": 0}, "steps"),
         ({"steps": "many"}, "steps"),
         ({"amp": "perhaps"}, "amp"),
+        # A number of the wrong kind is refused, not converted: True is no stage count (bool is an int in
+        # Python), 2.5 steps are not 2, and 5 is not a yes or no.
+        ({"feature_stages": True}, "feature_stages: cannot use True"),
+        ({"steps": 2.5}, "steps: cannot use 2.5 .expected a whole number"),
+        ({"steps": "2.5"}, "steps: cannot use '2.5'"),
+        ({"learning_rate": False}, "learning_rate: cannot use False"),
+        ({"feature_centring": 5}, "feature_centring: cannot use 5 .expected true or false"),
     ],
 )
 def test_invalid_values_name_the_key(changes, names):

@@ -84,8 +84,9 @@ def category_dir(root: str | Path, category: str) -> Path:
 def list_samples(root: str | Path, category: str, split: Split) -> list[Sample]:
     """All samples of one split. Train holds only good images; test holds good and defective ones.
 
-    A defective image without its ``<name>_mask.png`` is kept with ``mask_path=None`` and a
-    :class:`MissingMaskWarning` naming it.
+    A defective image without its ``<name>_mask.png`` is kept with ``mask_path=None``; one
+    :class:`MissingMaskWarning` per call counts them and names the first few (a dataset with image-level
+    labels only, such as ELPV, has a hundred of them: one line, not a hundred).
     """
     base = category_dir(root, category)
     split_dir = base / split
@@ -101,6 +102,7 @@ def list_samples(root: str | Path, category: str, split: Split) -> list[Sample]:
         return samples
 
     samples: list[Sample] = []
+    unmasked: list[tuple[Path, Path]] = []
     for defect_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
         defect = defect_dir.name
         for path in _images_in(defect_dir):
@@ -109,9 +111,19 @@ def list_samples(root: str | Path, category: str, split: Split) -> list[Sample]:
                 continue
             mask = base / "ground_truth" / defect / f"{path.stem}_mask.png"
             if not mask.is_file():
-                warnings.warn(f"no mask for defective image {path} (expected {mask})", MissingMaskWarning, stacklevel=2)
+                unmasked.append((path, mask))
                 mask = None
             samples.append(Sample(path, "test", 1, defect, mask))
     if not samples:
         raise DataError(f"no test images under {split_dir}")
+    if unmasked:
+        warnings.warn(_missing_masks_message(unmasked), MissingMaskWarning, stacklevel=2)
     return samples
+
+
+def _missing_masks_message(unmasked: list[tuple[Path, Path]], named: int = 3) -> str:
+    """One line: how many defective images lack a mask, the first ``named`` of them and where each was looked for."""
+    shown = "; ".join(f"{path} (expected {mask})" for path, mask in unmasked[:named])
+    more = f"; and {len(unmasked) - named} more" if len(unmasked) > named else ""
+    count = f"{len(unmasked)} defective image{'s' if len(unmasked) > 1 else ''}"
+    return f"no mask for {count}, pixel metrics skip {'them' if len(unmasked) > 1 else 'it'}: {shown}{more}"

@@ -1,3 +1,6 @@
+import shutil
+import warnings
+
 import pytest
 
 from cutpaste.data import MissingMaskWarning, category_kind, discover_categories, list_samples
@@ -45,3 +48,23 @@ def test_missing_mask_is_a_warning_naming_the_image(tmp_path):
     with pytest.warns(MissingMaskWarning, match="crack/001.png"):
         samples = list_samples(tmp_path, "widget", "test")
     assert sum(s.mask_path is None for s in samples if s.label == 1) == 1
+
+
+def test_many_missing_masks_are_one_warning_that_counts_them(tmp_path):
+    """A dataset with image labels only (ELPV) lacks every mask: one line per listing, not one per image."""
+    base = write_tiny_category(tmp_path, "widget")
+    for mask in (base / "ground_truth").rglob("*_mask.png"):
+        mask.unlink()
+    crack = base / "test" / "crack"
+    for i in range(3, 6):
+        shutil.copy(crack / "000.png", crack / f"{i:03d}.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        samples = list_samples(tmp_path, "widget", "test")
+    missing = [w for w in caught if issubclass(w.category, MissingMaskWarning)]
+    defective = [s for s in samples if s.label == 1]
+    assert len(missing) == 1 and all(s.mask_path is None for s in defective)
+    message = str(missing[0].message)
+    assert f"no mask for {len(defective)} defective images" in message
+    assert str(defective[0].path) in message, "the first unmasked image is named"
+    assert message.endswith("and 3 more") and str(defective[3].path) not in message
