@@ -296,7 +296,7 @@ def _coerce(spec: dataclasses.Field, value: Any, where: str) -> Any:
 
 
 def _as_bool(value: Any) -> bool:
-    if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy's, as a Tune sampler returns it
+    if isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", "") == "b":  # numpy's too
         return bool(value)
     if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
         return value.lower() in ("true", "1", "yes")

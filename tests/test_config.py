@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from cutpaste.config import PRESETS, TrainConfig, flatten, load_config, preset
@@ -45,6 +46,10 @@ def test_override_accepts_dotted_and_nested_keys():
     parsed = preset("ci").override({"steps": "1e3", "batch_size": 8.0, "amp": 1, "feature_centring": "no"})
     assert (parsed.steps, parsed.batch_size, parsed.amp, parsed.feature_centring) == (1000, 8, True, False)
     assert isinstance(parsed.steps, int) and isinstance(parsed.batch_size, int)
+    # NumPy scalars, as a Tune sampler returns them, are plain values in the config.
+    sampled = preset("ci").override({"amp": np.bool_(False), "steps": np.int64(7), "learning_rate": np.float32(0.5)})
+    assert (sampled.amp, sampled.steps, sampled.learning_rate) == (False, 7, 0.5)
+    assert type(sampled.amp) is bool and type(sampled.steps) is int and type(sampled.learning_rate) is float
     again = preset("ci").override({"augment": {"scar_rotation": 10}})
     assert again.augment.scar_rotation == 10.0
 
