@@ -7,9 +7,10 @@ Rows (``--rows``, default all): ``pixel-stats`` (global colour statistics), ``un
 image model with random weights, same density), ``paper-image`` (the paper's image model: 3-way
 CutPaste, SGD, pooled embedding, one Gaussian), ``patch`` (the paper's patch model, image score the
 maximum of its map), one row per option on top of ``paper-image`` (``multiscale``, ``local``,
-``combined``, ``auto``, ``auto-one-stage``, ``blend``, ``adamw``), and ``short`` / ``short-untrained``
-(the ``short`` preset, trained and with random weights) with the ``short-*`` scoring variants of the
-same model (``short-one-stage``: ``layer2``'s feature map without ``layer1`` stacked). Option rows use
+``combined``, ``auto`` (the ``demo`` preset), ``auto-one-stage``, ``auto-no-pre-jitter``, ``blend``,
+``adamw``), and ``short`` / ``short-untrained`` (the ``short`` preset, trained and with random weights)
+with the ``short-*`` scoring variants of the same model (``short-one-stage``: ``layer2``'s feature map
+without ``layer1`` stacked) and ``short-pre-jitter`` (trained with the whole-image colour jitter). Option rows use
 ``--preset`` (default ``demo``) for their budget and size, with the paper's choices wherever the row
 does not name another.
 
@@ -37,7 +38,7 @@ import torch
 from cutpaste.atomic import atomic_write_text
 from cutpaste.baselines import pixel_statistics_scores, untrained_detector
 from cutpaste.cli import build_config
-from cutpaste.config import TrainConfig, parse_overrides, preset
+from cutpaste.config import AugmentConfig, TrainConfig, parse_overrides, preset
 from cutpaste.data import list_samples, load_images
 from cutpaste.data.synth import SYNTH_CATEGORIES, generate_dataset
 from cutpaste.detector import fit_detector
@@ -57,6 +58,9 @@ PAPER_CHOICES: dict[str, Any] = {
     "embedding": "pooled",
     "image_score": "global",
     "patch_size": 0,
+    # The whole image's colour jitter before any view is made (AugmentConfig's default, 0.1, as the demo
+    # preset); the short preset trains without it.
+    "augment.pre_jitter": AugmentConfig().pre_jitter,
 }
 
 
@@ -86,6 +90,10 @@ ROWS: dict[str, Row] = {
     "auto-one-stage": Row(
         "auto with layer2's feature map alone (no layer1 stacked)", {"image_score": "auto", "feature_stages": 1}
     ),
+    "auto-no-pre-jitter": Row(
+        "auto trained without the whole-image colour jitter (as the short preset)",
+        {"image_score": "auto", "augment.pre_jitter": 0.0},
+    ),
     "blend": Row("paper-image + blended foreign patches as a 4th class (4way)", {"variant": "4way"}),
     "adamw": Row(
         "paper-image trained with AdamW 1e-3, 10% warm-up",
@@ -100,6 +108,11 @@ ROWS: dict[str, Row] = {
         short=True,
     ),
     "short-one-stage": Row("the short preset with layer2's feature map alone", {"feature_stages": 1}, short=True),
+    "short-pre-jitter": Row(
+        "the short preset trained with the whole-image colour jitter (0.1, the paper preset's)",
+        {"augment.pre_jitter": AugmentConfig().pre_jitter},
+        short=True,
+    ),
     "short-stage3": Row(
         "the short preset one stage deeper: layer2 + layer3 feature maps (PatchCore's pair)",
         {"local_stage": 3},
@@ -322,7 +335,8 @@ def config_summary(config: TrainConfig) -> str:
         kind += f" ({config.feature_density}, layer{layers} grid {config.local_grid})"
     return (
         f"{config.variant}, {config.optimizer} {config.learning_rate:g}, {config.steps}x"
-        f"{config.batch_size * config.num_classes} @ {config.image_size}px, {config.embedding}, {kind}"
+        f"{config.batch_size * config.num_classes} @ {config.image_size}px, pre-jitter {config.augment.pre_jitter:g}, "
+        f"{config.embedding}, {kind}"
     )
 
 

@@ -40,7 +40,8 @@ class AugmentConfig:
     scar_length: tuple[float, float] = (10.0, 25.0)
     scar_rotation: float = 45.0
     patch_jitter: float = 0.1
-    # Pre-augmentation of the whole image before any CutPaste view is made.
+    # Pre-augmentation of the whole image before any CutPaste view is made. Every view of a step shares
+    # it, so its colour jitter teaches the encoder to ignore colour; the short preset sets it to 0.
     pre_translate: float = 8.0
     pre_jitter: float = 0.1
     # Opacity range of the ``blend`` anomaly (variants blend and 4way): another image's content
@@ -364,6 +365,11 @@ PRESETS: dict[str, TrainConfig] = {
         # layer1 + layer2: held-out validation rose on 5 of 6 categories at this budget and at demo's
         # (bench/quality.py rows short / short-one-stage, auto / auto-one-stage).
         feature_stages=2,
+        # No colour jitter of the whole image before the views are made: jittered normals labelled normal
+        # teach the encoder to ignore colour, and a stain or discolouration is a change of colour. Held-out
+        # validation rose on the three textures and held on the rest, mean 0.866 -> 0.887 (rows short /
+        # short-pre-jitter); at demo's budget it was mixed, so demo keeps the jitter.
+        augment=AugmentConfig(pre_jitter=0.0),
         checkpoint_every=100,
         log_every=25,
     ),

@@ -53,6 +53,9 @@ class SearchSpace:
     scar_length_min: FloatRange = FloatRange(5.0, 15.0)
     scar_length_max: FloatRange = FloatRange(20.0, 40.0)
     patch_jitter: FloatRange = FloatRange(0.0, 0.3)
+    # The whole image's colour jitter before the views are made, as choices: [0, 0.1] (the short and demo
+    # presets train without it, the paper preset with 0.1). Empty: the base config's value.
+    pre_jitter: tuple[float, ...] = ()
     learning_rate: FloatRange = FloatRange(0.003, 0.1, log=True)
     # Empty: the base config's value.
     steps: tuple[int, ...] = ()
@@ -97,6 +100,9 @@ class SearchSpace:
             fail("aspect_ratio_min", "aspect ranges must keep 1 between aspect_ratio_min and aspect_ratio_max")
         if not (self.patch_jitter.low >= 0 and self.patch_jitter.high <= 0.5):
             fail("patch_jitter", f"must lie in [0, 0.5], got [{self.patch_jitter.low}, {self.patch_jitter.high}]")
+        for v in self.pre_jitter:
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 0.5:
+                fail("pre_jitter", f"values must be numbers in [0, 0.5], got {v!r}")
         if self.learning_rate.low <= 0:
             fail("learning_rate", f"must be > 0, got {self.learning_rate.low}")
         if not self.variant:
@@ -221,8 +227,9 @@ def trial_overrides(params: dict[str, Any]) -> TrialPoint:
     for name, key in _PAIRS.items():
         if f"{name}_min" in params and f"{name}_max" in params:
             overrides[key] = [float(params[f"{name}_min"]), float(params[f"{name}_max"])]
-    if "patch_jitter" in params:
-        overrides["augment.patch_jitter"] = float(params["patch_jitter"])
+    for name in ("patch_jitter", "pre_jitter"):
+        if name in params:
+            overrides[f"augment.{name}"] = float(params[name])
     scoring = ("image_score", "feature_density", "feature_score", "feature_stages")
     for key in ("variant", "learning_rate", "steps", "head_depth", "image_size", *scoring):
         if key in params:

@@ -206,6 +206,7 @@ def _trial_row(settings: SweepSettings, result: Any, metric: str) -> dict[str, A
         "feature_density": config.feature_density,
         "feature_score": config.feature_score,
         "feature_stages": config.feature_stages,
+        "pre_jitter": config.augment.pre_jitter,
         "ensemble_size": size,
         "ensemble_rule": rule,
         "iterations": metrics.get("training_iteration"),

@@ -41,6 +41,9 @@ def test_the_matrix_runs_every_row_kind_and_merges(tmp_path):
     assert by_row["local"]["config"]["image_score"] == "local" and "aupro" in by_row["local"]
     assert by_row["blend"]["config"]["variant"] == "4way"
     assert by_row["paper-image"]["config"]["optimizer"] == "sgd"
+    # The paper's rows keep the whole-image colour jitter; the short preset trains without it.
+    assert by_row["paper-image"]["config"]["augment"]["pre_jitter"] == 0.1
+    assert by_row["short"]["config"]["augment"]["pre_jitter"] == 0.0
     assert by_row["short"]["config"]["preset"] == "short" and by_row["short"]["config"]["steps"] == 3
     chosen = by_row["short"]["auto_choice"]  # image_score=auto chose on the training images, and says so
     assert by_row["short"]["auto_selection_auroc"][chosen] == max(by_row["short"]["auto_selection_auroc"].values())

@@ -45,6 +45,8 @@ def _space(tmp_path: Path, content: dict) -> str:
         ({"feature_stages": [0, 2]}, "feature_stages: values must be integers >= 1"),
         ({"ensemble_size": [0]}, "ensemble_size: values must be integers >= 1"),
         ({"patch_jitter": [0.1, 0.9]}, "patch_jitter: must lie in [0, 0.5]"),
+        ({"pre_jitter": [0.0, 0.9]}, "pre_jitter: values must be numbers in [0, 0.5], got 0.9"),
+        ({"pre_jitter": ["none"]}, "pre_jitter: values must be numbers"),
         ({"lerning_rate": [0.1, 0.2]}, "unknown key 'lerning_rate'"),
     ],
 )
