@@ -10,9 +10,9 @@ maximum of its map), one row per option on top of ``paper-image`` (``multiscale`
 ``combined``, ``auto`` (the ``demo`` preset), ``auto-one-stage``, ``auto-no-pre-jitter``, ``blend``,
 ``adamw``), and ``short`` / ``short-untrained`` (the ``short`` preset, trained and with random weights)
 with the ``short-*`` scoring variants of the same model (``short-one-stage``: ``layer2``'s feature map
-without ``layer1`` stacked) and ``short-pre-jitter`` (trained with the whole-image colour jitter). Option rows use
-``--preset`` (default ``demo``) for their budget and size, with the paper's choices wherever the row
-does not name another.
+without ``layer1`` stacked) and ``short-pre-jitter`` (trained with the whole-image colour jitter).
+Option rows use ``--preset`` (default ``demo``) for their budget and size, with the paper's choices
+wherever the row does not name another.
 
 Every trained row trains on 80% of ``train/good``; the other 20%, and one synthetic anomaly of
 each kind made from each of them (:mod:`cutpaste.validation`), give the validation AUROC, the only

@@ -53,8 +53,8 @@ class SearchSpace:
     scar_length_min: FloatRange = FloatRange(5.0, 15.0)
     scar_length_max: FloatRange = FloatRange(20.0, 40.0)
     patch_jitter: FloatRange = FloatRange(0.0, 0.3)
-    # The whole image's colour jitter before the views are made, as choices: [0, 0.1] (the short and demo
-    # presets train without it, the paper preset with 0.1). Empty: the base config's value.
+    # The whole image's colour jitter before the views are made, as choices: [0, 0.1] (the short preset
+    # trains without it, demo and paper with 0.1). Empty: the base config's value.
     pre_jitter: tuple[float, ...] = ()
     learning_rate: FloatRange = FloatRange(0.003, 0.1, log=True)
     # Empty: the base config's value.
