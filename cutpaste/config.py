@@ -23,6 +23,8 @@ EMBEDDINGS = ("pooled", "multiscale")
 IMAGE_SCORES = ("global", "local", "combined", "auto")
 PATCH_SCORES = ("grid_max", "map_max")
 FEATURE_SCORES = ("max", "max-median")
+# The largest colour jitter (brightness, contrast, saturation and hue alike; hue cannot go past half a turn).
+MAX_JITTER = 0.5
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,8 @@ class AugmentConfig:
             raise ConfigError(f"augment.aspect_ratio: range must contain 1, got {self.aspect_ratio}")
         for name in ("patch_jitter", "pre_jitter"):
             value = getattr(self, name)
-            if not 0 <= value <= 0.5:
-                raise ConfigError(f"augment.{name}: must lie in [0, 0.5], got {value}")
+            if not 0 <= value <= MAX_JITTER:
+                raise ConfigError(f"augment.{name}: must lie in [0, {MAX_JITTER}], got {value}")
         if not 0 <= self.blend_opacity[0] <= self.blend_opacity[1] <= 1:
             raise ConfigError(f"augment.blend_opacity: expected 0 <= min <= max <= 1, got {self.blend_opacity}")
         if not 0 <= self.scar_rotation <= 180:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from cutpaste.config import FEATURE_SCORES, IMAGE_SCORES, LOCAL_DENSITIES, VARIANTS
+from cutpaste.config import FEATURE_SCORES, IMAGE_SCORES, LOCAL_DENSITIES, MAX_JITTER, VARIANTS
 from cutpaste.ensemble import RULES
 from cutpaste.errors import ConfigError
 
@@ -98,11 +98,12 @@ class SearchSpace:
                 )
         if self.aspect_ratio_min.high > 1 or self.aspect_ratio_max.low < 1:
             fail("aspect_ratio_min", "aspect ranges must keep 1 between aspect_ratio_min and aspect_ratio_max")
-        if not (self.patch_jitter.low >= 0 and self.patch_jitter.high <= 0.5):
-            fail("patch_jitter", f"must lie in [0, 0.5], got [{self.patch_jitter.low}, {self.patch_jitter.high}]")
+        if not (self.patch_jitter.low >= 0 and self.patch_jitter.high <= MAX_JITTER):
+            low, high = self.patch_jitter.low, self.patch_jitter.high
+            fail("patch_jitter", f"must lie in [0, {MAX_JITTER}], got [{low}, {high}]")
         for v in self.pre_jitter:
-            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 0.5:
-                fail("pre_jitter", f"values must be numbers in [0, 0.5], got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= MAX_JITTER:
+                fail("pre_jitter", f"values must be numbers in [0, {MAX_JITTER}], got {v!r}")
         if self.learning_rate.low <= 0:
             fail("learning_rate", f"must be > 0, got {self.learning_rate.low}")
         if not self.variant:
