@@ -102,7 +102,8 @@ def train_category(
         },
     )
     # Synthetic anomalies against out-of-fold normals: what a champion is chosen by, no test label read.
-    detector.meta["validation"] = training_validation(detector, images, seed=config.seed)
+    # The anomalies' seed is fixed, so every seed of the category is scored on the same set (its digest).
+    detector.meta["validation"] = training_validation(detector, images)
     write_history(result.history, out_dir / "train_log.jsonl")
     detector.save(out_dir)
     return CategoryRun(detector=detector, training=result, out_dir=out_dir)
