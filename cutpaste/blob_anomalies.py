@@ -123,13 +123,14 @@ def stain_anomalies(images: torch.Tensor, generator: torch.Generator) -> tuple[t
 
 
 def speckle_anomalies(images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grainy noise of 15-35 grey levels (one or two px grains) inside the blob: dust, contamination,
-    pitting. ``(B, 3, S, S)`` uint8 -> (uint8 images, ``(B, S, S)`` bool masks)."""
+    """Grainy noise of 15-35 grey levels inside the blob, in grains of 1/64 of the image (2 px at 128, so a
+    64 px detector still sees one-pixel grains): dust, contamination, pitting.
+    ``(B, 3, S, S)`` uint8 -> (uint8 images, ``(B, S, S)`` bool masks)."""
     size, device = _square(images), generator.device
     b = images.shape[0]
     masks, _, _ = blob_masks(b, size, generator)
     weight = _soft(masks, size)
-    grain = max(1, size // 96)
+    grain = max(1, round(size / 64))
     noise = torch.randn(b, 1, size // grain + 1, size // grain + 1, generator=generator, device=device)
     noise = F.interpolate(noise, scale_factor=grain, mode="nearest")[..., :size, :size]
     sigma = 15 + 20 * torch.rand(b, 1, 1, 1, generator=generator, device=device)
