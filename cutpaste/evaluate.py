@@ -61,7 +61,7 @@ class Evaluation:
 class MapBatch:
     """One pass of :func:`evaluate_detector`, handed to its ``on_maps`` and then dropped: ``samples`` and
     their ``indices`` in the split, images ``(B, 3, S, S)`` uint8, maps ``(B, S, S)`` float32, masks
-    ``(B, S, S)`` bool (None without masks) at the detector's size, and ``(B,)`` scores."""
+    ``(B, S, S)`` bool (None when no image of the pass has one) at the detector's size, and ``(B,)`` scores."""
 
     samples: list[Sample]
     indices: list[int]
