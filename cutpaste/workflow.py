@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from cutpaste.data.images import load_images
 from cutpaste.data.layout import list_samples
 from cutpaste.detector import BUNDLE_NAME, Detector, fit_detector
 from cutpaste.errors import ConfigError, DataError
-from cutpaste.evaluate import Evaluation, evaluate_detector
+from cutpaste.evaluate import Evaluation, MapBatch, evaluate_detector
 from cutpaste.train import TrainHooks, TrainResult, resolve_device, train_model, write_history
 from cutpaste.validation import training_validation
 
@@ -116,12 +117,12 @@ def evaluate_category(
     *,
     pixel: bool = True,
     map_mode: str = "auto",
-    keep_maps: bool = False,
+    on_maps: Callable[[MapBatch], None] | None = None,
 ) -> Evaluation:
     """Scores ``<data_root>/<category>/test`` (category defaults to the one the detector was trained on);
-    pixel metrics too where masks exist, unless ``pixel`` is false."""
+    pixel metrics too where masks exist, unless ``pixel`` is false; ``on_maps`` sees each pass's maps."""
     category = category or detector.category
     if not category:
         raise ConfigError("category: the detector does not record its category; pass --category")
     samples = list_samples(data_root, category, "test")
-    return evaluate_detector(detector, samples, pixel=pixel, map_mode=map_mode, keep_maps=keep_maps)
+    return evaluate_detector(detector, samples, pixel=pixel, map_mode=map_mode, on_maps=on_maps)
