@@ -71,6 +71,18 @@ def results_table() -> list[str]:
             "localize_cpu.json",
         ),
     ]
+    m = _load("eval_memory.json")
+    small, large = m["rows"][0], m["rows"][-1]
+    rows.append(
+        (
+            f"`cutpaste evaluate` with {m['side_px']} x {m['side_px']} masks, {small['test_images']} against "
+            f"{large['test_images']} test images",
+            f"peak RSS {small['peak_rss_mb']:.0f} vs {large['peak_rss_mb']:.0f} MB ({small['wall_s']:.0f} vs "
+            f"{large['wall_s']:.0f} s; {large['mask_pixels'] / 1e6:.0f} M mask pixels)",
+            "bench/eval_memory.py",
+            "eval_memory.json",
+        )
+    )
     lines = ["| what | number | command | file |", "|---|---|---|---|"]
     lines += [f"| {w} | {n} | `.venv/bin/python {c}` | `bench/results/{f}` |" for w, n, c, f in rows]
     return lines
