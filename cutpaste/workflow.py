@@ -18,6 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from cutpaste.baselines import untrained_detector
 from cutpaste.config import TrainConfig
 from cutpaste.data.images import load_images
 from cutpaste.data.layout import list_samples
@@ -105,9 +108,34 @@ def train_category(
     # Synthetic anomalies against out-of-fold normals: what a champion is chosen by, no test label read.
     # The anomalies' seed is fixed, so every seed of the category is scored on the same set (its digest).
     detector.meta["validation"] = training_validation(detector, images)
+    if config.untrained_fallback:
+        detector = no_worse_than_untrained(detector, images, category=category)
     write_history(result.history, out_dir / "train_log.jsonl")
     detector.save(out_dir)
     return CategoryRun(detector=detector, training=result, out_dir=out_dir)
+
+
+def no_worse_than_untrained(detector: Detector, images: torch.Tensor, *, category: str = "") -> Detector:
+    """The trained detector, or its untrained twin (the run's initial random weights, the same scoring)
+    where the twin scores higher on the same validation anomalies (one digest). The encoder has seen
+    these normal images, which flatters the trained one: the twin wins only where training clearly did
+    not help. ``meta["encoder_choice"]`` records both AUROCs and what shipped."""
+    twin = untrained_detector(detector.config, images, category=category)
+    twin.meta["validation"] = training_validation(twin, images)
+    trained, untrained = detector.meta["validation"], twin.meta["validation"]
+    shipped = "untrained" if untrained["val_auroc"] > trained["val_auroc"] else "trained"
+    choice = {
+        "shipped": shipped,
+        "trained_val_auroc": trained["val_auroc"],
+        "untrained_val_auroc": untrained["val_auroc"],
+        "digest": trained["digest"],
+    }
+    if shipped == "trained":
+        detector.meta["encoder_choice"] = choice
+        return detector
+    # The training record (steps, times, loss) stays with the bundle that did not use it.
+    twin.meta = {**detector.meta, **twin.meta, "encoder_choice": choice}
+    return twin
 
 
 def evaluate_category(

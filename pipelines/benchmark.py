@@ -197,6 +197,12 @@ def _final_metrics(
         final.update(pixel_auroc=evaluation["pixel_auroc"], aupro=evaluation["aupro"])
     validation = bundle["meta"].get("validation") or {}
     final.update({k: v for k, v in validation.items() if k.startswith("val_")})
+    encoder = bundle["meta"].get("encoder_choice")
+    if encoder:  # the trained encoder against its untrained twin, on the same validation anomalies
+        final.update(
+            encoder_trained_val_auroc=encoder["trained_val_auroc"],
+            encoder_untrained_val_auroc=encoder["untrained_val_auroc"],
+        )
     selection = bundle["meta"].get("image_score_selection")
     if selection:  # image_score=auto: every candidate's validation AUROC on the training images
         final.update({f"auto_val_auroc_{name}": v for name, v in selection["val_auroc"].items()})
@@ -219,6 +225,9 @@ def _scoring_tags(bundle: dict[str, Any]) -> dict[str, str]:
     selection = bundle["meta"].get("image_score_selection")
     if selection:
         tags["cutpaste.auto_choice"] = selection["chosen"]
+    encoder = bundle["meta"].get("encoder_choice")
+    if encoder:  # untrained_fallback: which encoder shipped, trained or its random-weight twin
+        tags["cutpaste.encoder"] = str(encoder["shipped"])
     digest = (bundle["meta"].get("validation") or {}).get("digest")
     if digest:  # which validation set val_auroc was read on: champions compare within one digest
         tags[TAG_VALIDATION_DIGEST] = str(digest)
