@@ -105,22 +105,31 @@ def train_category(
             "final_accuracy": last.get("accuracy"),
         },
     )
-    # Synthetic anomalies against out-of-fold normals: what a champion is chosen by, no test label read.
-    # The anomalies' seed is fixed, so every seed of the category is scored on the same set (its digest).
-    detector.meta["validation"] = training_validation(detector, images)
-    if config.untrained_fallback:
-        detector = no_worse_than_untrained(detector, images, category=category)
+    detector = _validated(detector, images, config, category=category)
     write_history(result.history, out_dir / "train_log.jsonl")
     detector.save(out_dir)
     return CategoryRun(detector=detector, training=result, out_dir=out_dir)
 
 
-def no_worse_than_untrained(detector: Detector, images: torch.Tensor, *, category: str = "") -> Detector:
-    """The trained detector, or its untrained twin (the run's initial random weights, the same scoring)
-    where the twin scores higher on the same validation anomalies (one digest). The encoder has seen
+def _validated(detector: Detector, images: torch.Tensor, config: TrainConfig, *, category: str) -> Detector:
+    """Synthetic anomalies against out-of-fold normals (what a champion is chosen by, no test label read;
+    the anomalies' seed is fixed, so every seed of the category is scored on the same set), then the
+    untrained twin's check where the config asks for it."""
+    detector.meta["validation"] = training_validation(detector, images)
+    if config.untrained_fallback:
+        return no_worse_than_untrained(detector, images, config=config, category=category)
+    return detector
+
+
+def no_worse_than_untrained(
+    detector: Detector, images: torch.Tensor, *, config: TrainConfig | None = None, category: str = ""
+) -> Detector:
+    """The trained detector, or its untrained twin (the run's initial random weights, scored as ``config``
+    asks: with ``image_score=auto`` the twin chooses its own score) where the twin scores higher on the
+    same validation anomalies (one digest). The encoder has seen
     these normal images, which flatters the trained one: the twin wins only where training clearly did
     not help. ``meta["encoder_choice"]`` records both AUROCs and what shipped."""
-    twin = untrained_detector(detector.config, images, category=category)
+    twin = untrained_detector(config or detector.config, images, category=category)
     twin.meta["validation"] = training_validation(twin, images)
     trained, untrained = detector.meta["validation"], twin.meta["validation"]
     shipped = "untrained" if untrained["val_auroc"] > trained["val_auroc"] else "trained"
