@@ -19,6 +19,7 @@ import argparse
 import json
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from cutpaste.atomic import atomic_write_text
 from cutpaste.baselines import pixel_statistics_scores, untrained_detector
 from cutpaste.config import TrainConfig, preset
 from cutpaste.data import list_samples, load_images
+from cutpaste.data.layout import MissingMaskWarning
 from cutpaste.detector import fit_detector
 from cutpaste.evaluate import evaluate_detector
 from cutpaste.metrics import image_metrics
@@ -181,6 +183,7 @@ def run_category(preset_name: str, root: Path, category: str, seed: int, rows: l
 
 
 def main() -> None:
+    warnings.simplefilter("ignore", MissingMaskWarning)  # ELPV has image labels only: no pixel metrics
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", required=True, choices=sorted(OTHER_JITTER))
     parser.add_argument("--data", required=True, help="folder holding the categories' roots")
@@ -189,6 +192,7 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated: {', '.join(ROWS)}")
     parser.add_argument("--cache", help="folder for trained models (a rerun reuses them)")
     parser.add_argument("--out", default="bench/results/decisions.json")
+    parser.add_argument("--redo", action="store_true", help="score (category, seed) pairs already recorded again")
     args = parser.parse_args()
     rows = [r for r in args.rows.split(",") if r]
     if unknown := sorted(set(rows) - set(ROWS)):
@@ -197,8 +201,12 @@ def main() -> None:
     if args.cache:
         _CACHE.append((Path(args.cache), str(Path(args.data).resolve())))
     out = Path(args.out)
+    done = {(r["category"], r["seed"], r["row"]) for r in merge_runs(out, []) if r["preset"] == args.preset}
     for seed in (int(s) for s in args.seeds.split(",")):
         for spec in specs:
+            if not args.redo and all((Path(spec).name, seed, row) in done for row in rows):
+                print(f"{args.preset} {Path(spec).name:>11} seed {seed}: every row recorded (--redo scores again)")
+                continue
             fresh = run_category(args.preset, Path(args.data) / Path(spec).parent, Path(spec).name, seed, rows)
             runs = merge_runs(out, fresh)
             write(out, runs, sorted({r["category"] for r in runs}))

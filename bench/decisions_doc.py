@@ -70,7 +70,7 @@ def _training_rows(decisions: list[dict[str, Any]], runs: list[dict[str, Any]], 
         c = d["scope"]
 
         def mean(row: str, key: str, c: str = c) -> str:
-            values = [r[key] for r in runs if r["preset"] == preset and r["category"] == c and r["row"] == row]
+            values = [r.get(key) for r in runs if r["preset"] == preset and r["category"] == c and r["row"] == row]
             values = [v for v in values if v is not None]
             return f"{statistics.fmean(values):.3f}" if values else "-"
 
@@ -91,7 +91,7 @@ def _kind_rows(runs: list[dict[str, Any]], preset: str) -> list[str]:
         for row in ("pixel-stats", "untrained", "preset"):
             mine = [r for r in runs if r["preset"] == preset and r["category"] == c and r["row"] == row]
             if mine:
-                cells = [f"{statistics.fmean(r[f'val_auroc_{k}'] for r in mine):.3f}" for k in kinds]
+                cells = [f"{statistics.fmean(r.get(f'val_auroc_{k}', float('nan')) for r in mine):.3f}" for k in kinds]
                 lines.append(f"| {c} | {row} | " + " | ".join(cells) + " |")
     return lines
 
