@@ -13,6 +13,7 @@ from cutpaste.data.layout import Sample
 from cutpaste.detector import Detector
 from cutpaste.metrics import ImageMetrics, image_metrics
 from cutpaste.pixel_metrics import PixelMetrics, pixel_metrics
+from cutpaste.threshold import false_positive_report
 
 
 @dataclass
@@ -31,6 +32,8 @@ class Evaluation:
     maps: torch.Tensor | None = None
     masks: torch.Tensor | None = None
     images: torch.Tensor | None = None
+    # The detector's threshold calibration (``meta["calibration"]``): what ``test_fpr`` is set beside.
+    calibration: dict | None = None
 
     def to_dict(self) -> dict:
         """The JSON shape of ``cutpaste evaluate --json``: metrics at the top, samples below."""
@@ -47,6 +50,7 @@ class Evaluation:
         out["accuracy_at_threshold"] = sum(p == bool(y) for p, y in zip(predicted, self.labels, strict=True)) / max(
             len(self.labels), 1
         )
+        out.update(false_positive_report(self.scores, self.labels, self.threshold, self.calibration))
         out["missing_masks"] = self.missing_masks
         out["samples"] = [
             {"path": p, "label": y, "defect_type": d, "score": s, "anomalous": a}
@@ -119,4 +123,5 @@ def evaluate_detector(
         maps=maps,
         masks=masks,
         images=images,
+        calibration=getattr(detector, "meta", {}).get("calibration"),
     )
