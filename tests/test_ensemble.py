@@ -165,6 +165,21 @@ def _assert_agreed_pairs_kept(member_scores: torch.Tensor, combined: torch.Tenso
     assert float(right.double().mean()) <= auroc <= 1 - float(wrong.double().mean())
 
 
+def _assert_agreed_pixel_pairs_kept(member_maps: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor) -> None:
+    """The same guarantee per pixel: ``(M, N, S, S)`` member maps, ``(N, S, S)`` ensemble maps and masks; a
+    seeded sample of (defective, normal) pixel pairs. Ties allowed: the ensemble's maps are float32."""
+    generator = torch.Generator().manual_seed(0)
+    inside, outside = masks.flatten().nonzero()[:, 0], (~masks).flatten().nonzero()[:, 0]
+    inside = inside[torch.randperm(len(inside), generator=generator)[:1000]]
+    outside = outside[torch.randperm(len(outside), generator=generator)[:4000]]
+    flat = member_maps.flatten(1).double()
+    right, wrong = _agreed_pairs(flat[:, torch.cat([inside, outside])], [1] * len(inside) + [0] * len(outside))
+    combined = maps.flatten().double()
+    diff = combined[inside][:, None] - combined[outside][None, :]
+    assert right.any() and (diff[right] >= 0).all(), "a pixel pair every member ordered right was turned around"
+    assert (diff[wrong] <= 0).all(), "a pixel pair every member ordered wrong was turned around"
+
+
 @pytest.mark.parametrize("rule", RULES)
 def test_every_rule_keeps_the_pairs_its_members_agree_on(ensemble, rule):
     generator = torch.Generator().manual_seed(0)
@@ -251,8 +266,13 @@ def test_mixed_and_patch_ensembles_score_and_map(mixed_members, synth_root):
         images = load_images([s.path for s in list_samples(synth_root, CATEGORY, "train")], 64)
         ensemble = build_ensemble(members, images)
         report = evaluate_category(ensemble, synth_root, CATEGORY)
-        assert 0 <= report.metrics.image_auroc <= 1
-        assert report.pixel is not None and 0 <= report.pixel.pixel_auroc <= 1
+        test_images = load_images(report.paths, ensemble.config.image_size)
+        combined = torch.tensor(report.scores, dtype=torch.float64)
+        _assert_agreed_pairs_kept(ensemble.member_scores(test_images), combined, report.labels)
+        assert report.metrics.image_auroc == pytest.approx(_auroc(combined, report.labels))
+        assert report.pixel is not None and report.maps is not None and report.masks is not None
+        member_maps = torch.stack([m.anomaly_maps(test_images)[1] for m in ensemble.members])
+        _assert_agreed_pixel_pairs_kept(member_maps, report.maps, report.masks)
         scores, maps = ensemble.anomaly_maps(images[:3])
         assert maps.shape == (3, 64, 64) and torch.allclose(scores, ensemble.score(images[:3]))
 
