@@ -4,6 +4,7 @@ folders, and training scored on it without ever touching the test split."""
 from __future__ import annotations
 
 import shutil
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -114,8 +115,12 @@ def test_training_is_scored_per_step_on_validation_only(synth_root, tmp_path):
     finally:
         shutil.move(hidden, test_dir)
     assert [r["step"] for r in seen] == [2.0, 4.0, 6.0, 8.0, 8.0]  # two members, then the ensemble
-    assert all(0 <= r["val_auroc"] <= 1 for r in seen)
+    for r in seen:  # n normals and n anomalies of each kind: the AUROC is exactly the per-kind mean
+        per_kind = [v for k, v in r.items() if k.startswith("val_auroc_")]
+        assert len(per_kind) == 4 and r["val_auroc"] == pytest.approx(statistics.fmean(per_kind)), r
     assert run.metrics["val_auroc"] == seen[-1]["val_auroc"]
+    # Each member's result is its own last step's, not another member's or the ensemble's.
+    assert [m["val_auroc"] for m in run.member_metrics] == [seen[1]["val_auroc"], seen[3]["val_auroc"]]
     assert run.train_images == 10 and run.validation_images == 10  # 2 held out + 4 anomalies made from each
     assert len(run.member_metrics) == 2 and len(run.detector.members) == 2
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import statistics
 
 import pytest
 
@@ -61,7 +62,10 @@ def test_runs_without_validation_fall_back_to_the_lowest_seed_not_to_test():
 @pytest.mark.slow
 def test_training_validation_reads_no_test_folder(tmp_path):
     from cutpaste.config import preset
+    from cutpaste.data import list_samples, load_images
     from cutpaste.data.synth import generate_dataset
+    from cutpaste.detector import Detector
+    from cutpaste.validation import training_validation
     from cutpaste.workflow import train_category
 
     root = tmp_path / "data"
@@ -70,5 +74,11 @@ def test_training_validation_reads_no_test_folder(tmp_path):
     config = preset("ci").override({"steps": 2, "checkpoint_every": 2, "log_every": 1})
     run = train_category(config, root, "synth_disc", tmp_path / "model", progress=False)
     validation = run.detector.meta["validation"]
-    assert 0 <= validation["val_auroc"] <= 1
+    per_kind = [v for k, v in validation.items() if k.startswith("val_auroc_")]
     assert {"val_auroc_perlin", "val_auroc_distortion", "val_auroc_erasure"} <= set(validation)
+    # As many anomalies of each kind against the same normals: the AUROC is exactly the per-kind mean.
+    assert validation["val_auroc"] == pytest.approx(statistics.fmean(per_kind))
+    # And it is the saved bundle's own number, from its training images alone (the test split is gone).
+    images = load_images([s.path for s in list_samples(root, "synth_disc", "train")], config.image_size)
+    again = training_validation(Detector.load(tmp_path / "model"), images, seed=config.seed)
+    assert again == pytest.approx(validation, rel=1e-9)
