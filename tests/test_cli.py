@@ -167,7 +167,7 @@ def test_train_says_which_image_score_auto_chose_and_why(tmp_path, capsys):
     assert f"image score {chosen}, chosen on validation from the training images (12 normal" in printed
 
 
-def test_evaluate_reports_the_false_positive_rate_realised_on_test_normals(trained, tiny_root, tmp_path):
+def test_evaluate_reports_the_false_positive_rate_realised_on_test_normals(trained, tiny_root, tmp_path, capsys):
     """A threshold set between the test split's normal scores: ``test_fpr`` is exactly the share at or above
     it, set beside the calibration's expected rate and interval (``detector.json``'s ``meta.calibration``)."""
     from cutpaste.data.layout import list_samples
@@ -187,6 +187,7 @@ def test_evaluate_reports_the_false_positive_rate_realised_on_test_normals(train
         assert main([*args, "--json", str(report_path)]) == 0
         report = json.loads(report_path.read_text())
         assert report["test_fpr"] == pytest.approx(k / 3) and report["test_fpr_normals"] == 3, k
+        assert f"false-positive rate at the threshold {k / 3:.1%} of 3 good images (expected" in capsys.readouterr().out
         assert sum(s["anomalous"] for s in report["samples"] if s["label"] == 0) == k
         assert report["expected_fpr"] == calibration["expected_fpr"]
         assert (report["expected_fpr_low"], report["expected_fpr_high"]) == (
