@@ -103,6 +103,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"({selection['normals']} normal, {selection['anomalies']} synthetic anomalies; "
             f"{', '.join(selection['kinds_ranked_on'])}): {ranked}"
         )
+    encoder = meta.get("encoder_choice")
+    if encoder:
+        print(
+            f"shipped the {encoder['shipped']} encoder: validation AUROC trained {encoder['trained_val_auroc']:.3f}, "
+            f"untrained twin {encoder['untrained_val_auroc']:.3f} (same anomalies)"
+        )
     calibration = meta.get("calibration")
     if calibration:
         print(

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from cutpaste.data.images import load_images, load_masks, mask_resolution
+from cutpaste.data.images import load_images, load_mask, load_masks, mask_resolution
 from cutpaste.data.layout import Sample
 from cutpaste.detector import Detector
 from cutpaste.metrics import ImageMetrics, image_metrics
-from cutpaste.pixel_metrics import PixelMetrics, pixel_metrics
+from cutpaste.pixel_metrics import PixelMetrics
+from cutpaste.pixel_stream import StreamingPixelMetrics, score_edges
 from cutpaste.threshold import false_positive_report
+
+# Test images scored per pass, and masks decoded ahead at the masks' resolution: what a pass holds does
+# not grow with the split (a 1024 px mask is 1 MB, its upsampled map 4 MB).
+EVAL_CHUNK = 32
+MASK_PREFETCH = 8
 
 
 @dataclass
@@ -28,10 +34,6 @@ class Evaluation:
     # Pixel metrics (None when no mask exists or maps were not asked for) and why they are missing.
     pixel: PixelMetrics | None = None
     pixel_note: str = ""
-    # (N, S, S) anomaly maps and (N, S, S) masks at the detector's size, when computed; not in the JSON.
-    maps: torch.Tensor | None = None
-    masks: torch.Tensor | None = None
-    images: torch.Tensor | None = None
     # The detector's threshold calibration (``meta["calibration"]``): what ``test_fpr`` is set beside.
     calibration: dict | None = None
 
@@ -59,6 +61,20 @@ class Evaluation:
         return out
 
 
+@dataclass
+class MapBatch:
+    """One pass of :func:`evaluate_detector`, handed to its ``on_maps`` and then dropped: ``samples`` and
+    their ``indices`` in the split, images ``(B, 3, S, S)`` uint8, maps ``(B, S, S)`` float32, masks
+    ``(B, S, S)`` bool (None when no image of the pass has one) at the detector's size, and ``(B,)`` scores."""
+
+    samples: list[Sample]
+    indices: list[int]
+    images: torch.Tensor
+    maps: torch.Tensor
+    masks: torch.Tensor | None
+    scores: list[float]
+
+
 def score_samples(detector: Detector, samples: Sequence[Sample]) -> torch.Tensor:
     """``(N,)`` anomaly scores of the samples' images, decoded at the detector's size."""
     images = load_images([s.path for s in samples], detector.config.image_size)
@@ -68,14 +84,50 @@ def score_samples(detector: Detector, samples: Sequence[Sample]) -> torch.Tensor
 def pixel_metrics_at_mask_resolution(samples: Sequence[Sample], maps: torch.Tensor) -> PixelMetrics:
     """Pixel AUROC and AUPRO as the MVTec AD evaluation computes them: maps ``(N, S, S)`` at the model's
     size are upsampled (bilinear) to the ground-truth masks' own resolution and compared there, not
-    the masks shrunk to the model's input (64 px in ``demo``), which would blur thin defects away."""
+    the masks shrunk to the model's input (64 px in ``demo``), which would blur thin defects away.
+    One image at a time: memory is one mask and its map, never the split's pixels."""
     side = mask_resolution(samples) or maps.shape[-1]
-    masks = load_masks(samples, side)
-    if masks is None:
-        masks = torch.zeros((len(samples), side, side), dtype=torch.bool)
-    if maps.shape[-1] != side:
-        maps = F.interpolate(maps.float()[:, None], size=(side, side), mode="bilinear", align_corners=False)[:, 0]
-    return pixel_metrics(masks, maps, [s.label for s in samples])
+    accumulator = StreamingPixelMetrics(score_edges(maps))
+
+    def mask(sample: Sample) -> torch.Tensor:
+        if sample.mask_path is None:
+            return torch.zeros((side, side), dtype=torch.bool)
+        return load_mask(sample.mask_path, side, image_path=sample.path)
+
+    with ThreadPoolExecutor(max_workers=min(4, MASK_PREFETCH)) as pool:
+        for start in range(0, len(samples), MASK_PREFETCH):
+            chunk = samples[start : start + MASK_PREFETCH]
+            for offset, decoded in enumerate(pool.map(mask, chunk)):
+                accumulator.add(maps[start + offset], decoded, chunk[offset].label)
+    return accumulator.result()
+
+
+def _score_in_passes(
+    detector: Detector,
+    samples: Sequence[Sample],
+    map_mode: str | None,
+    kept: torch.Tensor | None,
+    on_maps: Callable[[MapBatch], None] | None,
+) -> list[float]:
+    """Scores ``EVAL_CHUNK`` images at a time; with a ``map_mode`` also their maps, copied into ``kept``
+    ``(N, S, S)`` (the model's size: what pixel metrics are binned from) and handed to ``on_maps``."""
+    size = detector.config.image_size
+    scores: list[float] = []
+    for start in range(0, len(samples), EVAL_CHUNK):
+        chunk = list(samples[start : start + EVAL_CHUNK])
+        images = load_images([s.path for s in chunk], size)
+        if map_mode is None:
+            scores += detector.score(images).tolist()
+            continue
+        batch_scores, maps = detector.anomaly_maps(images, map_mode)
+        maps = maps.float().cpu()
+        if kept is not None:
+            kept[start : start + len(chunk)] = maps
+        if on_maps is not None:
+            indices = list(range(start, start + len(chunk)))
+            on_maps(MapBatch(chunk, indices, images, maps, load_masks(chunk, size), batch_scores.tolist()))
+        scores += batch_scores.tolist()
+    return scores
 
 
 def evaluate_detector(
@@ -84,32 +136,34 @@ def evaluate_detector(
     *,
     pixel: bool = True,
     map_mode: str = "auto",
-    keep_maps: bool = False,
+    on_maps: Callable[[MapBatch], None] | None = None,
 ) -> Evaluation:
     """Image metrics always; with ``pixel`` and ground-truth masks, anomaly maps (dense for a patch
     model, GradCAM for the image model) and pixel AUROC / AUPRO over the images that have masks.
-    ``keep_maps`` computes the maps even without masks (for pictures)."""
+    ``on_maps`` receives every pass's maps, even without masks (pictures written as they come); only
+    maps at the model's size, ``(N, S, S)`` float32, are kept until the pixel metrics."""
     size = detector.config.image_size
-    images = load_images([s.path for s in samples], size)
     labels = [s.label for s in samples]
     defects = [s.defect_type for s in samples]
-    masks = load_masks(samples, size) if pixel else None
-    maps, pixel_result, note = None, None, ""
-    if pixel and masks is None:
+    has_masks = pixel and any(s.mask_path is not None for s in samples)
+    note = ""
+    if pixel and not has_masks:
         note = "no ground-truth masks for the defective images: pixel metrics skipped, image metrics reported"
     has_maps = hasattr(detector, "anomaly_maps")
-    if pixel and masks is not None and not has_maps:
-        masks, note = None, f"{type(detector).__name__} gives no anomaly maps: pixel metrics skipped"
-    if has_maps and (keep_maps or masks is not None or (pixel and getattr(detector, "is_patch_model", False))):
-        score_tensor, maps = detector.anomaly_maps(images, map_mode)
-    else:
-        score_tensor = detector.score(images)
-    if masks is not None and maps is not None:
+    if has_masks and not has_maps:
+        has_masks, note = False, f"{type(detector).__name__} gives no anomaly maps: pixel metrics skipped"
+    want_maps = has_maps and (
+        on_maps is not None or has_masks or (pixel and getattr(detector, "is_patch_model", False))
+    )
+    kept = torch.empty((len(samples), size, size), dtype=torch.float32) if want_maps and has_masks else None
+    scores = _score_in_passes(detector, samples, map_mode if want_maps else None, kept, on_maps)
+    pixel_result = None
+    if kept is not None:
         # Defective images without a mask cannot be scored per pixel; good images are all-normal.
         keep = [i for i, s in enumerate(samples) if s.label == 0 or s.mask_path is not None]
-        pixel_result = pixel_metrics_at_mask_resolution([samples[i] for i in keep], maps[keep])
+        maps = kept if len(keep) == len(samples) else kept[keep]
+        pixel_result = pixel_metrics_at_mask_resolution([samples[i] for i in keep], maps)
         note = pixel_result.note
-    scores = score_tensor.tolist()
     return Evaluation(
         metrics=image_metrics(labels, scores, defects),
         scores=scores,
@@ -120,8 +174,5 @@ def evaluate_detector(
         missing_masks=[str(s.path) for s in samples if s.label == 1 and s.mask_path is None],
         pixel=pixel_result,
         pixel_note=note,
-        maps=maps,
-        masks=masks,
-        images=images,
         calibration=getattr(detector, "meta", {}).get("calibration"),
     )

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from cutpaste.atomic import atomic_write_text
 from cutpaste.detector import Detector
-from cutpaste.evaluate import Evaluation
+from cutpaste.evaluate import MapBatch
 from cutpaste.heatmaps import colour_bar, grid_figure, overlay_panel, save_png, stack, to_hwc
 from cutpaste.workflow import evaluate_category
 
@@ -41,6 +41,35 @@ def _verdict(score: float, threshold: float) -> str:
     return "ANOMALOUS" if score >= threshold else "normal"
 
 
+class _OverlayWriter:
+    """``on_maps`` of ``cutpaste localize``: writes each test image's panel as its pass comes and keeps
+    only the few (downscaled) panels the category grid shows."""
+
+    def __init__(self, out_dir: Path, value_range: tuple[float, float], threshold: float, progress: bool):
+        self.out_dir, self.value_range, self.threshold = out_dir, value_range, threshold
+        self.by_defect: dict[str, list[Image.Image]] = {}
+        self.panels = 0
+        self.bar = tqdm(desc="overlays", unit="img", disable=not progress, leave=False)
+
+    def __call__(self, batch: MapBatch) -> None:
+        for j, (sample, score) in enumerate(zip(batch.samples, batch.scores, strict=True)):
+            stem, defect = Path(sample.path).stem, sample.defect_type
+            mask = batch.masks[j].numpy() if batch.masks is not None else None
+            caption = f"{defect}/{stem}  score {score:.3f}  {_verdict(score, self.threshold)}"
+            panel = overlay_panel(to_hwc(batch.images[j]), batch.maps[j].numpy(), self.value_range, mask, caption)
+            save_png(panel, self.out_dir / defect / f"{stem}.png")
+            chosen = self.by_defect.setdefault(defect, [])
+            if len(chosen) < GRID_PER_DEFECT:
+                chosen.append(_grid_panel(panel))
+            self.panels += 1
+            self.bar.update(1)
+
+
+def _grid_panel(panel: Image.Image) -> Image.Image:
+    scale = GRID_PANEL_WIDTH / panel.width
+    return panel.resize((GRID_PANEL_WIDTH, round(panel.height * scale)), Image.Resampling.BILINEAR)
+
+
 def localize_category(
     detector: Detector,
     data_root: str | Path,
@@ -50,58 +79,82 @@ def localize_category(
     map_mode: str = "auto",
     progress: bool = True,
 ) -> LocalizeResult:
+    """Overlays written as the test split is scored (never all maps at once), then the grid and metrics."""
     out_dir = Path(out_dir)
-    evaluation = evaluate_category(detector, data_root, category, map_mode=map_mode, keep_maps=True)
-    assert evaluation.maps is not None and evaluation.images is not None
-    value_range = detector.map_range
-    by_defect: dict[str, list[Image.Image]] = {}
-    items = list(enumerate(evaluation.paths))
-    for i, path in tqdm(items, desc="overlays", unit="img", disable=not progress, leave=False):
-        defect, score = evaluation.defect_types[i], evaluation.scores[i]
-        mask = evaluation.masks[i].numpy() if evaluation.masks is not None else None
-        caption = f"{defect}/{Path(path).stem}  score {score:.3f}  {_verdict(score, evaluation.threshold)}"
-        panel = overlay_panel(to_hwc(evaluation.images[i]), evaluation.maps[i].numpy(), value_range, mask, caption)
-        save_png(panel, out_dir / defect / f"{Path(path).stem}.png")
-        chosen = by_defect.setdefault(defect, [])
-        if len(chosen) < GRID_PER_DEFECT:
-            scale = GRID_PANEL_WIDTH / panel.width
-            chosen.append(panel.resize((GRID_PANEL_WIDTH, round(panel.height * scale)), Image.Resampling.BILINEAR))
+    writer = _OverlayWriter(out_dir, detector.map_range, detector.threshold, progress)
+    try:
+        evaluation = evaluate_category(detector, data_root, category, map_mode=map_mode, on_maps=writer)
+    finally:
+        writer.bar.close()
     report = evaluation.to_dict()
-    report.update({"category": category, "map_mode": map_mode, "map_range": list(value_range)})
+    report.update({"category": category, "map_mode": map_mode, "map_range": list(detector.map_range)})
     pixel = f"  pixel AUROC {report['pixel_auroc']:.3f}  AUPRO {report['aupro']:.3f}" if "aupro" in report else ""
     title = f"{category}: image AUROC {report['image_auroc']:.3f}{pixel}"
+    by_defect = writer.by_defect
     ordered = [p for defect in sorted(by_defect, key=lambda d: (d != "good", d)) for p in by_defect[defect]]
     grid = save_png(grid_figure(ordered, columns=GRID_PER_DEFECT, title=title), out_dir / f"{category}_grid.png")
     json_path = out_dir / "metrics.json"
     atomic_write_text(json.dumps(report, indent=2), json_path)
-    return LocalizeResult(report=report, panels=len(items), grid=grid, json=json_path)
+    return LocalizeResult(report=report, panels=writer.panels, grid=grid, json=json_path)
 
 
-def sample_heatmaps(evaluation: Evaluation, value_range: tuple[float, float], *, title: str = "") -> Image.Image | None:
+@dataclass
+class _Pick:
+    """One panel the review figure may show: its image ``(3, S, S)``, map ``(S, S)``, mask ``(S, S)``."""
+
+    score: float
+    name: str
+    image: torch.Tensor
+    heatmap: torch.Tensor
+    mask: torch.Tensor | None
+
+
+class ReviewPicks:
+    """``on_maps`` for the review figure: keeps, as the passes come, only the four images it shows (the
+    highest- and lowest-scored defective and good ones), never the split's maps."""
+
+    def __init__(self) -> None:
+        self.high: dict[int, _Pick] = {}
+        self.low: dict[int, _Pick] = {}
+        self.count = {0: 0, 1: 0}
+
+    def __call__(self, batch: MapBatch) -> None:
+        for j, (sample, score) in enumerate(zip(batch.samples, batch.scores, strict=True)):
+            label = sample.label
+            self.count[label] += 1
+            # Ties: the first image of the highest score and the last of the lowest, as a stable sort orders them.
+            take_high = label not in self.high or score > self.high[label].score
+            take_low = label not in self.low or score <= self.low[label].score
+            if take_high or take_low:
+                mask = batch.masks[j].clone() if batch.masks is not None else None
+                name = f"{sample.defect_type}/{Path(sample.path).stem}"
+                pick = _Pick(score, name, batch.images[j].clone(), batch.maps[j].clone(), mask)
+                if take_high:
+                    self.high[label] = pick
+                if take_low:
+                    self.low[label] = pick
+
+    def chosen(self) -> list[tuple[str, _Pick]]:
+        """(role, pick) in the figure's order; a kind's lowest only when it has a second image."""
+        roles = []
+        for label, kind in ((1, "defective"), (0, "good")):
+            if label in self.high:
+                roles.append((f"highest-scored {kind}", self.high[label]))
+            if self.count[label] > 1:
+                roles.append((f"lowest-scored {kind}", self.low[label]))
+        return roles
+
+
+def sample_heatmaps(picks: ReviewPicks, value_range: tuple[float, float], *, title: str = "") -> Image.Image | None:
     """The review figure (MLflow, reports): the best and the worst of both kinds, the highest- and
     lowest-scored defective images (a clear find, the likeliest miss) and the highest- and lowest-scored
     good ones (the false alarm most worth seeing, a clean pass), on one colour scale stated under them.
     None without maps."""
-    if evaluation.maps is None or evaluation.images is None:
-        return None
-    order = sorted(range(len(evaluation.scores)), key=lambda i: -evaluation.scores[i])
-    bad = [i for i in order if evaluation.labels[i] == 1]
-    good = [i for i in order if evaluation.labels[i] == 0]
-    picks = [
-        ("highest-scored defective", bad[:1]),
-        ("lowest-scored defective", bad[1:][-1:]),
-        ("highest-scored good", good[:1]),
-        ("lowest-scored good", good[1:][-1:]),
-    ]
     panels = []
-    for role, chosen in picks:
-        for i in chosen:
-            mask = evaluation.masks[i].numpy() if evaluation.masks is not None else None
-            name = f"{evaluation.defect_types[i]}/{Path(evaluation.paths[i]).stem}"
-            caption = f"{role}: {name}  score {evaluation.scores[i]:.3f}"
-            panel = overlay_panel(to_hwc(evaluation.images[i]), evaluation.maps[i].numpy(), value_range, mask, caption)
-            scale = GRID_PANEL_WIDTH / panel.width
-            panels.append(panel.resize((GRID_PANEL_WIDTH, round(panel.height * scale)), Image.Resampling.BILINEAR))
+    for role, pick in picks.chosen():
+        caption = f"{role}: {pick.name}  score {pick.score:.3f}"
+        mask = pick.mask.numpy() if pick.mask is not None else None
+        panels.append(_grid_panel(overlay_panel(to_hwc(pick.image), pick.heatmap.numpy(), value_range, mask, caption)))
     if not panels:
         return None
     note = "map colour, fixed for all panels: blue typical normal, middle = threshold, red twice as far"

@@ -70,7 +70,9 @@ def pro_curve(masks: torch.Tensor | np.ndarray, maps: torch.Tensor | np.ndarray)
     return fpr, pro
 
 
-def _area_up_to(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> float:
+def area_up_to(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> float:
+    """Trapezoids under ``pro`` over ascending ``fpr`` up to ``fpr_limit`` (the curve interpolated
+    there), divided by ``fpr_limit``."""
     end = int(np.searchsorted(fpr, fpr_limit, side="right"))
     x, y = fpr[:end], pro[:end]
     if end < len(fpr) and x[-1] < fpr_limit:  # interpolate the curve at the limit
@@ -85,7 +87,7 @@ def aupro(
 ) -> float:
     """Area under the PRO curve up to ``fpr_limit``, divided by ``fpr_limit`` (1.0 is perfect)."""
     fpr, pro = pro_curve(masks, maps)
-    return _area_up_to(fpr, pro, fpr_limit)
+    return area_up_to(fpr, pro, fpr_limit)
 
 
 def pixel_metrics(masks: torch.Tensor | np.ndarray, maps: torch.Tensor | np.ndarray, labels: list[int]) -> PixelMetrics:
@@ -101,7 +103,7 @@ def pixel_metrics(masks: torch.Tensor | np.ndarray, maps: torch.Tensor | np.ndar
     if m.all():
         return PixelMetrics(None, None, 0, empty, "no normal pixel in the masks: pixel metrics skipped")
     fpr, tpr, pro, regions = _curves(m, s)
-    return PixelMetrics(float(np.trapezoid(tpr, fpr)), _area_up_to(fpr, pro, AUPRO_FPR_LIMIT), regions, empty, note)
+    return PixelMetrics(float(np.trapezoid(tpr, fpr)), area_up_to(fpr, pro, AUPRO_FPR_LIMIT), regions, empty, note)
 
 
 def _regions(masks: np.ndarray) -> tuple[np.ndarray, int]:

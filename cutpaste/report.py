@@ -36,6 +36,8 @@ class RunRecord:
     run_name: str = ""
     # Validation AUROC without test labels (cutpaste.validation.training_validation): what choices read.
     val_auroc: float | None = None
+    # SHA-256 of the validation anomalies it was read on: val_auroc compares only between equal digests.
+    validation_digest: str = ""
     # The benchmark's attempts after the first (infrastructure faults only), and what each was for.
     retries: int = 0
     faults: str = ""

@@ -6,16 +6,15 @@ the aligned MVTec objects, the paper's global Gaussian or the k-NN memory bank o
 own typical patch (``feature_score=max-median``), on an object it loses. A lookup by category name
 cannot know a category it has not seen, so the detector decides from data, never from a test split: the
 training images are split into folds, and densities fitted without a fold score that fold's images and
-synthetic anomalies made from them (every kind in :data:`cutpaste.synthetic_anomalies.ANOMALY_KINDS`).
-The candidate with the highest mean AUROC over the kinds that some candidate detects
-(:func:`informative_kinds`) wins; the name lookup's choice (:func:`prior_choice`) wins ties, and wins
-outright when there are too few images to split. The encoder has trained on these images, which makes
-every candidate's normal scores a little lower alike; the ranking, not the level, is what is read.
+synthetic anomalies made from them (the kinds in :data:`cutpaste.synthetic_anomalies.VOTING_KINDS`, which
+copy no training view). The candidate with the highest mean AUROC over those kinds wins; the name lookup's
+choice (:func:`prior_choice`) wins ties, and wins outright when there are too few images to split. The
+encoder has trained on these images, which makes every candidate's normal scores a little lower alike;
+the ranking, not the level, is what is read.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +26,7 @@ from cutpaste.density import GaussianDensity, fold_parts
 from cutpaste.local_density import ALIGNED_OBJECTS, resolve_layout
 from cutpaste.local_scores import fit_feature_scorer, grid_image_scores, image_and_grid_features, standardise
 from cutpaste.model import CutPasteNet, as_float_images
-from cutpaste.synthetic_anomalies import ANOMALY_KINDS
+from cutpaste.synthetic_anomalies import VOTING_KINDS
 
 # Below this many training images the folds are too small to rank anything; the lookup decides.
 MIN_IMAGES = 10
@@ -135,8 +134,8 @@ def select_image_score(
     n = images.shape[0]
     generator = torch.Generator().manual_seed(config.seed)
     bases = torch.randperm(n, generator=generator)[:MAX_ANOMALY_BASES]
-    made = [make(images[bases], generator)[0] for make in ANOMALY_KINDS.values()]
-    kinds = [kind for kind in ANOMALY_KINDS for _ in range(len(bases))]
+    made = [make(images[bases], generator)[0] for make in VOTING_KINDS.values()]
+    kinds = [kind for kind in VOTING_KINDS for _ in range(len(bases))]
     anomaly_base = bases.repeat(len(made))
 
     train_features = features or image_and_grid_features(model, train_images, config)
@@ -146,7 +145,7 @@ def select_image_score(
     )
 
     labels = [0] * n + [1] * len(bases)
-    of_kind = {kind: torch.tensor([k == kind for k in kinds]) for kind in ANOMALY_KINDS}
+    of_kind = {kind: torch.tensor([k == kind for k in kinds]) for kind in VOTING_KINDS}
     per_kind: dict[str, dict[str, float]] = {}
     for candidate in CANDIDATES:
         scores = _candidate_scores(candidate, normal, anomalous)
@@ -154,7 +153,7 @@ def select_image_score(
             kind: float(roc_auc_score(labels, torch.cat([scores[:n], scores[n:][mask]]).numpy()))
             for kind, mask in of_kind.items()
         }
-    used = informative_kinds(per_kind, normals=n, anomalies=len(bases))
+    used = list(VOTING_KINDS)
     auroc = {name: sum(values[k] for k in used) / len(used) for name, values in per_kind.items()}
     prior = prior_choice(config, category)
     ranked = sorted(CANDIDATES, key=lambda c: (-auroc[c.name], c.name != prior, CANDIDATES.index(c)))
@@ -194,17 +193,6 @@ def _cross_fitted_scores(
             normal[key][part] = scorer.score(grid[part].to(device)).flatten(1).double().cpu()
             anomalous[key][held] = scorer.score(a_grid[held].to(device)).flatten(1).double().cpu()
     return normal, anomalous
-
-
-def informative_kinds(per_kind: dict[str, dict[str, float]], *, normals: int, anomalies: int) -> list[str]:
-    """The anomaly kinds that can tell candidates apart: those some candidate detects better than chance
-    by more than two standard errors of a chance AUROC (Mann-Whitney's null distribution). A kind that
-    nothing detects (on a texture a warp is often more of the same texture) only adds noise to a mean;
-    when no kind qualifies, all count."""
-    chance_se = math.sqrt((normals + anomalies + 1) / (12 * normals * anomalies))
-    kinds = list(next(iter(per_kind.values())))
-    used = [k for k in kinds if max(values[k] for values in per_kind.values()) > 0.5 + 2 * chance_se]
-    return used or kinds
 
 
 def _candidate_scores(candidate: Candidate, normal: dict[str, Tensor], anomalous: dict[str, Tensor]) -> Tensor:

@@ -1,8 +1,15 @@
-"""The synthetic anomalies that validation scores: a foreign texture blended in, a warp, an erasure, a stroke.
+"""The synthetic anomalies validation scores, in two groups.
 
-None of them is what training sees (CutPaste and blend paste rectangles of image content), so no
-configuration wins by recognising its own augmentation. They live apart from :mod:`cutpaste.validation`
-because a detector uses them too, when it chooses its own image score (:mod:`cutpaste.scorer_selection`).
+- :data:`VOTING_KINDS` decide: every default, every ``image_score=auto`` choice and every champion is
+  read from them. They share no generator, shape family or area range with a training view
+  (:mod:`cutpaste.blob_anomalies` says how).
+- :data:`REPORTED_KINDS` are scored and shown, never voted: ``perlin`` (a foreign texture in a Perlin
+  region) shares blend's mask generator and CutPaste's area range, and ``stroke`` (a thin curved line) is
+  a cousin of the scar the encoder trains on, so a configuration could win them by recognising its own
+  training task.
+
+They live apart from :mod:`cutpaste.validation` because a detector uses them too, when it chooses its
+own image score (:mod:`cutpaste.scorer_selection`).
 """
 
 from __future__ import annotations
@@ -11,8 +18,9 @@ from collections.abc import Callable
 
 import torch
 
+from cutpaste.blob_anomalies import dent_anomalies, smudge_anomalies, speckle_anomalies, stain_anomalies
 from cutpaste.noise import noise_batch, perlin_masks
-from cutpaste.structural_anomalies import distortion_anomalies, erasure_anomalies, stroke_anomalies
+from cutpaste.structural_anomalies import stroke_anomalies
 
 
 def foreign_textures(batch: int, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -49,10 +57,13 @@ def perlin_anomalies(
     return out.mul(255).round().clamp(0, 255).to(torch.uint8), masks
 
 
-# Each base image gives one anomaly of each kind; validation reports the AUROC per kind too.
-ANOMALY_KINDS: dict[str, Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]] = {
-    "perlin": perlin_anomalies,
-    "distortion": distortion_anomalies,
-    "erasure": erasure_anomalies,
-    "stroke": stroke_anomalies,
+Kind = Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+# Each base image gives one anomaly of each kind per draw; validation reports the AUROC per kind too.
+VOTING_KINDS: dict[str, Kind] = {
+    "dent": dent_anomalies,
+    "smudge": smudge_anomalies,
+    "stain": stain_anomalies,
+    "speckle": speckle_anomalies,
 }
+REPORTED_KINDS: dict[str, Kind] = {"perlin": perlin_anomalies, "stroke": stroke_anomalies}
+ANOMALY_KINDS: dict[str, Kind] = {**VOTING_KINDS, **REPORTED_KINDS}

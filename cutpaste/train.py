@@ -54,6 +54,7 @@ _NON_TRAINING_FIELDS = frozenset(
         "feature_score",
         "map_sigma",
         "patch_score",
+        "untrained_fallback",
     }
 )
 

@@ -2,17 +2,23 @@
 
 Ranking configurations on the test split would tune to it. Instead a validation set is built from
 
-- held-out normal training images (a deterministic split of ``train/good``; training never sees them), and
-- anomalies made by a generator that is *not* CutPaste: Perlin-noise masks blending a foreign texture
-  into held-out images, as DRAEM does (Zavrtanik et al., ICCV 2021), so a configuration cannot win by
-  recognising its own augmentation;
+- held-out normal training images: ``train/good`` is cut into :data:`FOLDS` folds by a seeded permutation
+  of the paths (:func:`split_train`); a run trains on all folds but one and is validated on that one, and
+  ``bench/decide.py`` rotates the held-out fold with the seed, so over seeds every normal image is a
+  validation normal once and a fold is scored by an encoder that never saw it;
+- anomalies made from each held-out image, :data:`DRAWS` of each kind, by generators that share nothing
+  with a training view (:data:`cutpaste.synthetic_anomalies.VOTING_KINDS`); ``val_auroc`` is read from
+  those alone, the other kinds are reported beside it (``val_auroc_<kind>``);
 
-or from a labelled folder the user gives (``good/`` plus one folder per defect type). Nothing here ever
-lists or reads a ``test/`` folder.
+or from a labelled folder the user gives (``good/`` plus one folder per defect type). The anomalies'
+seed is fixed (:data:`VALIDATION_SEED`), not the run's: every seed and option of a category is scored on
+the same images, which :attr:`ValidationSet.digest` names. Nothing here ever lists or reads a ``test/``
+folder.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +32,18 @@ from cutpaste.detector import Detector, fit_detector
 from cutpaste.ensemble import EnsembleDetector, build_ensemble
 from cutpaste.errors import ConfigError, DataError
 from cutpaste.metrics import image_metrics
-from cutpaste.synthetic_anomalies import ANOMALY_KINDS
+from cutpaste.synthetic_anomalies import ANOMALY_KINDS, VOTING_KINDS
 from cutpaste.train import TrainHooks, resolve_device, train_model
 
 # Validation images are decoded at one size for every trial, so configurations with different
 # image sizes are ranked on the same pixels (each detector resizes to its own size).
 VALIDATION_SIZE = 128
 SPLIT_SEED = 0
+# The anomalies' seed: one for every seed and option, so their AUROCs compare.
+VALIDATION_SEED = 0
+FOLDS = 5
+# Anomalies of each kind made from each held-out image: more pairs for the same normals.
+DRAWS = 2
 
 
 @dataclass
@@ -43,6 +54,14 @@ class ValidationSet:
     labels: list[int]
     kinds: list[str]
     source: str
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the images and their kinds: equal digests mean AUROCs measured on the same set."""
+        h = hashlib.sha256()
+        h.update(self.images.contiguous().numpy().tobytes())
+        h.update("\n".join(self.kinds).encode())
+        return h.hexdigest()
 
 
 @dataclass
@@ -58,36 +77,49 @@ class ValidationRun:
 
 
 def split_train(
-    samples: Sequence[Sample], *, holdout_fraction: float = 0.2, seed: int = SPLIT_SEED
+    samples: Sequence[Sample], *, fold: int = 0, folds: int = FOLDS, seed: int = SPLIT_SEED
 ) -> tuple[list[Sample], list[Sample]]:
-    """Deterministic (train, held-out) split of normal training samples, by a seeded permutation of paths."""
-    if not 0 < holdout_fraction < 1:
-        raise ConfigError(f"holdout_fraction: must lie in (0, 1), got {holdout_fraction}")
+    """(train, held-out): ``train/good`` cut into ``folds`` folds by a seeded permutation of the sorted
+    paths (so the listing order never matters), fold ``fold % folds`` held out."""
+    if folds < 2:
+        raise ConfigError(f"folds: must be >= 2, got {folds}")
     ordered = sorted(samples, key=lambda s: str(s.path))
-    held = max(2, round(len(ordered) * holdout_fraction))
-    if len(ordered) - held < 2:
+    if len(ordered) < 2 * folds:
         raise DataError(
-            f"{len(ordered)} training images are too few to hold out {held} for validation and train on the rest"
+            f"{len(ordered)} training images are too few to cut into {folds} folds of at least 2 "
+            f"(hold out one fold for validation and train on the rest)"
         )
-    order = torch.randperm(len(ordered), generator=torch.Generator().manual_seed(seed)).tolist()
-    held_idx = set(order[:held])
+    order = torch.randperm(len(ordered), generator=torch.Generator().manual_seed(seed))
+    held_idx = set(torch.tensor_split(order, folds)[fold % folds].tolist())
     train = [s for i, s in enumerate(ordered) if i not in held_idx]
     return train, [s for i, s in enumerate(ordered) if i in held_idx]
 
 
-def synthetic_validation(
-    held_out: Sequence[Sample], *, size: int = VALIDATION_SIZE, seed: int = SPLIT_SEED
-) -> ValidationSet:
-    """Held-out normal images plus four anomalies made from each of them: a foreign texture blended in
-    (changes colour), a region warped, a region's detail erased and a thin stroke (change structure)."""
-    normal = load_images([s.path for s in held_out], size)
+def make_anomalies(
+    base: torch.Tensor, *, seed: int = VALIDATION_SEED, draws: int = DRAWS
+) -> tuple[torch.Tensor, list[str]]:
+    """``(N, 3, S, S)`` uint8 normals -> ``(N * kinds * draws, 3, S, S)`` anomalies and their kind names,
+    every kind of :data:`ANOMALY_KINDS` ``draws`` times from each image, from one seeded generator."""
     generator = torch.Generator().manual_seed(seed)
-    made = {kind: make(normal, generator)[0] for kind, make in ANOMALY_KINDS.items()}
+    made, kinds = [], []
+    for _ in range(draws):
+        for kind, make in ANOMALY_KINDS.items():
+            made.append(make(base, generator)[0])
+            kinds += [kind] * len(base)
+    return torch.cat(made), kinds
+
+
+def synthetic_validation(
+    held_out: Sequence[Sample], *, size: int = VALIDATION_SIZE, seed: int = VALIDATION_SEED, draws: int = DRAWS
+) -> ValidationSet:
+    """Held-out normal images plus, from each, ``draws`` anomalies of every kind (:func:`make_anomalies`)."""
+    normal = load_images([s.path for s in held_out], size)
+    made, kinds = make_anomalies(normal, seed=seed, draws=draws)
     return ValidationSet(
-        images=torch.cat([normal, *made.values()]),
-        labels=[0] * len(normal) + [1] * len(normal) * len(made),
-        kinds=["good"] * len(normal) + [kind for kind in made for _ in range(len(normal))],
-        source="held-out train/good + Perlin-shaped anomalies (foreign texture, warp, erasure, stroke)",
+        images=torch.cat([normal, made]),
+        labels=[0] * len(normal) + [1] * len(made),
+        kinds=["good"] * len(normal) + kinds,
+        source=f"held-out train/good + {draws} x ({', '.join(ANOMALY_KINDS)}) anomalies, seed {seed}",
     )
 
 
@@ -126,19 +158,33 @@ def prepare_validation(
     holdout_fraction: float = 0.2,
     size: int = VALIDATION_SIZE,
 ) -> tuple[list[Sample], ValidationSet]:
-    """(training samples, validation set). With ``folder`` every ``train/good`` image trains."""
+    """(training samples, validation set): fold 0 of ``round(1 / holdout_fraction)`` held out. With
+    ``folder`` every ``train/good`` image trains."""
     samples = list_samples(data_root, category, "train")
     if folder is not None:
         return samples, folder_validation(folder, size=size)
-    train, held = split_train(samples, holdout_fraction=holdout_fraction)
+    if not 0 < holdout_fraction < 1:
+        raise ConfigError(f"holdout_fraction: must lie in (0, 1), got {holdout_fraction}")
+    train, held = split_train(samples, folds=max(2, round(1 / holdout_fraction)))
     return train, synthetic_validation(held, size=size)
 
 
 def score_validation(scores: torch.Tensor, validation: ValidationSet) -> dict[str, float]:
-    """``val_auroc`` (the objective), AUPR, F1-max, and AUROC per anomaly kind (``val_auroc_<kind>``)."""
-    metrics = image_metrics(validation.labels, scores.tolist(), validation.kinds)
+    """``val_auroc`` (the objective: normals against the anomalies of the voting kinds, or of every kind
+    where the set has none, as a user's folder), AUPR, F1-max, and AUROC per kind (``val_auroc_<kind>``)."""
+    kinds = validation.kinds
+    voting = [k == "good" or k in VOTING_KINDS for k in kinds]
+    if not any(k in VOTING_KINDS for k in kinds):
+        voting = [True] * len(kinds)
+    keep = torch.tensor(voting)
+    metrics = image_metrics(
+        [lab for lab, v in zip(validation.labels, voting, strict=True) if v],
+        scores[keep].tolist(),
+        [k for k, v in zip(kinds, voting, strict=True) if v],
+    )
     out = {"val_auroc": metrics.image_auroc, "val_aupr": metrics.aupr, "val_f1_max": metrics.f1_max}
-    out.update({f"val_auroc_{kind}": value for kind, value in metrics.per_defect_auroc.items()})
+    every = image_metrics(validation.labels, scores.tolist(), kinds)
+    out.update({f"val_auroc_{kind}": value for kind, value in every.per_defect_auroc.items()})
     return out
 
 
@@ -249,25 +295,26 @@ def validate_config(
 
 
 def training_validation(
-    detector: Detector, train_images: torch.Tensor, *, seed: int = SPLIT_SEED, max_images: int = 32
-) -> dict[str, float]:
+    detector: Detector, train_images: torch.Tensor, *, seed: int = VALIDATION_SEED, max_images: int = 32
+) -> dict[str, float | str]:
     """A validation AUROC for a detector trained on every training image, with no hold-out and no test
     label: its out-of-fold scores of the normal training images (recorded when it was fitted) against
-    its scores of synthetic anomalies (every kind in :data:`ANOMALY_KINDS`) made from up to
-    ``max_images`` of those images. The anomalies' base images were in the density, which biases their
-    scores down: the number is conservative, and comparable between runs of one category (how the
-    benchmark picks its champion seed)."""
+    its scores of anomalies (:func:`make_anomalies`) made from up to ``max_images`` of those images. The
+    anomalies' base images were in the density, which biases their scores down: the number is
+    conservative. Base images and anomalies come from ``seed`` alone, never the run's: every seed of a
+    category is scored on the same anomalies (``digest``), which is what a champion is chosen by."""
     recorded = detector.meta.get("oof_scores")
     if not recorded:
         raise ConfigError("training validation needs the detector's out-of-fold scores (fit it with this version)")
-    generator = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(train_images.shape[0], generator=generator)[:max_images]
-    base = train_images[pick]
-    made = {kind: make(base, generator)[0] for kind, make in ANOMALY_KINDS.items()}
-    anomalous = detector.score(torch.cat(list(made.values())))
-    scores = torch.cat([torch.tensor(recorded, dtype=torch.float64), anomalous.double().cpu()])
-    kinds = ["good"] * len(recorded) + [kind for kind in made for _ in range(len(base))]
-    metrics = image_metrics([0 if k == "good" else 1 for k in kinds], scores.tolist(), kinds)
-    out = {"val_auroc": metrics.image_auroc, "val_aupr": metrics.aupr}
-    out.update({f"val_auroc_{kind}": value for kind, value in metrics.per_defect_auroc.items()})
+    pick = torch.randperm(train_images.shape[0], generator=torch.Generator().manual_seed(seed))[:max_images]
+    anomalies, kinds = make_anomalies(train_images[pick], seed=seed)
+    scores = torch.cat([torch.tensor(recorded, dtype=torch.float64), detector.score(anomalies).double().cpu()])
+    validation = ValidationSet(
+        images=anomalies,
+        labels=[0] * len(recorded) + [1] * len(kinds),
+        kinds=["good"] * len(recorded) + kinds,
+        source="",
+    )
+    out: dict[str, float | str] = {k: v for k, v in score_validation(scores, validation).items() if k != "val_f1_max"}
+    out["digest"] = validation.digest
     return out

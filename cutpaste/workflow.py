@@ -14,15 +14,19 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from cutpaste.baselines import untrained_detector
 from cutpaste.config import TrainConfig
 from cutpaste.data.images import load_images
 from cutpaste.data.layout import list_samples
 from cutpaste.detector import BUNDLE_NAME, Detector, fit_detector
 from cutpaste.errors import ConfigError, DataError
-from cutpaste.evaluate import Evaluation, evaluate_detector
+from cutpaste.evaluate import Evaluation, MapBatch, evaluate_detector
 from cutpaste.train import TrainHooks, TrainResult, resolve_device, train_model, write_history
 from cutpaste.validation import training_validation
 
@@ -101,11 +105,46 @@ def train_category(
             "final_accuracy": last.get("accuracy"),
         },
     )
-    # Synthetic anomalies against out-of-fold normals: what a champion is chosen by, no test label read.
-    detector.meta["validation"] = training_validation(detector, images, seed=config.seed)
+    detector = _validated(detector, images, config, category=category)
     write_history(result.history, out_dir / "train_log.jsonl")
     detector.save(out_dir)
     return CategoryRun(detector=detector, training=result, out_dir=out_dir)
+
+
+def _validated(detector: Detector, images: torch.Tensor, config: TrainConfig, *, category: str) -> Detector:
+    """Synthetic anomalies against out-of-fold normals (what a champion is chosen by, no test label read;
+    the anomalies' seed is fixed, so every seed of the category is scored on the same set), then the
+    untrained twin's check where the config asks for it."""
+    detector.meta["validation"] = training_validation(detector, images)
+    if config.untrained_fallback:
+        return no_worse_than_untrained(detector, images, config=config, category=category)
+    return detector
+
+
+def no_worse_than_untrained(
+    detector: Detector, images: torch.Tensor, *, config: TrainConfig | None = None, category: str = ""
+) -> Detector:
+    """The trained detector, or its untrained twin (the run's initial random weights, scored as ``config``
+    asks: with ``image_score=auto`` the twin chooses its own score) where the twin scores higher on the
+    same validation anomalies (one digest). The encoder has seen
+    these normal images, which flatters the trained one: the twin wins only where training clearly did
+    not help. ``meta["encoder_choice"]`` records both AUROCs and what shipped."""
+    twin = untrained_detector(config or detector.config, images, category=category)
+    twin.meta["validation"] = training_validation(twin, images)
+    trained, untrained = detector.meta["validation"], twin.meta["validation"]
+    shipped = "untrained" if untrained["val_auroc"] > trained["val_auroc"] else "trained"
+    choice = {
+        "shipped": shipped,
+        "trained_val_auroc": trained["val_auroc"],
+        "untrained_val_auroc": untrained["val_auroc"],
+        "digest": trained["digest"],
+    }
+    if shipped == "trained":
+        detector.meta["encoder_choice"] = choice
+        return detector
+    # The training record (steps, times, loss) stays with the bundle that did not use it.
+    twin.meta = {**detector.meta, **twin.meta, "encoder_choice": choice}
+    return twin
 
 
 def evaluate_category(
@@ -115,12 +154,12 @@ def evaluate_category(
     *,
     pixel: bool = True,
     map_mode: str = "auto",
-    keep_maps: bool = False,
+    on_maps: Callable[[MapBatch], None] | None = None,
 ) -> Evaluation:
     """Scores ``<data_root>/<category>/test`` (category defaults to the one the detector was trained on);
-    pixel metrics too where masks exist, unless ``pixel`` is false."""
+    pixel metrics too where masks exist, unless ``pixel`` is false; ``on_maps`` sees each pass's maps."""
     category = category or detector.category
     if not category:
         raise ConfigError("category: the detector does not record its category; pass --category")
     samples = list_samples(data_root, category, "test")
-    return evaluate_detector(detector, samples, pixel=pixel, map_mode=map_mode, keep_maps=keep_maps)
+    return evaluate_detector(detector, samples, pixel=pixel, map_mode=map_mode, on_maps=on_maps)

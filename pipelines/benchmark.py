@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass, field, replace
@@ -44,6 +45,8 @@ T = TypeVar("T")
 EXPERIMENT = "cutpaste-benchmark"
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 TAG_MODEL_URI = "cutpaste.model_uri"
+# SHA-256 of the validation anomalies a run's val_auroc was read on (equal across the seeds of a category).
+TAG_VALIDATION_DIGEST = "cutpaste.validation_digest"
 
 
 class BenchmarkError(CutPasteError):
@@ -163,6 +166,7 @@ def _log_finished_run(
     tracking.set_tags(client, run_id, {TAG_MODEL_URI: model_uri, TAG_SHA256: digest, **_scoring_tags(bundle)})
     tracking.finish_run(client, run_id)
     record = _finished_record(spec, final)
+    record["validation_digest"] = str((bundle["meta"].get("validation") or {}).get("digest", ""))
     samples = evaluation["samples"]
     record.update(
         mlflow_run_id=run_id,
@@ -194,6 +198,12 @@ def _final_metrics(
         final.update(pixel_auroc=evaluation["pixel_auroc"], aupro=evaluation["aupro"])
     validation = bundle["meta"].get("validation") or {}
     final.update({k: v for k, v in validation.items() if k.startswith("val_")})
+    encoder = bundle["meta"].get("encoder_choice")
+    if encoder:  # the trained encoder against its untrained twin, on the same validation anomalies
+        final.update(
+            encoder_trained_val_auroc=encoder["trained_val_auroc"],
+            encoder_untrained_val_auroc=encoder["untrained_val_auroc"],
+        )
     selection = bundle["meta"].get("image_score_selection")
     if selection:  # image_score=auto: every candidate's validation AUROC on the training images
         final.update({f"auto_val_auroc_{name}": v for name, v in selection["val_auroc"].items()})
@@ -218,6 +228,12 @@ def _scoring_tags(bundle: dict[str, Any]) -> dict[str, str]:
     selection = bundle["meta"].get("image_score_selection")
     if selection:
         tags["cutpaste.auto_choice"] = selection["chosen"]
+    encoder = bundle["meta"].get("encoder_choice")
+    if encoder:  # untrained_fallback: which encoder shipped, trained or its random-weight twin
+        tags["cutpaste.encoder"] = str(encoder["shipped"])
+    digest = (bundle["meta"].get("validation") or {}).get("digest")
+    if digest:  # which validation set val_auroc was read on: champions compare within one digest
+        tags[TAG_VALIDATION_DIGEST] = str(digest)
     return tags
 
 
@@ -248,6 +264,7 @@ def _record_from_mlflow(client: MlflowClient, run_id: str, spec: RunSpec) -> dic
     tags = run.data.tags
     record.update(sha256=tags.get(TAG_SHA256), retries=int(tags.get("cutpaste.retries", 0)))
     record["faults"] = tags.get("cutpaste.faults", "")
+    record["validation_digest"] = tags.get(TAG_VALIDATION_DIGEST, "")
     record.update({k: run.data.metrics.get(k) for k in ("threshold", "expected_fpr")})
     return record
 
@@ -589,17 +606,25 @@ def _to_record(data: dict[str, Any]) -> RunRecord:
 
 def choose_champions(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Each category's champion among its finished runs: the highest validation AUROC (synthetic anomalies
-    against out-of-fold training scores), ties and runs without one going to the lowest seed. Test
-    metrics are in the records for the table; this function never reads them."""
-    best: dict[str, dict[str, Any]] = {}
+    against out-of-fold training scores), ties and runs without one going to the lowest seed. AUROCs
+    compare only on one validation set: the runs of the digest most of the category's runs share (ties:
+    the lowest seed's) compete, so a run scored on other anomalies never wins by them. Test metrics are
+    in the records for the table; this function never reads them."""
+    finished: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r["status"] == "finished":
+            finished.setdefault(r["category"], []).append(r)
 
     def key(r: dict[str, Any]) -> tuple[float, int]:
         val = r.get("val_auroc")
         return (float("-inf") if val is None else float(val), -int(r["seed"]))
 
-    for r in records:
-        if r["status"] == "finished" and (r["category"] not in best or key(r) > key(best[r["category"]])):
-            best[r["category"]] = r
+    best: dict[str, dict[str, Any]] = {}
+    for category, runs in finished.items():
+        counts = Counter(r.get("validation_digest") or "" for r in runs)
+        lowest_seed = min(runs, key=lambda r: int(r["seed"])).get("validation_digest") or ""
+        digest = max(counts, key=lambda d: (counts[d], d == lowest_seed))
+        best[category] = max((r for r in runs if (r.get("validation_digest") or "") == digest), key=key)
     return best
 
 
@@ -616,6 +641,7 @@ def _register_champions(client: MlflowClient, records: list[dict[str, Any]], ben
             "cutpaste.run_name": r["run_name"],
             "cutpaste.chosen_by": "val_auroc (held-in normals out-of-fold + synthetic anomalies)",
             "cutpaste.val_auroc": f"{r.get('val_auroc')}",
+            TAG_VALIDATION_DIGEST: f"{r.get('validation_digest')}",
             "cutpaste.test_image_auroc": f"{r.get('image_auroc')}",
             # The digest the version's loaders insist on (also in the model's model_config).
             TAG_SHA256: f"{r.get('sha256')}",

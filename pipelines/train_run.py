@@ -25,7 +25,7 @@ from cutpaste.config import TrainConfig
 from cutpaste.detector import BUNDLE_NAME, SUMMARY_NAME
 from cutpaste.errors import ModelBundleError
 from cutpaste.heatmaps import save_png
-from cutpaste.localize import sample_heatmaps
+from cutpaste.localize import ReviewPicks, sample_heatmaps
 from cutpaste.storage import materialize
 from cutpaste.train import CHECKPOINT_NAME, TrainHooks, load_checkpoint
 from cutpaste.workflow import CHECKPOINT_DIR, evaluate_category, train_category
@@ -217,14 +217,16 @@ def _evaluate_and_report(spec: RunSpec, detector: Any, data_root: Path, work: Pa
     if board is not None:
         board.update.remote(spec.name, "evaluating")
     faults.inject("evaluation", spec.name, spec.fault or "")
-    evaluation = evaluate_category(detector, data_root, spec.category, keep_maps=True)
+    # The figure's four images are kept as the maps stream by; pixel metrics never hold the split's pixels.
+    picks = ReviewPicks()
+    evaluation = evaluate_category(detector, data_root, spec.category, on_maps=picks)
     atomic_write_text(json.dumps(evaluation.to_dict()), work / "evaluation.json")
     final = work / "final"
     final.mkdir()
     for name in RESULT_FILES:
         shutil.copy2(work / name, final / name)
     title = f"{spec.category}, seed {spec.seed}: best and worst of the test split ({_map_kind(detector)} maps)"
-    strip = sample_heatmaps(evaluation, detector.map_range, title=title)
+    strip = sample_heatmaps(picks, detector.map_range, title=title)
     if strip is not None:
         save_png(strip, final / HEATMAPS_NAME)
     summary = {

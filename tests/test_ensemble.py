@@ -265,14 +265,17 @@ def test_mixed_and_patch_ensembles_score_and_map(mixed_members, synth_root):
     for members in (mixed_members, mixed_members[:2]):
         images = load_images([s.path for s in list_samples(synth_root, CATEGORY, "train")], 64)
         ensemble = build_ensemble(members, images)
-        report = evaluate_category(ensemble, synth_root, CATEGORY)
+        passes: list = []  # the evaluation's own maps and masks, pass by pass
+        report = evaluate_category(ensemble, synth_root, CATEGORY, on_maps=passes.append)
         test_images = load_images(report.paths, ensemble.config.image_size)
         combined = torch.tensor(report.scores, dtype=torch.float64)
         _assert_agreed_pairs_kept(ensemble.member_scores(test_images), combined, report.labels)
         assert report.metrics.image_auroc == pytest.approx(_auroc(combined, report.labels))
-        assert report.pixel is not None and report.maps is not None and report.masks is not None
+        assert report.pixel is not None and all(p.masks is not None for p in passes)
+        maps, masks = torch.cat([p.maps for p in passes]), torch.cat([p.masks for p in passes])
+        assert [i for p in passes for i in p.indices] == list(range(len(report.paths)))
         member_maps = torch.stack([m.anomaly_maps(test_images)[1] for m in ensemble.members])
-        _assert_agreed_pixel_pairs_kept(member_maps, report.maps, report.masks)
+        _assert_agreed_pixel_pairs_kept(member_maps, maps, masks)
         scores, maps = ensemble.anomaly_maps(images[:3])
         assert maps.shape == (3, 64, 64) and torch.allclose(scores, ensemble.score(images[:3]))
 

@@ -147,6 +147,8 @@ def test_maps_are_compared_with_masks_at_the_masks_resolution(tmp_path):
     native = load_masks(samples, 48)
     upsampled = F.interpolate(maps[:, None], size=(48, 48), mode="bilinear", align_corners=False)[:, 0]
     expected = pixel_metrics(native, upsampled, [s.label for s in samples])
-    assert result.pixel_auroc == pytest.approx(expected.pixel_auroc) and result.aupro == pytest.approx(expected.aupro)
+    # Streamed image by image (cutpaste.pixel_stream): equal to the exact whole-split computation within 1e-3.
+    assert result.pixel_auroc == pytest.approx(expected.pixel_auroc, abs=1e-3)
+    assert result.aupro == pytest.approx(expected.aupro, abs=1e-3)
     shrunk = pixel_metrics(load_masks(samples, 16), maps, [s.label for s in samples])
     assert shrunk.pixel_auroc != pytest.approx(result.pixel_auroc), "the resolution changes the number"

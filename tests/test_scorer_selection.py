@@ -16,10 +16,9 @@ from cutpaste.scorer_selection import (
     Candidate,
     Selection,
     _candidate_scores,
-    informative_kinds,
     select_image_score,
 )
-from cutpaste.synthetic_anomalies import ANOMALY_KINDS
+from cutpaste.synthetic_anomalies import VOTING_KINDS
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +37,10 @@ def test_auto_picks_the_best_candidate_on_validation_and_the_bundle_keeps_it(wea
     detector = untrained_detector(small, weave, category="synth_weave")
     record = detector.meta["image_score_selection"]
     assert set(record["val_auroc"]) == {c.name for c in CANDIDATES}
-    assert all(set(v) == set(ANOMALY_KINDS) for v in record["val_auroc_per_kind"].values())
-    assert record["normals"] == len(weave) and record["anomalies"] == len(weave) * len(ANOMALY_KINDS)
-    assert record["kinds_ranked_on"] and set(record["kinds_ranked_on"]) <= set(ANOMALY_KINDS)
+    # Only the kinds that copy no training view rank candidates (perlin and stroke never vote).
+    assert all(set(v) == set(VOTING_KINDS) for v in record["val_auroc_per_kind"].values())
+    assert record["normals"] == len(weave) and record["anomalies"] == len(weave) * len(VOTING_KINDS)
+    assert record["kinds_ranked_on"] == list(VOTING_KINDS)
     best = max(record["val_auroc"].values())
     assert record["val_auroc"][record["chosen"]] == best
     chosen = next(c for c in CANDIDATES if c.name == record["chosen"])
@@ -92,18 +92,6 @@ def test_only_the_bank_candidates_change_the_configured_density():
     assert overrides("knn-global") == {"image_score": "combined", "feature_density": "knn"}
     relative = {"image_score": "combined", "feature_density": "knn", "feature_score": "max-median"}
     assert overrides("knn-relative-global") == relative
-
-
-def test_kinds_that_no_candidate_detects_do_not_rank():
-    per_kind = {
-        "a": {"stroke": 0.90, "warp": 0.52, "blob": 0.60},
-        "b": {"stroke": 0.80, "warp": 0.55, "blob": 0.70},
-    }
-    # 48 normals and 48 anomalies per kind: chance AUROCs spread with a standard error of about 0.059.
-    assert informative_kinds(per_kind, normals=48, anomalies=48) == ["stroke", "blob"]
-    assert informative_kinds(per_kind, normals=2000, anomalies=2000) == ["stroke", "warp", "blob"]
-    nothing = {"a": {"stroke": 0.5, "warp": 0.55}, "b": {"stroke": 0.52, "warp": 0.5}}
-    assert informative_kinds(nothing, normals=48, anomalies=48) == ["stroke", "warp"], "then every kind counts"
 
 
 def test_combined_candidates_standardise_by_the_normal_scores():
@@ -202,7 +190,7 @@ def test_no_image_is_scored_by_a_density_fitted_on_it_or_on_its_anomalys_base(we
 
     selection_features = selection.image_and_grid_features
     gaussian, scorer = _Recorder(selection.GaussianDensity.fit), _Recorder(selection.fit_feature_scorer)
-    monkeypatch.setattr(selection, "ANOMALY_KINDS", {kind: copy_of_base for kind in ANOMALY_KINDS})
+    monkeypatch.setattr(selection, "VOTING_KINDS", {kind: copy_of_base for kind in VOTING_KINDS})
     monkeypatch.setattr(selection, "image_and_grid_features", exact_features)
     monkeypatch.setattr(selection, "GaussianDensity", type("Recorded", (), {"fit": staticmethod(gaussian.fit)}))
     monkeypatch.setattr(selection, "fit_feature_scorer", scorer.fit)

@@ -1,5 +1,6 @@
-"""The validation set: a deterministic held-out split, Perlin-texture anomalies unlike CutPaste, labelled
-folders, and training scored on it without ever touching the test split."""
+"""The validation set: deterministic folds of train/good, anomaly kinds that copy no training view (and the
+ones that do, reported apart), one digest per set, labelled folders, and training scored on it without
+ever touching the test split."""
 
 from __future__ import annotations
 
@@ -11,17 +12,23 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
+from cutpaste.baselines import pixel_statistics_scores
+from cutpaste.blob_anomalies import BLOB_AREA, blob_masks
 from cutpaste.config import preset
 from cutpaste.data.layout import list_samples
 from cutpaste.data.synth import generate_dataset
 from cutpaste.errors import DataError
 from cutpaste.noise import perlin_noise
-from cutpaste.structural_anomalies import distortion_anomalies, erasure_anomalies, stroke_anomalies
-from cutpaste.synthetic_anomalies import perlin_anomalies
+from cutpaste.structural_anomalies import stroke_anomalies
+from cutpaste.synthetic_anomalies import ANOMALY_KINDS, REPORTED_KINDS, VOTING_KINDS, perlin_anomalies
 from cutpaste.validation import (
+    DRAWS,
+    ValidationSet,
     folder_validation,
     prepare_validation,
+    score_validation,
     split_train,
     synthetic_validation,
     validate_config,
@@ -39,14 +46,18 @@ def synth_root(tmp_path_factory) -> Path:
 
 def test_split_is_deterministic_disjoint_and_complete(synth_root):
     samples = list_samples(synth_root, "synth_disc", "train")
-    train, held = split_train(samples, holdout_fraction=0.25)
-    again_train, again_held = split_train(list(reversed(samples)), holdout_fraction=0.25)
+    train, held = split_train(samples, folds=4)
+    again_train, again_held = split_train(list(reversed(samples)), folds=4)
     assert [s.path for s in held] == [s.path for s in again_held]
     assert [s.path for s in train] == [s.path for s in again_train]
     assert len(held) == 3 and len(train) == 9
     assert not {s.path for s in train} & {s.path for s in held}
+    # The folds partition train/good: over folds every image is held out exactly once.
+    held_out = [s.path for fold in range(4) for s in split_train(samples, fold=fold, folds=4)[1]]
+    assert sorted(held_out) == sorted(s.path for s in samples)
+    assert split_train(samples, fold=5, folds=4)[1] == split_train(samples, fold=1, folds=4)[1], "the fold wraps"
     with pytest.raises(DataError, match="too few"):
-        split_train(samples[:3])
+        split_train(samples[:7], folds=4)
 
 
 def test_perlin_anomalies_are_seeded_local_and_not_rectangles():
@@ -115,42 +126,85 @@ def test_training_is_scored_per_step_on_validation_only(synth_root, tmp_path):
     finally:
         shutil.move(hidden, test_dir)
     assert [r["step"] for r in seen] == [2.0, 4.0, 6.0, 8.0, 8.0]  # two members, then the ensemble
-    for r in seen:  # n normals and n anomalies of each kind: the AUROC is exactly the per-kind mean
-        per_kind = [v for k, v in r.items() if k.startswith("val_auroc_")]
-        assert len(per_kind) == 4 and r["val_auroc"] == pytest.approx(statistics.fmean(per_kind)), r
+    for r in seen:  # as many anomalies of each voting kind: the AUROC is exactly the mean of theirs
+        voting = [r[f"val_auroc_{kind}"] for kind in VOTING_KINDS]
+        assert len([k for k in r if k.startswith("val_auroc_")]) == len(ANOMALY_KINDS), r
+        assert r["val_auroc"] == pytest.approx(statistics.fmean(voting)), r
     assert run.metrics["val_auroc"] == seen[-1]["val_auroc"]
     # Each member's result is its own last step's, not another member's or the ensemble's.
     assert [m["val_auroc"] for m in run.member_metrics] == [seen[1]["val_auroc"], seen[3]["val_auroc"]]
-    assert run.train_images == 10 and run.validation_images == 10  # 2 held out + 4 anomalies made from each
+    # Fold 0 of 5 holds 3 of the 12 images out; each gives DRAWS anomalies of every kind.
+    assert run.train_images == 9 and run.validation_images == 3 + 3 * len(ANOMALY_KINDS) * DRAWS
     assert len(run.member_metrics) == 2 and len(run.detector.members) == 2
 
 
-def test_validation_has_colour_and_structural_anomalies_of_every_held_out_image(synth_root):
+def test_validation_has_every_kind_of_every_held_out_image_and_one_digest(synth_root):
     samples = list_samples(synth_root, "synth_disc", "train")
-    _, held = split_train(samples)
-    validation = synthetic_validation(held, size=32)
-    n = len(held)
-    assert validation.labels == [0] * n + [1] * 4 * n
-    assert validation.kinds == ["good"] * n + ["perlin"] * n + ["distortion"] * n + ["erasure"] * n + ["stroke"] * n
+    _, held = split_train(samples, folds=4)
+    validation = synthetic_validation(held, size=32, draws=2)
+    n, kinds = len(held), list(ANOMALY_KINDS)
+    assert validation.labels == [0] * n + [1] * 2 * len(kinds) * n
+    assert validation.kinds == ["good"] * n + [k for _ in range(2) for k in kinds for _ in range(n)]
     normal = validation.images[:n].float()
-    for block, kind in enumerate(("perlin", "distortion", "erasure", "stroke"), start=1):
+    for block, kind in enumerate(kinds * 2, start=1):
         made = validation.images[block * n : (block + 1) * n].float()
         assert ((made - normal).abs().flatten(1).amax(1) > 0).all(), f"every {kind} anomaly changes its image"
-    for kind in ("distortion", "erasure"):  # colour-preserving: the mean colour hardly moves
-        block = 2 if kind == "distortion" else 3
-        made = validation.images[block * n : (block + 1) * n].float()
-        assert (made.mean((2, 3)) - normal.mean((2, 3))).abs().max() < 12, kind
-    again = synthetic_validation(held, size=32)
-    assert torch.equal(again.images, validation.images), "seeded"
+    again = synthetic_validation(held, size=32, draws=2)
+    assert torch.equal(again.images, validation.images) and again.digest == validation.digest, "seeded"
+    other = synthetic_validation(held, size=32, draws=2, seed=1)
+    assert other.digest != validation.digest, "the digest names the anomalies, not just the images"
 
 
-def test_structural_anomalies_are_local():
+def test_only_the_voting_kinds_make_val_auroc():
+    """A detector that flags only the reported kinds (perlin, stroke) scores 0.5 on val_auroc: those kinds
+    resemble training views and never vote; a detector that flags the voting kinds scores 1."""
+    images = torch.full((4, 3, 32, 32), 100, dtype=torch.uint8)
+    kinds = ["good"] * 4 + [k for k in ANOMALY_KINDS for _ in range(4)]
+    validation = ValidationSet(images=images, labels=[0 if k == "good" else 1 for k in kinds], kinds=kinds, source="")
+    reported_only = torch.tensor([1.0 if k in REPORTED_KINDS else 0.0 for k in kinds])
+    voting_only = torch.tensor([1.0 if k in VOTING_KINDS else 0.0 for k in kinds])
+    assert score_validation(reported_only, validation)["val_auroc"] == 0.5
+    assert score_validation(reported_only, validation)["val_auroc_stroke"] == 1.0, "reported, per kind"
+    assert score_validation(voting_only, validation)["val_auroc"] == 1.0
+
+
+def test_blobs_share_no_area_range_with_training_views():
+    """Blob areas stay inside BLOB_AREA (0.8-2 %): above the largest scar (16 x 25 of 256 x 256 px) and
+    below CutPaste's and blend's smallest patch (2 %), so no kind that votes copies a training view's size."""
+    masks, _, _ = blob_masks(256, 128, torch.Generator().manual_seed(0))
+    area = masks.float().mean((1, 2))
+    assert area.min() > 16 * 25 / 256**2 and area.max() < 0.02 * 1.35
+    assert BLOB_AREA[0] > 16 * 25 / 256**2 and BLOB_AREA[1] <= 0.02
+
+
+def test_pixel_statistics_do_not_saturate_the_voting_kinds():
+    """Global colour statistics (per-image mean and std) must not solve a voting kind: on textured normals
+    whose brightness and contrast vary from image to image as a real line's do, each kind's AUROC under
+    them stays well below 1."""
+    generator = torch.Generator().manual_seed(0)
+
+    def normals(n: int) -> torch.Tensor:
+        level = 70 + 60 * torch.rand(n, 1, 1, 1, generator=generator)
+        contrast = 20 + 40 * torch.rand(n, 1, 1, 1, generator=generator)
+        return (level + contrast * torch.rand(n, 3, 64, 64, generator=generator)).round().to(torch.uint8)
+
+    base, train = normals(64), normals(64)
+    normal = pixel_statistics_scores(train, base)
+    for kind, make in VOTING_KINDS.items():
+        made, _ = make(base, torch.Generator().manual_seed(1))
+        scores = torch.cat([normal, pixel_statistics_scores(train, made)])
+        labels = [0] * len(base) + [1] * len(made)
+        assert roc_auc_score(labels, scores.numpy()) < 0.9, kind
+
+
+def test_anomalies_are_local():
     images = (torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
-    for make in (distortion_anomalies, erasure_anomalies, stroke_anomalies):
+    for kind, make in ANOMALY_KINDS.items():
         out, masks = make(images, torch.Generator().manual_seed(1))
         assert out.shape == images.shape and out.dtype == torch.uint8 and masks.shape == (4, 64, 64)
+        assert masks.flatten(1).any(1).all(), f"{kind}: never an empty mask"
         far = ~torch.nn.functional.max_pool2d(masks[:, None].float(), 9, 1, 4)[:, 0].bool()
-        assert torch.equal(out.permute(0, 2, 3, 1)[far], images.permute(0, 2, 3, 1)[far]), make.__name__
+        assert torch.equal(out.permute(0, 2, 3, 1)[far], images.permute(0, 2, 3, 1)[far]), kind
 
 
 def test_strokes_are_thin_curves_that_change_what_their_mask_covers():

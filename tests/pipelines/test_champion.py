@@ -9,6 +9,7 @@ import statistics
 
 import pytest
 
+from cutpaste.synthetic_anomalies import ANOMALY_KINDS, VOTING_KINDS
 from pipelines.benchmark import choose_champions
 
 
@@ -59,8 +60,20 @@ def test_runs_without_validation_fall_back_to_the_lowest_seed_not_to_test():
     assert choose_champions(records)["a"]["seed"] == 1
 
 
+def test_champions_compare_validation_only_on_one_digest():
+    """A run scored on other anomalies (another digest) never wins by them: the digest most runs share
+    decides which runs compete, and within it the highest validation AUROC wins."""
+    records = [
+        {"category": "a", "seed": s, "status": "finished", "val_auroc": v, "validation_digest": d}
+        for s, v, d in ((0, 0.80, "x"), (1, 0.85, "x"), (2, 0.99, "y"))
+    ]
+    assert choose_champions(records)["a"]["seed"] == 1
+    records[0]["validation_digest"] = "y"  # now y is the majority: seed 2 competes and wins
+    assert choose_champions(records)["a"]["seed"] == 2
+
+
 @pytest.mark.slow
-def test_training_validation_reads_no_test_folder(tmp_path):
+def test_training_validation_reads_no_test_folder_and_is_one_set_across_seeds(tmp_path):
     from cutpaste.config import preset
     from cutpaste.data import list_samples, load_images
     from cutpaste.data.synth import generate_dataset
@@ -72,13 +85,19 @@ def test_training_validation_reads_no_test_folder(tmp_path):
     generate_dataset(root, categories=["synth_disc"], size=64, seed=0, train_count=12)
     shutil.move(root / "synth_disc" / "test", tmp_path / "hidden")
     config = preset("ci").override({"steps": 2, "checkpoint_every": 2, "log_every": 1})
-    run = train_category(config, root, "synth_disc", tmp_path / "model", progress=False)
-    validation = run.detector.meta["validation"]
-    per_kind = [v for k, v in validation.items() if k.startswith("val_auroc_")]
-    assert {"val_auroc_perlin", "val_auroc_distortion", "val_auroc_erasure"} <= set(validation)
-    # As many anomalies of each kind against the same normals: the AUROC is exactly the per-kind mean.
-    assert validation["val_auroc"] == pytest.approx(statistics.fmean(per_kind))
+    runs = [
+        train_category(config.override({"seed": seed}), root, "synth_disc", tmp_path / f"model{seed}", progress=False)
+        for seed in (0, 1)
+    ]
+    validation = [run.detector.meta["validation"] for run in runs]
+    assert {f"val_auroc_{kind}" for kind in ANOMALY_KINDS} <= set(validation[0])
+    assert validation[0]["digest"] == validation[1]["digest"], "every seed is scored on the same anomalies"
+    assert validation[0]["val_auroc"] != validation[1]["val_auroc"], "by detectors that differ"
+    # As many anomalies of each voting kind against the same normals: the AUROC is exactly their mean.
+    voting = [validation[0][f"val_auroc_{kind}"] for kind in VOTING_KINDS]
+    assert validation[0]["val_auroc"] == pytest.approx(statistics.fmean(voting))
     # And it is the saved bundle's own number, from its training images alone (the test split is gone).
     images = load_images([s.path for s in list_samples(root, "synth_disc", "train")], config.image_size)
-    again = training_validation(Detector.load(tmp_path / "model"), images, seed=config.seed)
-    assert again == pytest.approx(validation, rel=1e-9)
+    again = training_validation(Detector.load(tmp_path / "model0"), images)
+    assert again.pop("digest") == validation[0]["digest"]
+    assert again == pytest.approx({k: v for k, v in validation[0].items() if k != "digest"}, rel=1e-9)

@@ -1,0 +1,209 @@
+"""Decides a preset's defaults under the written rule (bench/decision_rule.py), on several seeds.
+
+    .venv/bin/python bench/decide.py --preset demo --seeds 0,1,2 --cache /tmp/cutpaste-decide \\
+        --data ../shared/data --categories mvtec_ad/bottle,mvtec_ad/transistor,elpv/solar_poly,mvtec_3d/tire
+
+Per category and seed, the run holds out fold ``seed % 5`` of ``train/good`` (cutpaste.validation: over
+five seeds every normal image is a validation normal once, always scored by an encoder that never saw
+it), trains the preset on the other folds (and once more where a row changes the training), and scores
+every row on the same validation set: the held-out normals and anomalies of the voting kinds made from
+them (the other kinds are reported per kind). Rows that change only scoring share the training.
+``bench/results/decisions.json`` keeps every row's numbers (a rerun replaces its own) and each
+decision; ``docs/decisions.md`` is generated from it. Test AUROC is computed after the validation, stored
+beside it, and never read by a decision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from decision_rule import MIN_SEEDS, decide
+from quality import _CACHE, _trained, load_images_tensor, training_key
+
+from cutpaste.atomic import atomic_write_text
+from cutpaste.baselines import pixel_statistics_scores, untrained_detector
+from cutpaste.config import TrainConfig, preset
+from cutpaste.data import list_samples, load_images
+from cutpaste.detector import fit_detector
+from cutpaste.evaluate import evaluate_detector
+from cutpaste.metrics import image_metrics
+from cutpaste.model import build_model
+from cutpaste.validation import FOLDS, score_validation, split_train, synthetic_validation
+
+# Each row: config changes from the preset, and whether it trains (False: random weights, same scoring).
+OTHER_JITTER = {"demo": 0.0, "short": 0.1}
+ROWS: dict[str, tuple[dict[str, Any], bool]] = {
+    "preset": ({}, True),
+    "untrained": ({}, False),
+    "global": ({"image_score": "global"}, True),
+    "one-stage": ({"feature_stages": 1}, True),
+    "no-centring": ({"feature_centring": False}, True),
+    "stage3": ({"local_stage": 3}, True),
+    "other-jitter": ({}, True),  # the pre-jitter the preset does not use (OTHER_JITTER)
+}
+# (name, option, baseline, what it decides): the option is the preset's choice where the preset makes one
+# the paper does not (or the incumbent, where two non-paper choices compete).
+DECISIONS = (
+    ("training", "preset", "untrained", "the trained encoder against the same scoring on random weights"),
+    ("image_score=auto", "preset", "global", "the detector chooses its image score vs the paper's global Gaussian"),
+    ("feature_stages=2", "preset", "one-stage", "layer1 stacked onto layer2's feature map vs layer2 alone"),
+    ("feature_centring", "preset", "no-centring", "the k-NN bank's features centred per image vs raw"),
+    ("local_stage=2", "preset", "stage3", "feature maps from layer1+2 vs layer2+3"),
+)
+PIXEL_ROWS = ("preset", "untrained")  # pixel metrics on test cost time: the floors and the shipped row only
+
+
+def row_config(name: str, preset_name: str, seed: int) -> TrainConfig:
+    changes, _ = ROWS[name]
+    if name == "other-jitter":
+        changes = {"augment.pre_jitter": OTHER_JITTER[preset_name]}
+    return preset(preset_name).override({"seed": seed, **changes})
+
+
+def jitter_decision(preset_name: str) -> tuple[str, str, str, str]:
+    """pre_jitter=0 is ours, 0.1 the paper's: the option is whichever row trains without it."""
+    if preset(preset_name).augment.pre_jitter == 0:
+        return ("pre_jitter=0", "preset", "other-jitter", "no whole-image colour jitter vs the paper's 0.1")
+    return ("pre_jitter=0", "other-jitter", "preset", "no whole-image colour jitter vs the paper's 0.1")
+
+
+def score_row(name: str, config: TrainConfig, data: Path, category: str, fold: int) -> dict[str, Any]:
+    """One row on one (category, seed): validation on the held-out fold, then test (reported only)."""
+    train_samples, held = split_train(list_samples(data, category, "train"), fold=fold)
+    validation = synthetic_validation(held)
+    train_images = load_images([s.path for s in train_samples], config.image_size)
+    test = list_samples(data, category, "test")
+    out: dict[str, Any] = {"validation_digest": validation.digest, "validation_normals": len(held)}
+    started = time.perf_counter()
+    if ROWS[name][1]:
+        (state, out["train_s"], _), _ = _trained(training_key(config, f"{category}/fold{fold}"), config, train_images)
+        model = build_model(config)
+        model.load_state_dict(state)
+        detector = fit_detector(model.eval(), train_images, config, category=category)
+    else:
+        detector = untrained_detector(config, train_images, category=category)
+    selection = detector.meta.get("image_score_selection")
+    if selection:
+        out["auto_choice"] = selection["chosen"]
+    out.update(score_validation(detector.score(validation.images), validation))
+    evaluation = evaluate_detector(detector, test, pixel=name in PIXEL_ROWS)
+    out["image_auroc"] = evaluation.metrics.image_auroc
+    if evaluation.pixel is not None:
+        out["pixel_auroc"], out["aupro"] = evaluation.pixel.pixel_auroc, evaluation.pixel.aupro
+    out["score_s"] = time.perf_counter() - started
+    return out
+
+
+def pixel_stats_row(data: Path, category: str, fold: int, size: int) -> dict[str, Any]:
+    """The floor: per-image colour statistics, on the same validation (per kind: do they saturate it?)."""
+    train_samples, held = split_train(list_samples(data, category, "train"), fold=fold)
+    validation = synthetic_validation(held)
+    train_images = load_images([s.path for s in train_samples], size)
+    test = list_samples(data, category, "test")
+    out: dict[str, Any] = {"validation_digest": validation.digest, "validation_normals": len(held)}
+    out.update(
+        score_validation(pixel_statistics_scores(train_images, load_images_tensor(validation.images, size)), validation)
+    )
+    test_scores = pixel_statistics_scores(train_images, load_images([s.path for s in test], size))
+    labels, defects = [s.label for s in test], [s.defect_type for s in test]
+    out["image_auroc"] = image_metrics(labels, test_scores.tolist(), defects).image_auroc
+    return out
+
+
+def decisions(runs: list[dict[str, Any]], preset_name: str, categories: list[str]) -> list[dict[str, Any]]:
+    """Every decision of the preset, and the training decision per category too."""
+    val: dict[str, dict[int, dict[str, float]]] = {}
+    test: dict[str, dict[int, dict[str, float]]] = {}
+    for r in runs:
+        if r["preset"] == preset_name and r["category"] in categories:
+            val.setdefault(r["category"], {}).setdefault(r["seed"], {})[r["row"]] = r["val_auroc"]
+            test.setdefault(r["category"], {}).setdefault(r["seed"], {})[r["row"]] = r["image_auroc"]
+    out = []
+    for name, option, baseline, what in (*DECISIONS, jitter_decision(preset_name)):
+        try:
+            d = decide(option, baseline, val, test)
+        except ValueError:
+            continue
+        out.append({"preset": preset_name, "decision": name, "what": what, "scope": "all", **d.to_dict()})
+        if name == "training":
+            for category in sorted(val):
+                one = decide(option, baseline, {category: val[category]}, {category: test[category]})
+                row = {"preset": preset_name, "decision": name, "what": what, "scope": category, **one.to_dict()}
+                out.append(row)
+    return out
+
+
+def merge_runs(path: Path, fresh: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    old = json.loads(path.read_text())["runs"] if path.is_file() else []
+    key = ("preset", "category", "seed", "row")
+    mine = {tuple(r[k] for k in key) for r in fresh}
+    return [r for r in old if tuple(r[k] for k in key) not in mine] + fresh
+
+
+def write(path: Path, runs: list[dict[str, Any]], categories: list[str]) -> None:
+    """decisions.json (every run and every decision) and docs/decisions.md, each written atomically."""
+    root = Path(__file__).resolve().parents[1]
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root
+    ).stdout.strip()
+    made = []
+    for preset_name in sorted({r["preset"] for r in runs}):
+        for d in decisions(runs, preset_name, categories):
+            made.append({**d, "commit": commit})
+    atomic_write_text(json.dumps({"min_seeds": MIN_SEEDS, "runs": runs, "decisions": made}, indent=1), path)
+    from decisions_doc import render
+
+    docs = root / "docs" / "decisions.md"
+    docs.parent.mkdir(exist_ok=True)
+    atomic_write_text(render(json.loads(path.read_text())), docs)
+
+
+def run_category(preset_name: str, root: Path, category: str, seed: int, rows: list[str]) -> list[dict[str, Any]]:
+    """Every row (and the pixel-statistics floor) on one (category, seed); prints validation only."""
+    fresh = []
+    for name in ["pixel-stats", *rows]:
+        started = time.perf_counter()
+        if name == "pixel-stats":
+            result = pixel_stats_row(root, category, seed % FOLDS, preset(preset_name).image_size)
+        else:
+            result = score_row(name, row_config(name, preset_name, seed), root, category, seed % FOLDS)
+        result.update(preset=preset_name, category=category, seed=seed, row=name, threads=torch.get_num_threads())
+        result["wall_s"] = time.perf_counter() - started
+        fresh.append(result)
+        print(f"{preset_name} {category:>11} seed {seed} {name:<12} val {result['val_auroc']:.3f}", flush=True)
+    return fresh
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", required=True, choices=sorted(OTHER_JITTER))
+    parser.add_argument("--data", required=True, help="folder holding the categories' roots")
+    parser.add_argument("--categories", required=True, help="comma-separated ROOT/CATEGORY under --data")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated: {', '.join(ROWS)}")
+    parser.add_argument("--cache", help="folder for trained models (a rerun reuses them)")
+    parser.add_argument("--out", default="bench/results/decisions.json")
+    args = parser.parse_args()
+    rows = [r for r in args.rows.split(",") if r]
+    if unknown := sorted(set(rows) - set(ROWS)):
+        parser.error(f"--rows: unknown {', '.join(unknown)}")
+    specs = [c.strip() for c in args.categories.split(",") if c.strip()]
+    if args.cache:
+        _CACHE.append((Path(args.cache), str(Path(args.data).resolve())))
+    out = Path(args.out)
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for spec in specs:
+            fresh = run_category(args.preset, Path(args.data) / Path(spec).parent, Path(spec).name, seed, rows)
+            runs = merge_runs(out, fresh)
+            write(out, runs, sorted({r["category"] for r in runs}))
+    print(f"wrote {out} and docs/decisions.md")
+
+
+if __name__ == "__main__":
+    main()
