@@ -149,6 +149,15 @@ def _print_evaluation(report: dict[str, Any]) -> None:
         )
     if report.get("pixel_note"):
         print(f"note: {report['pixel_note']}")
+    if report.get("test_fpr") is not None:
+        good = report["test_fpr_normals"]
+        line = f"false-positive rate at the threshold {report['test_fpr']:.1%} of {good} good images"
+        if report.get("expected_fpr") is not None:
+            line += (
+                f" (expected {report['expected_fpr']:.1%}, "
+                f"95% interval {report['expected_fpr_low']:.1%}-{report['expected_fpr_high']:.1%})"
+            )
+        print(line)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

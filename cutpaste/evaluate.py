@@ -14,6 +14,7 @@ from cutpaste.detector import Detector
 from cutpaste.metrics import ImageMetrics, image_metrics
 from cutpaste.pixel_metrics import PixelMetrics
 from cutpaste.pixel_stream import StreamingPixelMetrics, score_edges
+from cutpaste.threshold import false_positive_report
 
 # Test images scored per pass, and masks decoded ahead at the masks' resolution: what a pass holds does
 # not grow with the split (a 1024 px mask is 1 MB, its upsampled map 4 MB).
@@ -33,6 +34,8 @@ class Evaluation:
     # Pixel metrics (None when no mask exists or maps were not asked for) and why they are missing.
     pixel: PixelMetrics | None = None
     pixel_note: str = ""
+    # The detector's threshold calibration (``meta["calibration"]``): what ``test_fpr`` is set beside.
+    calibration: dict | None = None
 
     def to_dict(self) -> dict:
         """The JSON shape of ``cutpaste evaluate --json``: metrics at the top, samples below."""
@@ -49,6 +52,7 @@ class Evaluation:
         out["accuracy_at_threshold"] = sum(p == bool(y) for p, y in zip(predicted, self.labels, strict=True)) / max(
             len(self.labels), 1
         )
+        out.update(false_positive_report(self.scores, self.labels, self.threshold, self.calibration))
         out["missing_masks"] = self.missing_masks
         out["samples"] = [
             {"path": p, "label": y, "defect_type": d, "score": s, "anomalous": a}
@@ -170,4 +174,5 @@ def evaluate_detector(
         missing_masks=[str(s.path) for s in samples if s.label == 1 and s.mask_path is None],
         pixel=pixel_result,
         pixel_note=note,
+        calibration=getattr(detector, "meta", {}).get("calibration"),
     )

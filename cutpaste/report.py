@@ -41,6 +41,9 @@ class RunRecord:
     # The benchmark's attempts after the first (infrastructure faults only), and what each was for.
     retries: int = 0
     faults: str = ""
+    # The threshold's false-positive rate: expected from the calibration, realised on the test split's normals.
+    expected_fpr: float | None = None
+    test_fpr: float | None = None
 
 
 @dataclass
@@ -58,6 +61,8 @@ class SummaryRow:
     paper_image_auroc: float | None
     paper_pixel_auroc: float | None
     retries: int = 0
+    test_fpr_mean: float | None = None
+    expected_fpr_mean: float | None = None
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -92,6 +97,8 @@ def _average(rows: Sequence[SummaryRow], name: str) -> SummaryRow | None:
         paper_image_auroc=paper("paper_image_auroc"),
         paper_pixel_auroc=paper("paper_pixel_auroc"),
         retries=sum(r.retries for r in rows),
+        test_fpr_mean=avg("test_fpr_mean"),
+        expected_fpr_mean=avg("expected_fpr_mean"),
     )
 
 
@@ -117,6 +124,8 @@ def summarise(records: Sequence[RunRecord]) -> list[SummaryRow]:
                 paper_image_auroc=_fraction(PAPER_IMAGE_AUROC.get(category)),
                 paper_pixel_auroc=_fraction(PAPER_PIXEL_AUROC.get(category)),
                 retries=sum(r.retries or 0 for r in mine),
+                test_fpr_mean=_mean_std([r.test_fpr for r in done if r.test_fpr is not None])[0],
+                expected_fpr_mean=_mean_std([r.expected_fpr for r in done if r.expected_fpr is not None])[0],
             )
         )
     rows.sort(key=lambda r: (r.kind != "texture", r.category))
@@ -144,6 +153,9 @@ def to_markdown(rows: Sequence[SummaryRow], failures: Sequence[RunRecord] = ()) 
     head = ["category", "kind", "seeds", "image AUROC", "paper"]
     if has_pixel:
         head += ["pixel AUROC", "paper (pixel)", "AUPRO"]
+    has_fpr = any(r.test_fpr_mean is not None for r in rows)
+    if has_fpr:
+        head.append("FPR test (expected)")
     head.append("retries")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -155,6 +167,8 @@ def to_markdown(rows: Sequence[SummaryRow], failures: Sequence[RunRecord] = ()) 
                 _pct(r.paper_pixel_auroc),
                 _pct(r.aupro_mean, r.aupro_std),
             ]
+        if has_fpr:
+            cells.append(f"{_pct(r.test_fpr_mean)} ({_pct(r.expected_fpr_mean)})")
         cells.append(str(r.retries))
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"

@@ -8,7 +8,9 @@ says how far. A user sets the rate they want (``target_fpr``) rather than a quan
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -57,3 +59,22 @@ def calibrate(scores: torch.Tensor, quantile: float, *, seed: int = 0) -> Calibr
         fpr_high=high,
         samples=scores.numel(),
     )
+
+
+def false_positive_report(
+    scores: Sequence[float], labels: Sequence[int], threshold: float, calibration: dict[str, Any] | None
+) -> dict[str, float | int | None]:
+    """The threshold's promise beside what it did: ``test_fpr``, the share of normal (label 0) test images
+    scored at or above ``threshold`` (as ``anomalous`` counts them and as ``expected_fpr`` was computed),
+    over ``test_fpr_normals`` images (None without any), and the calibration's expected rate with its 95 %
+    interval (None for a detector saved without one). The encoder trained on the calibration images, so
+    the realised rate can exceed the interval (``tests/test_threshold.py`` measures how far)."""
+    normal = [s for s, y in zip(scores, labels, strict=True) if not y]
+    calibration = calibration or {}
+    return {
+        "test_fpr": sum(s >= threshold for s in normal) / len(normal) if normal else None,
+        "test_fpr_normals": len(normal),
+        "expected_fpr": calibration.get("expected_fpr"),
+        "expected_fpr_low": calibration.get("fpr_low"),
+        "expected_fpr_high": calibration.get("fpr_high"),
+    }

@@ -183,7 +183,8 @@ def _log_finished_run(
 def _final_metrics(
     evaluation: dict[str, Any], bundle: dict[str, Any], density: GaussianDensity, phases: dict[str, float] | None
 ) -> dict[str, float]:
-    """A finished run's metrics: test results, the threshold and its expected FPR, validation, timings."""
+    """A finished run's metrics: test results, the threshold with its expected and realised FPR, validation,
+    timings."""
     final = {
         "image_auroc": evaluation["image_auroc"],
         "aupr": evaluation["aupr"],
@@ -213,6 +214,8 @@ def _final_metrics(
             expected_fpr_low=calibration["fpr_low"],
             expected_fpr_high=calibration["fpr_high"],
         )
+    if evaluation.get("test_fpr") is not None:  # and the rate it gave on the test split's normal images
+        final["test_fpr"] = evaluation["test_fpr"]
     # Where the run's time went, as the status board saw it (seconds queued, training, evaluating).
     final.update({f"seconds_{state}": value for state, value in (phases or {}).items()})
     return final
@@ -246,6 +249,8 @@ def _finished_record(spec: RunSpec, metrics: dict[str, float]) -> dict[str, Any]
             aupro=metrics.get("aupro"),
             run_name=spec.name,
             val_auroc=metrics.get("val_auroc"),
+            expected_fpr=metrics.get("expected_fpr"),
+            test_fpr=metrics.get("test_fpr"),
         )
     )
 

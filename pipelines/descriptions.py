@@ -99,6 +99,7 @@ def child_note(
         ("validation AUROC (held-out normals + synthetic anomalies)", metrics.get("val_auroc")),
         ("threshold (Mahalanobis distance)", metrics.get("threshold")),
         ("expected false-positive rate at the threshold", metrics.get("expected_fpr")),
+        ("false-positive rate on the test split's normal images", metrics.get("test_fpr")),
     ]
     lines = [
         f"# `{category}`, seed {seed}",

@@ -1,5 +1,6 @@
 """The CLI end to end on tiny data: happy paths and every bad input the library issue lists."""
 
+import itertools
 import json
 import os
 
@@ -164,3 +165,32 @@ def test_train_says_which_image_score_auto_chose_and_why(tmp_path, capsys):
     printed = capsys.readouterr().out
     chosen = Detector.load(out).meta["image_score_selection"]["chosen"]
     assert f"image score {chosen}, chosen on validation from the training images (12 normal" in printed
+
+
+def test_evaluate_reports_the_false_positive_rate_realised_on_test_normals(trained, tiny_root, tmp_path, capsys):
+    """A threshold set between the test split's normal scores: ``test_fpr`` is exactly the share at or above
+    it, set beside the calibration's expected rate and interval (``detector.json``'s ``meta.calibration``)."""
+    from cutpaste.data.layout import list_samples
+    from cutpaste.evaluate import score_samples
+
+    detector = Detector.load(trained)
+    good = [s for s in list_samples(tiny_root, "widget", "test") if s.label == 0]
+    normals = sorted(score_samples(detector, good).tolist(), reverse=True)
+    assert len(good) == 3 and len(set(normals)) == 3
+    between = [normals[0] + 1.0, *((a + b) / 2 for a, b in itertools.pairwise(normals)), normals[-1] - 1.0]
+    calibration = detector.meta["calibration"]
+    for k, threshold in enumerate(between):  # k of the 3 normal images at or above the threshold
+        detector.threshold = threshold
+        detector.save(tmp_path / f"k{k}")
+        report_path = tmp_path / f"k{k}.json"
+        args = ["evaluate", "--model", str(tmp_path / f"k{k}"), "--data", str(tiny_root), "--no-pixel"]
+        assert main([*args, "--json", str(report_path)]) == 0
+        report = json.loads(report_path.read_text())
+        assert report["test_fpr"] == pytest.approx(k / 3) and report["test_fpr_normals"] == 3, k
+        assert f"false-positive rate at the threshold {k / 3:.1%} of 3 good images (expected" in capsys.readouterr().out
+        assert sum(s["anomalous"] for s in report["samples"] if s["label"] == 0) == k
+        assert report["expected_fpr"] == calibration["expected_fpr"]
+        assert (report["expected_fpr_low"], report["expected_fpr_high"]) == (
+            calibration["fpr_low"],
+            calibration["fpr_high"],
+        )

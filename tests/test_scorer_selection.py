@@ -9,6 +9,7 @@ from cutpaste.baselines import untrained_detector
 from cutpaste.config import preset
 from cutpaste.data import list_samples, load_images
 from cutpaste.data.synth import generate_dataset
+from cutpaste.density import fold_parts
 from cutpaste.detector import Detector
 from cutpaste.scorer_selection import (
     CANDIDATES,
@@ -137,3 +138,71 @@ def test_a_global_choice_keeps_the_best_feature_map_for_the_anomaly_maps(weave, 
     torch.testing.assert_close(maps, local_maps)  # the feature-map maps, not GradCAM's
     torch.testing.assert_close(local_scores, scores)
     assert detector.meta["oof_scores"], "calibrated on the global score's out-of-fold values"
+
+
+class _Recorder:
+    """Wraps a fit (a Gaussian's or a feature scorer's): keeps each fitted model's training rows and every
+    batch it scored, so a test can say which images each density saw and which it judged."""
+
+    def __init__(self, fit) -> None:
+        self.fit_original, self.fits = fit, []
+
+    def fit(self, features, *args, **kwargs):
+        fitted = self.fit_original(features, *args, **kwargs)
+        record = {"fitted": features.detach().cpu().clone(), "scored": []}
+        self.fits.append(record)
+
+        class Scorer:
+            def score(self, batch):
+                record["scored"].append(batch.detach().cpu().clone())
+                return fitted.score(batch)
+
+        return Scorer()
+
+
+def _rows_to_images(rows: torch.Tensor, per_image: torch.Tensor) -> set[int]:
+    """Which training image each row is (exactly): ``rows`` ``(K, ...)`` among ``per_image`` ``(N, ...)``."""
+    same = (rows.flatten(1)[:, None] == per_image.flatten(1)[None]).all(-1)  # (K, N)
+    assert (same.sum(1) == 1).all(), "every row is exactly one training image's features"
+    return set(same.int().argmax(1).tolist())
+
+
+def test_no_image_is_scored_by_a_density_fitted_on_it_or_on_its_anomalys_base(weave, small, monkeypatch):
+    """Anomalies are made here as exact copies of their base image, so an anomaly's features are its base's:
+    a density fitted on a fold that holds the base would see the anomaly's own features in training."""
+    import cutpaste.scorer_selection as selection
+    from cutpaste.model import build_model
+
+    bases_seen: list[torch.Tensor] = []
+
+    def copy_of_base(images, generator):
+        bases_seen.append((images.flatten(1)[:, None] == weave.flatten(1)[None]).all(-1).int().argmax(1))
+        return images.clone(), torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.bool)
+
+    features: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def exact_features(model, images, config, **kwargs):
+        if features:  # the anomalies: exactly their bases' features (no batch-to-batch rounding)
+            bases = torch.cat(bases_seen)
+            return features[0][0][bases], features[0][1][bases]
+        features.append(selection_features(model, images, config, **kwargs))
+        return features[0]
+
+    selection_features = selection.image_and_grid_features
+    gaussian, scorer = _Recorder(selection.GaussianDensity.fit), _Recorder(selection.fit_feature_scorer)
+    monkeypatch.setattr(selection, "VOTING_KINDS", {kind: copy_of_base for kind in VOTING_KINDS})
+    monkeypatch.setattr(selection, "image_and_grid_features", exact_features)
+    monkeypatch.setattr(selection, "GaussianDensity", type("Recorded", (), {"fit": staticmethod(gaussian.fit)}))
+    monkeypatch.setattr(selection, "fit_feature_scorer", scorer.fit)
+    select_image_score(build_model(small).eval(), weave, small, category="synth_weave")
+
+    n, anomalies = len(weave), sum(len(b) for b in bases_seen)
+    folds = len(fold_parts(n, folds=5, seed=small.seed))  # the selection's default, as the detector's
+    for recorder, per_image in ((gaussian, features[0][0]), (scorer, features[0][1])):
+        scored_rows = 0
+        for record in recorder.fits:
+            fitted = _rows_to_images(record["fitted"], per_image)
+            for batch in record["scored"]:
+                scored_rows += len(batch)
+                assert not fitted & _rows_to_images(batch, per_image), "scored with its own image in the fit"
+        assert scored_rows == (n + anomalies) * len(recorder.fits) // folds, "each image scored once per layout"

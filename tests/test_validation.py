@@ -5,6 +5,7 @@ ever touching the test split."""
 from __future__ import annotations
 
 import shutil
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -125,8 +126,13 @@ def test_training_is_scored_per_step_on_validation_only(synth_root, tmp_path):
     finally:
         shutil.move(hidden, test_dir)
     assert [r["step"] for r in seen] == [2.0, 4.0, 6.0, 8.0, 8.0]  # two members, then the ensemble
-    assert all(0 <= r["val_auroc"] <= 1 for r in seen)
+    for r in seen:  # as many anomalies of each voting kind: the AUROC is exactly the mean of theirs
+        voting = [r[f"val_auroc_{kind}"] for kind in VOTING_KINDS]
+        assert len([k for k in r if k.startswith("val_auroc_")]) == len(ANOMALY_KINDS), r
+        assert r["val_auroc"] == pytest.approx(statistics.fmean(voting)), r
     assert run.metrics["val_auroc"] == seen[-1]["val_auroc"]
+    # Each member's result is its own last step's, not another member's or the ensemble's.
+    assert [m["val_auroc"] for m in run.member_metrics] == [seen[1]["val_auroc"], seen[3]["val_auroc"]]
     # Fold 0 of 5 holds 3 of the 12 images out; each gives DRAWS anomalies of every kind.
     assert run.train_images == 9 and run.validation_images == 3 + 3 * len(ANOMALY_KINDS) * DRAWS
     assert len(run.member_metrics) == 2 and len(run.detector.members) == 2

@@ -123,6 +123,7 @@ def test_benchmark_job_end_to_end(stack):
         assert 0.0 <= child.data.metrics["pixel_auroc"] <= 1.0 and 0.0 <= child.data.metrics["aupro"] <= 1.0
 
     _check_the_run_pages_tell_the_story(stack, parent.info.run_id, [c.info.run_id for c in children])
+    _check_the_realised_false_positive_rates(client, parent, children, stack["work"])
 
     # The registered champion scores an image exactly as the library does.
     category = categories[0]
@@ -160,6 +161,28 @@ def _rest(stack, endpoint: str, **query) -> dict:
     url = f"{stack['mlflow']}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}"
     with urllib.request.urlopen(url, timeout=30) as response:
         return json.loads(response.read())
+
+
+def _check_the_realised_false_positive_rates(client: MlflowClient, parent, children, work: Path) -> None:
+    """Each child run logs ``test_fpr``, the share of its test split's good images at or above its threshold
+    (recounted here from its evaluation.json), beside ``expected_fpr``; the results table carries both."""
+    import pyarrow.parquet as pq
+
+    table = client.download_artifacts(parent.info.run_id, "results/results_runs.parquet", str(work))
+    by_name = {r["run_name"]: r for r in pq.read_table(table).to_pylist()}
+    for child in children:
+        folder = work / f"evaluation-{child.info.run_id}"
+        folder.mkdir()
+        evaluation = json.loads(
+            Path(client.download_artifacts(child.info.run_id, "results/evaluation.json", str(folder))).read_text()
+        )
+        normal = [s["score"] for s in evaluation["samples"] if s["label"] == 0]
+        realised = sum(score >= evaluation["threshold"] for score in normal) / len(normal)
+        metrics, row = child.data.metrics, by_name[child.data.tags["mlflow.runName"]]
+        assert metrics["test_fpr"] == pytest.approx(realised) and row["test_fpr"] == pytest.approx(realised)
+        assert evaluation["test_fpr_normals"] == len(normal) == 8
+        assert row["expected_fpr"] == pytest.approx(metrics["expected_fpr"])
+        assert metrics["expected_fpr_low"] <= metrics["expected_fpr"] <= metrics["expected_fpr_high"]
 
 
 def _check_the_run_pages_tell_the_story(stack, parent_id: str, child_ids: list[str]) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import random
 import shutil
+import statistics
 
 import pytest
 
-from cutpaste.synthetic_anomalies import ANOMALY_KINDS
+from cutpaste.synthetic_anomalies import ANOMALY_KINDS, VOTING_KINDS
 from pipelines.benchmark import choose_champions
 
 
@@ -74,7 +75,10 @@ def test_champions_compare_validation_only_on_one_digest():
 @pytest.mark.slow
 def test_training_validation_reads_no_test_folder_and_is_one_set_across_seeds(tmp_path):
     from cutpaste.config import preset
+    from cutpaste.data import list_samples, load_images
     from cutpaste.data.synth import generate_dataset
+    from cutpaste.detector import Detector
+    from cutpaste.validation import training_validation
     from cutpaste.workflow import train_category
 
     root = tmp_path / "data"
@@ -89,3 +93,11 @@ def test_training_validation_reads_no_test_folder_and_is_one_set_across_seeds(tm
     assert {f"val_auroc_{kind}" for kind in ANOMALY_KINDS} <= set(validation[0])
     assert validation[0]["digest"] == validation[1]["digest"], "every seed is scored on the same anomalies"
     assert validation[0]["val_auroc"] != validation[1]["val_auroc"], "by detectors that differ"
+    # As many anomalies of each voting kind against the same normals: the AUROC is exactly their mean.
+    voting = [validation[0][f"val_auroc_{kind}"] for kind in VOTING_KINDS]
+    assert validation[0]["val_auroc"] == pytest.approx(statistics.fmean(voting))
+    # And it is the saved bundle's own number, from its training images alone (the test split is gone).
+    images = load_images([s.path for s in list_samples(root, "synth_disc", "train")], config.image_size)
+    again = training_validation(Detector.load(tmp_path / "model0"), images)
+    assert again.pop("digest") == validation[0]["digest"]
+    assert again == pytest.approx({k: v for k, v in validation[0].items() if k != "digest"}, rel=1e-9)

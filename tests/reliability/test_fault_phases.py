@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -49,15 +50,33 @@ def _kill_when(bench: BenchmarkThread, find, timeout_s: float = 300) -> int:
     return victims[0]
 
 
+def _is_zombie(pid: int) -> bool:
+    """A killed process its parent has not reaped yet: dead, though ``/proc`` still lists it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def test_a_worker_lost_in_start_up(stack, undisturbed):
     """Killed while Ray Train initialises its train context (the process exists, the training function has
     not started). Ray 2.60 retries this start itself (WorkerGroupStartupFailedError; the benchmark would
     retry a ControllerError it did not). The run ends as the undisturbed one."""
     bench = BenchmarkThread(stack, "phase-startup", stack.categories[0], steps=STEPS)
     bench.start()
-    _kill_when(bench, lambda: ray_worker_pids(stack.ray_temp, "ray::RayTrainWorker.init_train_context"))
+    victim = _kill_when(bench, lambda: ray_worker_pids(stack.ray_temp, "ray::RayTrainWorker.init_train_context"))
+    # The kill took: a new train worker (another process) starts in the victim's place. A kill that missed
+    # (the fault a no-op) leaves the victim to train, and no other worker process ever appears.
+    bench.wait(
+        lambda: set(ray_worker_pids(stack.ray_temp, "ray::RayTrainWorker")) - {victim},
+        timeout_s=300,
+        what=f"train worker replacing the killed pid {victim}",
+    )
     bench.join(timeout=600)
     record = _only_record(bench)
+    assert not Path(f"/proc/{victim}").exists() or _is_zombie(victim), f"pid {victim} outlived its SIGKILL"
+    # Ray retried the start itself: the benchmark's own retry count stays 0 and names no fault.
+    assert record["retries"] == 0 and record["faults"] == "", record
     assert record["image_auroc"] == pytest.approx(undisturbed["image_auroc"], abs=1e-6)
 
 
