@@ -297,22 +297,30 @@ def validate_config(
 def training_validation(
     detector: Detector, train_images: torch.Tensor, *, seed: int = VALIDATION_SEED, max_images: int = 32
 ) -> dict[str, float | str]:
-    """A validation AUROC for a detector trained on every training image, with no hold-out and no test
-    label: its out-of-fold scores of the normal training images (recorded when it was fitted) against
-    its scores of anomalies (:func:`make_anomalies`) made from up to ``max_images`` of those images. The
-    anomalies' base images were in the density, which biases their scores down: the number is
-    conservative. Base images and anomalies come from ``seed`` alone, never the run's: every seed of a
-    category is scored on the same anomalies (``digest``), which is what a champion is chosen by."""
-    recorded = detector.meta.get("oof_scores")
-    if not recorded:
-        raise ConfigError("training validation needs the detector's out-of-fold scores (fit it with this version)")
-    pick = torch.randperm(train_images.shape[0], generator=torch.Generator().manual_seed(seed))[:max_images]
+    """A validation AUROC for a detector trained on every training image, with no test label.
+
+    Up to ``max_images`` training images (a quarter at most) are the anomalies' bases; the detector's
+    scoring is fitted again without them (its resolved config: no new choice), and that fit scores the
+    bases, the anomalies made from them (:func:`make_anomalies`) and, out of fold, the other images. So
+    no anomaly is scored by a density that holds its own base image: in-sample scores are several times
+    lower than out-of-fold ones, which would rank every small anomaly below every normal. The encoder
+    has still seen every image. Bases and anomalies come from ``seed`` alone, never the run's: every
+    seed of a category is scored on the same anomalies (``digest``), which is what a champion is chosen
+    by."""
+    n = train_images.shape[0]
+    count = max(2, min(max_images, n // 4))
+    if n - count < 4:
+        raise DataError(f"training validation needs at least {count + 4} training images, got {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    pick, rest = order[:count].sort().values, order[count:].sort().values
     anomalies, kinds = make_anomalies(train_images[pick], seed=seed)
-    scores = torch.cat([torch.tensor(recorded, dtype=torch.float64), detector.score(anomalies).double().cpu()])
-    validation = ValidationSet(
-        images=anomalies,
-        labels=[0] * len(recorded) + [1] * len(kinds),
-        kinds=["good"] * len(recorded) + kinds,
+    refit = fit_detector(detector.model, train_images[rest], detector.config, category=detector.category)
+    normal = torch.cat([torch.tensor(refit.meta["oof_scores"], dtype=torch.float64), refit.score(train_images[pick])])
+    scores = torch.cat([normal.double().cpu(), refit.score(anomalies).double().cpu()])
+    validation = ValidationSet(  # images: the bases and their anomalies, what the digest names
+        images=torch.cat([train_images[pick], anomalies]),
+        labels=[0] * len(normal) + [1] * len(kinds),
+        kinds=["good"] * len(normal) + kinds,
         source="",
     )
     out: dict[str, float | str] = {k: v for k, v in score_validation(scores, validation).items() if k != "val_f1_max"}
