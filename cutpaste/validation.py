@@ -44,6 +44,8 @@ VALIDATION_SEED = 0
 FOLDS = 5
 # Anomalies of each kind made from each held-out image: more pairs for the same normals.
 DRAWS = 2
+# Training validation leaves its anomalies' bases out of a refit only where this many images remain.
+MIN_REFIT_IMAGES = 6
 
 
 @dataclass
@@ -309,14 +311,17 @@ def training_validation(
     by."""
     n = train_images.shape[0]
     count = max(2, min(max_images, n // 4))
-    if n - count < 4:
-        raise DataError(f"training validation needs at least {count + 4} training images, got {n}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     pick, rest = order[:count].sort().values, order[count:].sort().values
     anomalies, kinds = make_anomalies(train_images[pick], seed=seed)
-    refit = fit_detector(detector.model, train_images[rest], detector.config, category=detector.category)
-    normal = torch.cat([torch.tensor(refit.meta["oof_scores"], dtype=torch.float64), refit.score(train_images[pick])])
-    scores = torch.cat([normal.double().cpu(), refit.score(anomalies).double().cpu()])
+    if n - count >= MIN_REFIT_IMAGES:
+        refit = fit_detector(detector.model, train_images[rest], detector.config, category=detector.category)
+        base = refit.score(train_images[pick]).double().cpu()
+        normal = torch.cat([torch.tensor(refit.meta["oof_scores"], dtype=torch.float64), base])
+    else:  # too few images to leave any out: the detector's own out-of-fold normals, bases in its density
+        refit = detector
+        normal = torch.tensor(detector.meta["oof_scores"], dtype=torch.float64)
+    scores = torch.cat([normal, refit.score(anomalies).double().cpu()])
     validation = ValidationSet(  # images: the bases and their anomalies, what the digest names
         images=torch.cat([train_images[pick], anomalies]),
         labels=[0] * len(normal) + [1] * len(kinds),
