@@ -37,6 +37,18 @@ def write_tiny_category(root: Path, category: str = "widget", *, size: int = 48,
     return base
 
 
+def load_bench_module(name: str):
+    """A script of bench/ as a module (bench/ is not a package): its pure functions are tested directly."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def tiny_root(tmp_path: Path) -> Path:
     write_tiny_category(tmp_path / "data")

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_bench_module
 
 
 @pytest.fixture(scope="module")
 def rule():
-    spec = importlib.util.spec_from_file_location("decision_rule", ROOT / "bench" / "decision_rule.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["decision_rule"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_module("decision_rule")
 
 
 def _val(gains: dict[str, list[float]], base: dict[str, list[float]]) -> dict:

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
+
+from tests.conftest import load_bench_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tables():
-    spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "bench" / "readme_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["readme_tables"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_module("readme_tables")
 
 
 def test_every_block_of_the_readme_matches_its_results_file():
