@@ -16,10 +16,12 @@ beside it, and never read by a decision.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ import torch
 from decision_rule import MIN_SEEDS, decide
 from quality import _CACHE, _trained, load_images_tensor, training_key
 
+from cutpaste import scorer_selection
 from cutpaste.atomic import atomic_write_text
 from cutpaste.baselines import pixel_statistics_scores, untrained_detector
 from cutpaste.config import TrainConfig, preset
@@ -48,7 +51,13 @@ ROWS: dict[str, tuple[dict[str, Any], bool]] = {
     "no-centring": ({"feature_centring": False}, True),
     "stage3": ({"local_stage": 3}, True),
     "other-jitter": ({}, True),  # the pre-jitter the preset does not use (OTHER_JITTER)
+    # image_score=auto with one candidate left out of its list (scoring only). Asked for as the one row
+    # "without-chosen": per (category, seed) only the candidate the preset row chose is left out and scored;
+    # leaving out any other changes no image score (the same one still ranks first), so those rows are
+    # recorded as copies of the preset row (``"same_as": "preset"``) instead of being scored again.
+    **{f"without-{c.name}": ({}, True) for c in scorer_selection.CANDIDATES},
 }
+WITHOUT_CHOSEN = "without-chosen"
 # (name, option, baseline, what it decides): the option is the preset's choice where the preset makes one
 # the paper does not (or the incumbent, where two non-paper choices compete).
 DECISIONS = (
@@ -57,6 +66,16 @@ DECISIONS = (
     ("feature_stages=2", "preset", "one-stage", "layer1 stacked onto layer2's feature map vs layer2 alone"),
     ("feature_centring", "preset", "no-centring", "the k-NN bank's features centred per image vs raw"),
     ("local_stage=2", "preset", "stage3", "feature maps from layer1+2 vs layer2+3"),
+)
+# Each of auto's candidates against the list without it: "adopt" keeps it in the list, "keep" removes it.
+CANDIDATE_DECISIONS = tuple(
+    (
+        f"auto list: {c.name}",
+        "preset",
+        f"without-{c.name}",
+        f"{c.name} in image_score=auto's list vs the list without it",
+    )
+    for c in scorer_selection.CANDIDATES
 )
 PIXEL_ROWS = ("preset", "untrained")  # pixel metrics on test cost time: the floors and the shipped row only
 
@@ -75,8 +94,25 @@ def jitter_decision(preset_name: str) -> tuple[str, str, str, str]:
     return ("pre_jitter=0", "other-jitter", "preset", "no whole-image colour jitter vs the paper's 0.1")
 
 
+@contextlib.contextmanager
+def _candidates_without(name: str) -> Iterator[None]:
+    """auto's list without ``name`` for the duration (a measurement only: the product has one list)."""
+    kept = scorer_selection.CANDIDATES
+    if name.startswith("without-"):
+        scorer_selection.CANDIDATES = tuple(c for c in kept if c.name != name.removeprefix("without-"))
+    try:
+        yield
+    finally:
+        scorer_selection.CANDIDATES = kept
+
+
 def score_row(name: str, config: TrainConfig, data: Path, category: str, fold: int) -> dict[str, Any]:
     """One row on one (category, seed): validation on the held-out fold, then test (reported only)."""
+    with _candidates_without(name):
+        return _score_row(name, config, data, category, fold)
+
+
+def _score_row(name: str, config: TrainConfig, data: Path, category: str, fold: int) -> dict[str, Any]:
     train_samples, held = split_train(list_samples(data, category, "train"), fold=fold)
     validation = synthetic_validation(held)
     train_images = load_images([s.path for s in train_samples], config.image_size)
@@ -127,7 +163,7 @@ def decisions(runs: list[dict[str, Any]], preset_name: str, categories: list[str
             val.setdefault(r["category"], {}).setdefault(r["seed"], {})[r["row"]] = r["val_auroc"]
             test.setdefault(r["category"], {}).setdefault(r["seed"], {})[r["row"]] = r["image_auroc"]
     out = []
-    for name, option, baseline, what in (*DECISIONS, jitter_decision(preset_name)):
+    for name, option, baseline, what in (*DECISIONS, jitter_decision(preset_name), *CANDIDATE_DECISIONS):
         try:
             d = decide(option, baseline, val, test)
         except ValueError:
@@ -166,20 +202,69 @@ def write(path: Path, runs: list[dict[str, Any]], categories: list[str]) -> None
     atomic_write_text(render(json.loads(path.read_text())), docs)
 
 
-def run_category(preset_name: str, root: Path, category: str, seed: int, rows: list[str]) -> list[dict[str, Any]]:
-    """Every row (and the pixel-statistics floor) on one (category, seed); prints validation only."""
-    fresh = []
+def run_category(
+    preset_name: str, root: Path, category: str, seed: int, rows: list[str], recorded: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The rows (and the pixel-statistics floor) of one (category, seed) not in ``recorded``; prints
+    validation only."""
+    fresh: list[dict[str, Any]] = []
     for name in ["pixel-stats", *rows]:
-        started = time.perf_counter()
-        if name == "pixel-stats":
-            result = pixel_stats_row(root, category, seed % FOLDS, preset(preset_name).image_size)
+        if name in recorded:
+            continue
+        if name == WITHOUT_CHOSEN:
+            base = next((r for r in fresh if r["row"] == "preset"), recorded.get("preset"))
+            if base is None:
+                raise SystemExit(f"--rows: {WITHOUT_CHOSEN} needs the preset row (ask for it before)")
+            fresh += [_without(preset_name, root, base, c.name) for c in scorer_selection.CANDIDATES]
+        elif name == "pixel-stats":
+            fresh.append(
+                _timed(
+                    preset_name,
+                    category,
+                    seed,
+                    name,
+                    pixel_stats_row,
+                    root,
+                    category,
+                    seed % FOLDS,
+                    preset(preset_name).image_size,
+                )
+            )
         else:
-            result = score_row(name, row_config(name, preset_name, seed), root, category, seed % FOLDS)
-        result.update(preset=preset_name, category=category, seed=seed, row=name, threads=torch.get_num_threads())
-        result["wall_s"] = time.perf_counter() - started
-        fresh.append(result)
-        print(f"{preset_name} {category:>11} seed {seed} {name:<12} val {result['val_auroc']:.3f}", flush=True)
+            config = row_config(name, preset_name, seed)
+            fresh.append(
+                _timed(preset_name, category, seed, name, score_row, name, config, root, category, seed % FOLDS)
+            )
     return fresh
+
+
+def _timed(preset_name: str, category: str, seed: int, name: str, fn: Any, *args: Any) -> dict[str, Any]:
+    started = time.perf_counter()
+    result = fn(*args)
+    result.update(preset=preset_name, category=category, seed=seed, row=name, threads=torch.get_num_threads())
+    result["wall_s"] = time.perf_counter() - started
+    print(f"{preset_name} {category:>11} seed {seed} {name:<14} val {result['val_auroc']:.3f}", flush=True)
+    return result
+
+
+def _without(preset_name: str, root: Path, base: dict[str, Any], candidate: str) -> dict[str, Any]:
+    """auto's list without ``candidate``: scored where the preset row chose it, else a copy of that row
+    (the same candidate still ranks first, so every image score is the same)."""
+    name = f"without-{candidate}"
+    if candidate != base.get("auto_choice"):
+        return {**base, "row": name, "same_as": "preset", "wall_s": 0.0}
+    category, seed = base["category"], base["seed"]
+    config = row_config("preset", preset_name, seed)
+    return _timed(preset_name, category, seed, name, score_row, name, config, root, category, seed % FOLDS)
+
+
+def recorded_rows(runs: list[dict[str, Any]], preset_name: str, category: str, seed: int) -> dict[str, dict[str, Any]]:
+    """The rows one (category, seed) already has; "without-chosen" counts as recorded once every
+    without-<candidate> row is."""
+    have = {r["row"]: r for r in runs if (r["preset"], r["category"], r["seed"]) == (preset_name, category, seed)}
+    if all(f"without-{c.name}" in have for c in scorer_selection.CANDIDATES):
+        have[WITHOUT_CHOSEN] = {}
+    return have
 
 
 def main() -> None:
@@ -189,25 +274,38 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="folder holding the categories' roots")
     parser.add_argument("--categories", required=True, help="comma-separated ROOT/CATEGORY under --data")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated: {', '.join(ROWS)}")
+    base_rows = [r for r in ROWS if not r.startswith("without-")]
+    parser.add_argument(
+        "--rows",
+        default=",".join([*base_rows, WITHOUT_CHOSEN]),
+        help=f"comma-separated: {', '.join([*base_rows, WITHOUT_CHOSEN])} (after preset)",
+    )
     parser.add_argument("--cache", help="folder for trained models (a rerun reuses them)")
     parser.add_argument("--out", default="bench/results/decisions.json")
-    parser.add_argument("--redo", action="store_true", help="score (category, seed) pairs already recorded again")
+    parser.add_argument("--redo", action="store_true", help="score rows already recorded again")
     args = parser.parse_args()
     rows = [r for r in args.rows.split(",") if r]
-    if unknown := sorted(set(rows) - set(ROWS)):
+    if unknown := sorted(set(rows) - set(ROWS) - {WITHOUT_CHOSEN}):
         parser.error(f"--rows: unknown {', '.join(unknown)}")
     specs = [c.strip() for c in args.categories.split(",") if c.strip()]
+    for spec in specs:
+        if not (Path(args.data) / spec / "train").is_dir():
+            parser.error(f"--categories {spec}: no {Path(args.data) / spec / 'train'} (check --data)")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds {args.seeds!r}: expected comma-separated integers")
     if args.cache:
         _CACHE.append((Path(args.cache), str(Path(args.data).resolve())))
     out = Path(args.out)
-    done = {(r["category"], r["seed"], r["row"]) for r in merge_runs(out, []) if r["preset"] == args.preset}
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in seeds:
         for spec in specs:
-            if not args.redo and all((Path(spec).name, seed, row) in done for row in rows):
-                print(f"{args.preset} {Path(spec).name:>11} seed {seed}: every row recorded (--redo scores again)")
+            category = Path(spec).name
+            recorded = {} if args.redo else recorded_rows(merge_runs(out, []), args.preset, category, seed)
+            if all(row in recorded for row in rows):
+                print(f"{args.preset} {category:>11} seed {seed}: every row recorded (--redo scores again)")
                 continue
-            fresh = run_category(args.preset, Path(args.data) / Path(spec).parent, Path(spec).name, seed, rows)
+            fresh = run_category(args.preset, Path(args.data) / Path(spec).parent, category, seed, rows, recorded)
             runs = merge_runs(out, fresh)
             write(out, runs, sorted({r["category"] for r in runs}))
     print(f"wrote {out} and docs/decisions.md")

@@ -1,0 +1,90 @@
+"""bench/decide.py: its command line refuses bad input before any training, and the rows of auto's
+candidate list are scored only where leaving the candidate out can change a score."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import load_bench_module
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def decide():
+    load_bench_module("decision_rule")
+    load_bench_module("quality")
+    return load_bench_module("decide")
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "decide.py"), *args], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--rows", "preset,bogus"], "--rows: unknown bogus"),
+        (["--seeds", "0,x"], "--seeds '0,x'"),
+        (["--categories", "mvtec_ad/nothing"], "--categories mvtec_ad/nothing"),
+    ],
+)
+def test_bad_input_is_refused_naming_the_flag(tmp_path, args, names):
+    (tmp_path / "mvtec_ad" / "bottle" / "train").mkdir(parents=True)
+    base = {"--preset": "short", "--data": str(tmp_path), "--categories": "mvtec_ad/bottle", "--rows": "preset"}
+    base.update(dict(zip(args[::2], args[1::2], strict=True)))
+    out = tmp_path / "decisions.json"
+    result = _run(*[x for kv in base.items() for x in kv], "--out", str(out))
+    assert result.returncode == 2, result.stderr
+    assert names in result.stderr
+    assert not out.exists()
+
+
+def _preset_row(choice: str) -> dict:
+    return {"preset": "short", "category": "c", "seed": 0, "row": "preset", "auto_choice": choice, "val_auroc": 0.8}
+
+
+def test_leaving_out_a_candidate_that_was_not_chosen_copies_the_preset_row(decide, monkeypatch):
+    scored = []
+    monkeypatch.setattr(decide, "score_row", lambda name, *a: scored.append(name) or {"val_auroc": 0.7})
+    monkeypatch.setattr(decide, "row_config", lambda *a: None)
+    base = _preset_row("local")
+    rows = {c.name: decide._without("short", Path("."), base, c.name) for c in decide.scorer_selection.CANDIDATES}
+    assert scored == ["without-local"]
+    assert rows["local"]["val_auroc"] == 0.7 and "same_as" not in rows["local"]
+    assert rows["global"] == {**base, "row": "without-global", "same_as": "preset", "wall_s": 0.0}
+
+
+def test_the_list_without_a_candidate_is_restored_after_the_row(decide):
+    names = [c.name for c in decide.scorer_selection.CANDIDATES]
+    with decide._candidates_without("without-knn"):
+        assert [c.name for c in decide.scorer_selection.CANDIDATES] == [n for n in names if n != "knn"]
+    assert [c.name for c in decide.scorer_selection.CANDIDATES] == names
+
+
+def test_without_chosen_counts_as_recorded_only_when_every_candidate_row_is(decide):
+    runs = [{**_preset_row("local"), "row": f"without-{c.name}"} for c in decide.scorer_selection.CANDIDATES]
+    assert decide.WITHOUT_CHOSEN in decide.recorded_rows(runs, "short", "c", 0)
+    assert decide.WITHOUT_CHOSEN not in decide.recorded_rows(runs[1:], "short", "c", 0)
+
+
+def test_a_candidate_never_chosen_is_removed_from_the_list(decide):
+    """Three seeds on two categories where ``local`` is always chosen and wins over the list without it:
+    ``local`` stays; ``knn`` was never chosen, its rows are copies, its gain is zero: the list drops it."""
+    runs = []
+    for category in ("a", "b"):
+        for seed in range(3):
+            base = {**_preset_row("local"), "category": category, "seed": seed, "val_auroc": 0.8 + 0.01 * seed}
+            runs += [base, {**base, "row": "without-local", "val_auroc": base["val_auroc"] - 0.05}]
+            runs += [{**base, "row": "without-knn", "same_as": "preset"}]
+    for r in runs:
+        r["image_auroc"] = 0.5
+    made = {d["decision"]: d for d in decide.decisions(runs, "short", ["a", "b"]) if d["scope"] == "all"}
+    assert made["auto list: local"]["verdict"] == "adopt"
+    assert made["auto list: knn"]["verdict"] == "keep" and made["auto list: knn"]["val_delta"] == 0
