@@ -37,6 +37,13 @@ generator, shape family or area range with CutPaste, the scar or blend (`cutpast
 """
 
 
+def row_mean(runs: list[dict[str, Any]], preset: str, category: str, row: str, key: str) -> str:
+    """Mean of ``key`` over the seeds of one row, as text ("-" where no run has it)."""
+    found = [r.get(key) for r in runs if (r["preset"], r["category"], r["row"]) == (preset, category, row)]
+    found = [v for v in found if v is not None]
+    return f"{statistics.fmean(found):.3f}" if found else "-"
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:+.{digits}f}"
 
@@ -72,9 +79,7 @@ def _training_rows(decisions: list[dict[str, Any]], runs: list[dict[str, Any]], 
         c = d["scope"]
 
         def mean(row: str, key: str, c: str = c) -> str:
-            values = [r.get(key) for r in runs if r["preset"] == preset and r["category"] == c and r["row"] == row]
-            values = [v for v in values if v is not None]
-            return f"{statistics.fmean(values):.3f}" if values else "-"
+            return row_mean(runs, preset, c, row, key)
 
         lines.append(
             f"| {c} | {d['seeds'][c]} | {mean('preset', 'val_auroc')} | {mean('untrained', 'val_auroc')} | "

@@ -1,11 +1,11 @@
-"""The README's result tables, generated from the committed results files (bench/results/*.json).
+"""The result tables of the README and docs/, generated from the committed results files (bench/results/*.json).
 
     .venv/bin/python bench/readme_tables.py            # rewrite every block between its markers
     .venv/bin/python bench/readme_tables.py --check    # exit 1 naming each block that differs
 
-A block is the text between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``;
-``tests/test_readme_tables.py`` fails when a block and its file disagree, so a number typed by hand into
-one of them cannot stand.
+A block is the text between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` in one of
+:data:`DOCUMENTS`; ``tests/test_readme_tables.py`` fails when a block and its file disagree, so a number
+typed by hand into one of them cannot stand.
 """
 
 from __future__ import annotations
@@ -13,17 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from decisions_doc import row_mean
 
 from cutpaste.atomic import atomic_write_text
 from cutpaste.paper import PAPER_IMAGE_AUROC, PAPER_PIXEL_AUROC
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+# The documents holding generated blocks: the README's tables, and the long ones moved to docs/.
+DOCUMENTS = (ROOT / "README.md", ROOT / "docs" / "reliability.md", ROOT / "docs" / "benchmark.md")
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -123,7 +126,8 @@ def scale_table() -> list[str]:
 
 
 def decisions_table() -> list[str]:
-    """Each decision of each preset: validation delta with its interval, and the verdict."""
+    """Each decision of each preset: validation delta with its interval, and the verdict; auto's
+    candidate list as one line per preset (which candidates stay)."""
     if not (RESULTS / "decisions.json").is_file():
         return ["(no decisions recorded yet: run `bench/decide.py`)"]
     data = _load("decisions.json")
@@ -131,8 +135,13 @@ def decisions_table() -> list[str]:
         "| preset | decision | seeds per category | val delta [95 % interval] | test delta | verdict |",
         "|---|---|---|---|---|---|",
     ]
+    listed: dict[str, dict[str, list[str]]] = {}
     for d in data["decisions"]:
         if d["scope"] != "all":
+            continue
+        if d["decision"].startswith("auto list: "):
+            kept = "kept" if d["verdict"] == "adopt" else "dropped" if d["verdict"] == "keep" else "undecided"
+            listed.setdefault(d["preset"], {}).setdefault(kept, []).append(d["decision"].removeprefix("auto list: "))
             continue
         seeds = min(d["seeds"].values())
         test = "-" if d["test_delta"] is None else f"{d['test_delta']:+.3f}"
@@ -140,6 +149,9 @@ def decisions_table() -> list[str]:
             f"| {d['preset']} | {d['decision']} | {seeds} | {d['val_delta']:+.3f} [{d['val_low']:+.3f}, "
             f"{d['val_high']:+.3f}] | {test} | {d['verdict']} |"
         )
+    for preset, groups in sorted(listed.items()):
+        text = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(groups.items()))
+        lines.append(f"| {preset} | image_score=auto's candidates | | each against the list without it | | {text} |")
     return lines
 
 
@@ -156,9 +168,7 @@ def training_table() -> list[str]:
     for preset, category in sorted({(r["preset"], r["category"]) for r in runs}):
 
         def mean(row: str, key: str, p: str = preset, c: str = category) -> str:
-            found = [r.get(key) for r in runs if (r["preset"], r["category"], r["row"]) == (p, c, row)]
-            found = [v for v in found if v is not None]
-            return f"{statistics.fmean(found):.3f}" if found else "-"
+            return row_mean(runs, p, c, row, key)
 
         seeds = len({r["seed"] for r in runs if (r["preset"], r["category"], r["row"]) == (preset, category, "preset")})
         paper = f"{PAPER_IMAGE_AUROC.get(category, '-')} / {PAPER_PIXEL_AUROC.get(category, '-')}"
@@ -201,18 +211,18 @@ def differing_blocks(text: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only report blocks that differ (exit 1)")
-    parser.add_argument("--readme", default=str(ROOT / "README.md"))
     args = parser.parse_args()
-    path = Path(args.readme)
-    text = path.read_text()
-    if args.check:
-        bad = differing_blocks(text)
-        if bad:
-            print(f"{path}: generated blocks differ from their results files: {', '.join(bad)}", file=sys.stderr)
-            sys.exit(1)
-        return
-    atomic_write_text(render(text), path)
-    print(f"rewrote {len(BLOCKS)} kinds of block in {path}")
+    stale = []
+    for path in DOCUMENTS:
+        text = path.read_text()
+        if args.check:
+            stale += [f"{path.relative_to(ROOT)}: {name}" for name in differing_blocks(text)]
+        else:
+            atomic_write_text(render(text), path)
+            print(f"rewrote the generated blocks of {path.relative_to(ROOT)}")
+    if stale:
+        print(f"generated blocks differ from their results files: {', '.join(stale)}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
