@@ -39,8 +39,9 @@ from cutpaste.detector import fit_detector
 from cutpaste.evaluate import evaluate_detector
 from cutpaste.metrics import image_metrics
 from cutpaste.model import build_model
-from cutpaste.validation import FOLDS, score_validation, split_train, synthetic_validation
+from cutpaste.validation import FOLDS, score_validation, score_validation_maps, split_train, synthetic_validation
 
+PATCH: dict[str, Any] = {"patch_size": 32, "image_size": 128, "patch_stride": 8}
 # Each row: config changes from the preset, and whether it trains (False: random weights, same scoring).
 OTHER_JITTER = {"demo": 0.0, "short": 0.1}
 ROWS: dict[str, tuple[dict[str, Any], bool]] = {
@@ -56,6 +57,12 @@ ROWS: dict[str, tuple[dict[str, Any], bool]] = {
     # leaving out any other changes no image score (the same one still ranks first), so those rows are
     # recorded as copies of the preset row (``"same_as": "preset"``) instead of being scored again.
     **{f"without-{c.name}": ({}, True) for c in scorer_selection.CANDIDATES},
+    # The patch model (the README's example: 32 px patches at 128 px, stride 8), one training, scored with
+    # the paper's shared Gaussian and sigma 4 px at 256 px, and with each alternative of ours.
+    "patch": (PATCH, True),
+    "patch-per-location": ({**PATCH, "local_density": "per_location"}, True),
+    "patch-knn": ({**PATCH, "local_density": "knn"}, True),
+    "patch-sigma0": ({**PATCH, "map_sigma": 0.0}, True),
 }
 WITHOUT_CHOSEN = "without-chosen"
 # (name, option, baseline, what it decides): the option is the preset's choice where the preset makes one
@@ -77,7 +84,28 @@ CANDIDATE_DECISIONS = tuple(
     )
     for c in scorer_selection.CANDIDATES
 )
-PIXEL_ROWS = ("preset", "untrained")  # pixel metrics on test cost time: the floors and the shipped row only
+# The patch model localizes: its decisions read pixel AUROC on the validation anomalies' masks.
+PATCH_DECISIONS = (
+    (
+        "patch: local_density=per_location",
+        "patch-per-location",
+        "patch",
+        "one Gaussian per grid position vs the paper's shared one",
+    ),
+    (
+        "patch: local_density=knn",
+        "patch-knn",
+        "patch",
+        "a k-NN memory bank of patch features vs the paper's shared Gaussian",
+    ),
+    ("patch: map_sigma=0", "patch-sigma0", "patch", "smoothing by a quarter patch vs the paper's sigma 4 px at 256 px"),
+)
+PIXEL_METRICS = ("val_pixel_auroc", "pixel_auroc")
+PIXEL_ROWS = (
+    "preset",
+    "untrained",
+    *(r for r in ROWS if r.startswith("patch")),
+)  # pixel metrics on test cost time: the floors and the shipped row only
 
 
 def row_config(name: str, preset_name: str, seed: int) -> TrainConfig:
@@ -129,7 +157,12 @@ def _score_row(name: str, config: TrainConfig, data: Path, category: str, fold: 
     selection = detector.meta.get("image_score_selection")
     if selection:
         out["auto_choice"] = selection["chosen"]
-    out.update(score_validation(detector.score(validation.images), validation))
+    if detector.is_patch_model:  # one dense pass gives the scores and the maps
+        scores, maps = detector.anomaly_maps(validation.images)
+        out.update(score_validation(scores, validation))
+        out.update(score_validation_maps(maps, validation))
+    else:
+        out.update(score_validation(detector.score(validation.images), validation))
     evaluation = evaluate_detector(detector, test, pixel=name in PIXEL_ROWS)
     out["image_auroc"] = evaluation.metrics.image_auroc
     if evaluation.pixel is not None:
@@ -156,25 +189,38 @@ def pixel_stats_row(data: Path, category: str, fold: int, size: int) -> dict[str
 
 def decisions(runs: list[dict[str, Any]], preset_name: str, categories: list[str]) -> list[dict[str, Any]]:
     """Every decision of the preset, and the training decision per category too."""
+    image = (*DECISIONS, jitter_decision(preset_name), *CANDIDATE_DECISIONS)
+    out = []
+    for metrics, listed in ((("val_auroc", "image_auroc"), image), (PIXEL_METRICS, PATCH_DECISIONS)):
+        val, test = _by_row(runs, preset_name, categories, *metrics)
+        for name, option, baseline, what in listed:
+            try:
+                d = decide(option, baseline, val, test)
+            except ValueError:
+                continue
+            row = {"preset": preset_name, "decision": name, "what": what, "metric": metrics[0], "scope": "all"}
+            out.append({**row, **d.to_dict()})
+            if name == "training":
+                for category in sorted(val):
+                    one = decide(option, baseline, {category: val[category]}, {category: test.get(category, {})})
+                    out.append({**row, "scope": category, **one.to_dict()})
+    return out
+
+
+def _by_row(
+    runs: list[dict[str, Any]], preset_name: str, categories: list[str], val_key: str, test_key: str
+) -> tuple[dict[str, dict[int, dict[str, float]]], dict[str, dict[int, dict[str, float]]]]:
+    """``[category][seed][row]`` of one validation and one test metric (rows without the metric left out)."""
     val: dict[str, dict[int, dict[str, float]]] = {}
     test: dict[str, dict[int, dict[str, float]]] = {}
     for r in runs:
-        if r["preset"] == preset_name and r["category"] in categories:
-            val.setdefault(r["category"], {}).setdefault(r["seed"], {})[r["row"]] = r["val_auroc"]
-            test.setdefault(r["category"], {}).setdefault(r["seed"], {})[r["row"]] = r["image_auroc"]
-    out = []
-    for name, option, baseline, what in (*DECISIONS, jitter_decision(preset_name), *CANDIDATE_DECISIONS):
-        try:
-            d = decide(option, baseline, val, test)
-        except ValueError:
+        if r["preset"] != preset_name or r["category"] not in categories:
             continue
-        out.append({"preset": preset_name, "decision": name, "what": what, "scope": "all", **d.to_dict()})
-        if name == "training":
-            for category in sorted(val):
-                one = decide(option, baseline, {category: val[category]}, {category: test[category]})
-                row = {"preset": preset_name, "decision": name, "what": what, "scope": category, **one.to_dict()}
-                out.append(row)
-    return out
+        if r.get(val_key) is not None:
+            val.setdefault(r["category"], {}).setdefault(r["seed"], {})[r["row"]] = r[val_key]
+        if r.get(test_key) is not None:
+            test.setdefault(r["category"], {}).setdefault(r["seed"], {})[r["row"]] = r[test_key]
+    return val, test
 
 
 def merge_runs(path: Path, fresh: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -28,7 +28,9 @@ validation and shown beside each decision; it never changes one. For `training`,
 trained encoder did not beat its untrained twin: the twin guard (`untrained_fallback`) then decides per
 run which one ships. For `auto list: X`, "adopt" keeps candidate X in `image_score=auto`'s list and
 "keep" means the list without X stays (where auto never chose X, leaving it out changes no score: the
-row is a copy of the preset's and the gain is exactly zero).
+row is a copy of the preset's and the gain is exactly zero). The `patch:` decisions are about the patch
+model (32 px patches at 128 px, stride 8, on top of the preset) and read pixel AUROC on the validation
+anomalies' masks (normals and the voting kinds), since a patch model is there to localize.
 
 **Validation.** Seed s holds out fold s mod 5 of `train/good` (the encoder never sees it), and makes two
 anomalies of each kind from each held-out image with one fixed seed. Only {voting} vote: they share no
@@ -59,8 +61,9 @@ def _decision_rows(decisions: list[dict[str, Any]], preset: str) -> list[str]:
             continue
         seeds = ", ".join(f"{c} {n}" for c, n in sorted(d["seeds"].items()))
         cats = ", ".join(f"{c} {v:+.3f} ({d['spread'][c]:.3f})" for c, v in sorted(d["per_category"].items()))
+        pixel = " (pixel AUROC)" if d.get("metric") == "val_pixel_auroc" else ""
         lines.append(
-            f"| {d['decision']} | {d['option']} vs {d['baseline']} | {seeds} | {d['val_delta']:+.3f} "
+            f"| {d['decision']}{pixel} | {d['option']} vs {d['baseline']} | {seeds} | {d['val_delta']:+.3f} "
             f"[{d['val_low']:+.3f}, {d['val_high']:+.3f}] | {cats} | {_fmt(d['test_delta'])} | "
             f"**{d['verdict']}** | {d['commit']} |"
         )
@@ -103,27 +106,20 @@ def _kind_rows(runs: list[dict[str, Any]], preset: str) -> list[str]:
     return lines
 
 
-# Non-paper defaults of the presets that bench/decide.py has no rows for yet: listed so that a reader
-# sees what is still undecided, not only what was measured.
-NOT_YET_ROWS = (
-    ("patch model: local_density", "shared (the paper's) against per_location / auto for non-paper presets"),
-    ("patch model: map_sigma", "sigma 4 px at 256 (as we read the paper) against other smoothing"),
-)
 DECIDED_PRESETS = ("demo", "short")
 
 
 def _coverage(decisions: list[dict[str, Any]]) -> list[str]:
     """Every decision each preset needs, and whether it has one yet."""
-    from decide import CANDIDATE_DECISIONS, DECISIONS, jitter_decision
+    from decide import CANDIDATE_DECISIONS, DECISIONS, PATCH_DECISIONS, jitter_decision
 
     lines = ["| preset | decision | status |", "|---|---|---|"]
     for preset in DECIDED_PRESETS:
-        names = [d[0] for d in (*DECISIONS, jitter_decision(preset), *CANDIDATE_DECISIONS)]
+        names = [d[0] for d in (*DECISIONS, jitter_decision(preset), *CANDIDATE_DECISIONS, *PATCH_DECISIONS)]
         for name in names:
             found = [d for d in decisions if d["preset"] == preset and d["decision"] == name and d["scope"] == "all"]
             status = found[0]["verdict"] if found else "not measured yet"
             lines.append(f"| {preset} | {name} | {status} |")
-        lines += [f"| {preset} | {name} | not measured yet ({what}) |" for name, what in NOT_YET_ROWS]
     return lines
 
 

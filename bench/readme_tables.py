@@ -145,8 +145,9 @@ def decisions_table() -> list[str]:
             continue
         seeds = min(d["seeds"].values())
         test = "-" if d["test_delta"] is None else f"{d['test_delta']:+.3f}"
+        pixel = " (pixel)" if d.get("metric") == "val_pixel_auroc" else ""
         lines.append(
-            f"| {d['preset']} | {d['decision']} | {seeds} | {d['val_delta']:+.3f} [{d['val_low']:+.3f}, "
+            f"| {d['preset']} | {d['decision']}{pixel} | {seeds} | {d['val_delta']:+.3f} [{d['val_low']:+.3f}, "
             f"{d['val_high']:+.3f}] | {test} | {d['verdict']} |"
         )
     for preset, groups in sorted(listed.items()):

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
 
 from cutpaste.config import TrainConfig
 from cutpaste.data.images import load_images
@@ -50,12 +52,14 @@ MIN_REFIT_IMAGES = 6
 
 @dataclass
 class ValidationSet:
-    """``images`` ``(N, 3, S, S)`` uint8; ``labels`` 0 normal / 1 anomalous; ``kinds`` a defect name per image."""
+    """``images`` ``(N, 3, S, S)`` uint8; ``labels`` 0 normal / 1 anomalous; ``kinds`` a defect name per
+    image; ``masks`` ``(N, S, S)`` bool where the anomalies' pixels are known (synthetic sets), else None."""
 
     images: torch.Tensor
     labels: list[int]
     kinds: list[str]
     source: str
+    masks: torch.Tensor | None = None
 
     @property
     def digest(self) -> str:
@@ -99,16 +103,19 @@ def split_train(
 
 def make_anomalies(
     base: torch.Tensor, *, seed: int = VALIDATION_SEED, draws: int = DRAWS
-) -> tuple[torch.Tensor, list[str]]:
-    """``(N, 3, S, S)`` uint8 normals -> ``(N * kinds * draws, 3, S, S)`` anomalies and their kind names,
-    every kind of :data:`ANOMALY_KINDS` ``draws`` times from each image, from one seeded generator."""
+) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """``(N, 3, S, S)`` uint8 normals -> ``(N * kinds * draws, 3, S, S)`` anomalies, their kind names and
+    their ``(M, S, S)`` bool masks: every kind of :data:`ANOMALY_KINDS` ``draws`` times from each image,
+    from one seeded generator."""
     generator = torch.Generator().manual_seed(seed)
-    made, kinds = [], []
+    made, kinds, masks = [], [], []
     for _ in range(draws):
         for kind, make in ANOMALY_KINDS.items():
-            made.append(make(base, generator)[0])
+            images, mask = make(base, generator)
+            made.append(images)
+            masks.append(mask)
             kinds += [kind] * len(base)
-    return torch.cat(made), kinds
+    return torch.cat(made), kinds, torch.cat(masks)
 
 
 def synthetic_validation(
@@ -116,12 +123,13 @@ def synthetic_validation(
 ) -> ValidationSet:
     """Held-out normal images plus, from each, ``draws`` anomalies of every kind (:func:`make_anomalies`)."""
     normal = load_images([s.path for s in held_out], size)
-    made, kinds = make_anomalies(normal, seed=seed, draws=draws)
+    made, kinds, masks = make_anomalies(normal, seed=seed, draws=draws)
     return ValidationSet(
         images=torch.cat([normal, made]),
         labels=[0] * len(normal) + [1] * len(made),
         kinds=["good"] * len(normal) + kinds,
         source=f"held-out train/good + {draws} x ({', '.join(ANOMALY_KINDS)}) anomalies, seed {seed}",
+        masks=torch.cat([torch.zeros(normal.shape[0], *normal.shape[2:], dtype=torch.bool), masks]),
     )
 
 
@@ -187,6 +195,28 @@ def score_validation(scores: torch.Tensor, validation: ValidationSet) -> dict[st
     out = {"val_auroc": metrics.image_auroc, "val_aupr": metrics.aupr, "val_f1_max": metrics.f1_max}
     every = image_metrics(validation.labels, scores.tolist(), kinds)
     out.update({f"val_auroc_{kind}": value for kind, value in every.per_defect_auroc.items()})
+    return out
+
+
+def score_validation_maps(maps: torch.Tensor, validation: ValidationSet) -> dict[str, float]:
+    """Pixel AUROC of anomaly maps ``(N, H, W)`` on a synthetic set's masks: ``val_pixel_auroc`` over the
+    normals and the voting kinds' anomalies (the objective for choosing how a map is made), and
+    ``val_pixel_auroc_<kind>`` over the normals and one kind. Maps are upsampled (bilinear) to the masks."""
+    if validation.masks is None:
+        raise ConfigError("pixel validation needs known anomaly masks (a synthetic validation set)")
+    masks = validation.masks
+    if maps.shape[-2:] != masks.shape[-2:]:
+        maps = F.interpolate(maps[:, None].float(), size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    kinds = validation.kinds
+
+    def auroc(keep: list[bool]) -> float:
+        chosen = torch.tensor(keep)
+        return float(roc_auc_score(masks[chosen].flatten().numpy(), maps[chosen].flatten().float().numpy()))
+
+    out = {"val_pixel_auroc": auroc([k == "good" or k in VOTING_KINDS for k in kinds])}
+    for kind in ANOMALY_KINDS:
+        if kind in kinds:
+            out[f"val_pixel_auroc_{kind}"] = auroc([k in ("good", kind) for k in kinds])
     return out
 
 
@@ -313,7 +343,7 @@ def training_validation(
     count = max(2, min(max_images, n // 4))
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     pick, rest = order[:count].sort().values, order[count:].sort().values
-    anomalies, kinds = make_anomalies(train_images[pick], seed=seed)
+    anomalies, kinds, _ = make_anomalies(train_images[pick], seed=seed)
     if n - count >= MIN_REFIT_IMAGES:
         refit = fit_detector(detector.model, train_images[rest], detector.config, category=detector.category)
         base = refit.score(train_images[pick]).double().cpu()

@@ -88,3 +88,27 @@ def test_a_candidate_never_chosen_is_removed_from_the_list(decide):
     made = {d["decision"]: d for d in decide.decisions(runs, "short", ["a", "b"]) if d["scope"] == "all"}
     assert made["auto list: local"]["verdict"] == "adopt"
     assert made["auto list: knn"]["verdict"] == "keep" and made["auto list: knn"]["val_delta"] == 0
+
+
+def test_patch_decisions_read_pixel_auroc_and_image_decisions_image_auroc(decide):
+    """A patch row better at localizing (pixel validation) but worse at image level is adopted for the
+    patch model; the image-level decisions never read pixel numbers."""
+    runs = []
+    for category in ("a", "b"):
+        for seed in range(3):
+            common = {"preset": "short", "category": category, "seed": seed, "image_auroc": 0.5, "pixel_auroc": 0.5}
+            wobble = 0.01 * seed
+            runs += [
+                {**common, "row": "patch", "val_auroc": 0.9 + wobble, "val_pixel_auroc": 0.80 + wobble},
+                {**common, "row": "patch-per-location", "val_auroc": 0.7 + wobble, "val_pixel_auroc": 0.90 + wobble},
+                {**common, "row": "preset", "val_auroc": 0.7 + wobble, "val_pixel_auroc": 0.99},
+                {**common, "row": "global", "val_auroc": 0.8 + wobble},
+            ]
+    made = {d["decision"]: d for d in decide.decisions(runs, "short", ["a", "b"]) if d["scope"] == "all"}
+    per_location = made["patch: local_density=per_location"]
+    assert per_location["verdict"] == "adopt" and per_location["metric"] == "val_pixel_auroc"
+    assert per_location["val_delta"] == pytest.approx(0.10)
+    assert made["image_score=auto"]["verdict"] == "keep" and made["image_score=auto"]["val_delta"] == pytest.approx(
+        -0.1
+    )
+    assert "patch: local_density=knn" not in made  # no patch-knn rows: no decision, never a made-up one

@@ -19,7 +19,7 @@ from cutpaste.blob_anomalies import BLOB_AREA, blob_masks
 from cutpaste.config import preset
 from cutpaste.data.layout import list_samples
 from cutpaste.data.synth import generate_dataset
-from cutpaste.errors import DataError
+from cutpaste.errors import ConfigError, DataError
 from cutpaste.noise import perlin_noise
 from cutpaste.structural_anomalies import stroke_anomalies
 from cutpaste.synthetic_anomalies import ANOMALY_KINDS, REPORTED_KINDS, VOTING_KINDS, perlin_anomalies
@@ -29,6 +29,7 @@ from cutpaste.validation import (
     folder_validation,
     prepare_validation,
     score_validation,
+    score_validation_maps,
     split_train,
     synthetic_validation,
     validate_config,
@@ -220,3 +221,22 @@ def test_strokes_are_thin_curves_that_change_what_their_mask_covers():
     # Thin: eroding the mask by a 5 px square leaves almost nothing.
     core = -torch.nn.functional.max_pool2d(-masks[:, None].float(), 5, 1, 2)[:, 0]
     assert core.sum() <= 0.1 * masks.sum()
+
+
+def test_pixel_validation_reads_the_masks_of_the_voting_kinds(synth_root):
+    """Maps equal to the masks score 1; maps that light up only the reported kinds' pixels (perlin,
+    stroke) score 0.5 on the objective but 1 on those kinds; a set without masks is refused."""
+    _, held = split_train(list_samples(synth_root, "synth_disc", "train"), folds=4)
+    validation = synthetic_validation(held, size=32, draws=1)
+    masks = validation.masks
+    assert masks.shape == (len(validation.kinds), 32, 32) and not masks[: len(held)].any()
+    assert all(masks[i].any() for i, k in enumerate(validation.kinds) if k != "good")
+    perfect = score_validation_maps(masks.float()[:, ::2, ::2].contiguous(), validation)  # upsampled inside
+    assert perfect["val_pixel_auroc"] > 0.95 and set(perfect) >= {f"val_pixel_auroc_{k}" for k in ANOMALY_KINDS}
+    reported = torch.tensor([k not in VOTING_KINDS and k != "good" for k in validation.kinds])
+    only_reported = masks.float() * reported[:, None, None]
+    got = score_validation_maps(only_reported, validation)
+    assert got["val_pixel_auroc"] == pytest.approx(0.5)
+    assert got["val_pixel_auroc_perlin"] == pytest.approx(1.0) and got["val_pixel_auroc_dent"] == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match="masks"):
+        score_validation_maps(masks.float(), ValidationSet(validation.images, validation.labels, validation.kinds, ""))
