@@ -60,11 +60,14 @@ def run_benchmark(bench: BenchmarkConfig, train_config: TrainConfig) -> tuple[li
     board = Announcer(StatusBoard.remote())
     session = Session(bench, client, experiment_id, parent_id, board=board, train_config=train_config)
     printer = StatusPrinter(board.handle)
-    records, queue = queue_runs(session, plan_runs(bench, train_config))
-    describe(session, records, state="running")
-    printer.poll(force=True)
-    records += run_queue(session, queue, printer)
-    printer.poll(force=True)
+    try:
+        records, queue = queue_runs(session, plan_runs(bench, train_config))
+        describe(session, records, state="running")
+        printer.poll(force=True)
+        records += run_queue(session, queue, printer)
+        printer.poll(force=True)
+    finally:
+        printer.close()  # a terminal's live table ends here even when the driver stops on an error
     add_phases(records, ray.get(board.handle.phase_seconds.remote()))
     if bench.register_models:
         register_champions(client, records, bench)
