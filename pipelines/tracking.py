@@ -161,7 +161,9 @@ class MetricBuffer:
     """Step metrics that survive a tracking outage: kept in a bounded queue and sent when MLflow answers.
 
     Training never waits on MLflow for more than one attempt per flush; :meth:`close` retries with
-    backoff and reports what could not be written instead of raising into the training loop.
+    backoff and reports what could not be written instead of raising into the training loop. MLflow's
+    async logging (``synchronous=False``) also returns at once, but a batch that fails is reported on its
+    future and not kept: after an outage its metrics would be gone, where this buffer still holds them.
     """
 
     def __init__(self, uri: str, run_id: str, *, max_pending: int = 100_000, prefix: str = "") -> None:
