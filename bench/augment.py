@@ -244,7 +244,8 @@ def _no_sync() -> None:
     pass
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """The flags, and the devices measured (``auto``: the CPU, and the GPU when there is one)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     parser.add_argument("--batch", type=int, default=96, help="training views per step (3 per input image)")
@@ -262,10 +263,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     devices = {"cpu": ["cpu"], "cuda": ["cuda"], "auto": ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]}
-    devices = devices[args.device]
+    return args, devices[args.device]
 
-    inputs = args.batch // 3
-    views_per_step = 3 * inputs
+
+def _measure(args: argparse.Namespace, devices: list[str], views_per_step: int) -> tuple[dict[str, dict], list]:
+    """Each device's batched path and the per-image PIL path (timed alongside the CPU's, else alone)."""
+    inputs = views_per_step // 3
     config = AugmentConfig()
     arrays = synthetic_images(inputs, args.size, args.seed)
     pil_images = [Image.fromarray(a) for a in arrays]
@@ -287,6 +290,26 @@ def main(argv: list[str] | None = None) -> dict:
                 pil_times.append(elapsed)
     if "cuda" in devices:
         results["cuda"] = _measure_cuda(args, arrays, config, views_per_step)
+    return results, pil_times
+
+
+def _print_table(args: argparse.Namespace, results: dict[str, dict], pil_img_s: float, views_per_step: int) -> None:
+    print(f"CutPaste-3way, {views_per_step} views of {args.size} px per step, median of {args.repeats}")
+    print(f"{'path':<12}{'device':<8}{'threads':>8}{'img/s':>10}{'speedup':>9}")
+    print(f"{'PIL':<12}{'cpu':<8}{1:>8}{pil_img_s:>10.1f}{1.0:>9.2f}")
+    for threads, img_s in results.get("cpu", {}).get("batched_img_s_by_threads", {}).items():
+        print(f"{'make_views':<12}{'cpu':<8}{threads:>8}{img_s:>10.1f}{img_s / pil_img_s:>9.2f}")
+    if "cuda" in results:
+        cuda = results["cuda"]
+        print(f"{'make_views':<12}{'cuda':<8}{'':>8}{cuda['batched_img_s']:>10.1f}{cuda['speedup']:>9.2f}")
+        print(f"cuda_aug_fraction {cuda['cuda_aug_fraction']:.3f} (train step {cuda['train_step_s'] * 1e3:.1f} ms)")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, devices = _parse_args(argv)
+    inputs = args.batch // 3
+    views_per_step = 3 * inputs
+    results, pil_times = _measure(args, devices, views_per_step)
     pil_img_s = views_per_step / statistics.median(pil_times)
     for entry in results.values():
         entry["speedup"] = entry["batched_img_s"] / pil_img_s
@@ -314,16 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if "cuda" in results:
         report["cuda_aug_fraction"] = results["cuda"]["cuda_aug_fraction"]
-
-    print(f"CutPaste-3way, {views_per_step} views of {args.size} px per step, median of {args.repeats}")
-    print(f"{'path':<12}{'device':<8}{'threads':>8}{'img/s':>10}{'speedup':>9}")
-    print(f"{'PIL':<12}{'cpu':<8}{1:>8}{pil_img_s:>10.1f}{1.0:>9.2f}")
-    for threads, img_s in results.get("cpu", {}).get("batched_img_s_by_threads", {}).items():
-        print(f"{'make_views':<12}{'cpu':<8}{threads:>8}{img_s:>10.1f}{img_s / pil_img_s:>9.2f}")
-    if "cuda" in results:
-        cuda = results["cuda"]
-        print(f"{'make_views':<12}{'cuda':<8}{'':>8}{cuda['batched_img_s']:>10.1f}{cuda['speedup']:>9.2f}")
-        print(f"cuda_aug_fraction {cuda['cuda_aug_fraction']:.3f} (train step {cuda['train_step_s'] * 1e3:.1f} ms)")
+    _print_table(args, results, pil_img_s, views_per_step)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")

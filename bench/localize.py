@@ -46,7 +46,7 @@ def naive_patches_per_second(model: CutPasteNet, image: torch.Tensor, *, patch: 
     return len(positions) / (time.perf_counter() - start)
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--patch", type=int, default=32)
@@ -58,15 +58,11 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", help="JSON path (default bench/results/localize_<device>.json)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    torch.manual_seed(0)
-    model = CutPasteNet("resnet18", num_classes=3).to(device).eval()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    images = torch.randint(0, 256, (args.images, 3, args.size, args.size), dtype=torch.uint8)
+    return parser.parse_args()
+
+
+def dense_seconds(model: CutPasteNet, images: torch.Tensor, args: argparse.Namespace, device: torch.device) -> list:
+    """Seconds of each timed dense pass over ``images`` (after one warm-up pass: allocator, cuDNN autotuning)."""
     grid = grid_size(args.size, args.patch, args.stride)
 
     def dense_pass() -> None:
@@ -83,7 +79,7 @@ def main() -> None:
             features.norm(dim=-1).view(-1, grid, grid), image_size=args.size, patch_size=args.patch, stride=args.stride
         )
 
-    dense_pass()  # warm-up (allocator, cuDNN autotuning)
+    dense_pass()
     dense_times = []
     for _ in range(args.repeats):
         _sync(device)
@@ -91,15 +87,14 @@ def main() -> None:
         dense_pass()
         _sync(device)
         dense_times.append(time.perf_counter() - start)
-    one = images[0].to(device).float().div(255)
-    naive_patches_per_second(model, one, patch=args.patch, stride=args.stride, count=20)  # warm-up
-    naive = [
-        naive_patches_per_second(model, one, patch=args.patch, stride=args.stride, count=args.naive_patches)
-        for _ in range(args.repeats)
-    ]
+    return dense_times
+
+
+def _result(args: argparse.Namespace, device: torch.device, dense_times: list, naive: list) -> dict:
+    grid = grid_size(args.size, args.patch, args.stride)
     img_s = args.images / statistics.median(dense_times)
     naive_img_s = statistics.median(naive) / grid**2
-    result = {
+    return {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
@@ -117,10 +112,31 @@ def main() -> None:
         "images_per_pass": args.images,
         "naive_patches_timed": args.naive_patches,
     }
+
+
+def main() -> None:
+    args = _parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    model = CutPasteNet("resnet18", num_classes=3).to(device).eval()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    images = torch.randint(0, 256, (args.images, 3, args.size, args.size), dtype=torch.uint8)
+    grid = grid_size(args.size, args.patch, args.stride)
+    dense_times = dense_seconds(model, images, args, device)
+    one = images[0].to(device).float().div(255)
+    naive_patches_per_second(model, one, patch=args.patch, stride=args.stride, count=20)  # warm-up
+    naive = [
+        naive_patches_per_second(model, one, patch=args.patch, stride=args.stride, count=args.naive_patches)
+        for _ in range(args.repeats)
+    ]
+    result = _result(args, device, dense_times, naive)
     print(
         f"dense scoring {args.size}px, {args.patch}px patches, stride {args.stride} ({grid}x{grid}) on {device}: "
-        f"{img_s:.3f} img/s ({result['patches_s']:.0f} patches/s) vs naive per-patch loop "
-        f"{naive_img_s:.4f} img/s ({result['naive_patches_s']:.0f} patches/s): {result['speedup']:.1f}x"
+        f"{result['img_s']:.3f} img/s ({result['patches_s']:.0f} patches/s) vs naive per-patch loop "
+        f"{result['naive_img_s']:.4f} img/s ({result['naive_patches_s']:.0f} patches/s): {result['speedup']:.1f}x"
     )
     out = Path(args.out or f"bench/results/localize_{device.type}.json")
     atomic_write_text(json.dumps(result, indent=2), out)

@@ -29,16 +29,16 @@ import json
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from quality_rows import PAPER_CHOICES, ROWS, Row  # bench/ scripts import their siblings by name
 
 from cutpaste.atomic import atomic_write_text
 from cutpaste.baselines import pixel_statistics_scores, untrained_detector
 from cutpaste.cli import build_config
-from cutpaste.config import AugmentConfig, TrainConfig, parse_overrides, preset
+from cutpaste.config import TrainConfig, parse_overrides, preset
 from cutpaste.data import list_samples, load_images
 from cutpaste.data.synth import SYNTH_CATEGORIES, generate_dataset
 from cutpaste.detector import fit_detector
@@ -49,103 +49,6 @@ from cutpaste.model import build_model
 from cutpaste.paper import PAPER_IMAGE_AUROC, PAPER_PIXEL_AUROC
 from cutpaste.train import train_model, training_fields
 from cutpaste.validation import ANOMALY_KINDS, score_validation, split_train, synthetic_validation
-
-# The paper's choices for the image model; option rows change one of them.
-PAPER_CHOICES: dict[str, Any] = {
-    "variant": "3way",
-    "optimizer": "sgd",
-    "warmup_steps": 0,
-    "embedding": "pooled",
-    "image_score": "global",
-    "patch_size": 0,
-    # The whole image's colour jitter before any view is made (AugmentConfig's default, 0.1, as the demo
-    # preset); the short preset trains without it.
-    "augment.pre_jitter": AugmentConfig().pre_jitter,
-}
-
-
-@dataclass(frozen=True)
-class Row:
-    """One line of the matrix: how its config is built and whether it trains."""
-
-    description: str
-    changes: dict[str, Any]
-    train: bool = True
-    # Built from the short preset instead of --preset.
-    short: bool = False
-
-
-ROWS: dict[str, Row] = {
-    "pixel-stats": Row("per-image colour mean and std, one Gaussian", {}, train=False),
-    "untrained": Row("paper-image with random weights", {}, train=False),
-    "paper-image": Row("3-way CutPaste, SGD, pooled embedding, one Gaussian (the paper's)", {}),
-    "patch": Row(
-        "patch model: 32 px crops, one shared Gaussian, image score the map maximum",
-        {"patch_size": 32, "patch_stride": 8, "local_density": "shared"},
-    ),
-    "multiscale": Row("paper-image + pooled layer2..4 embedding", {"embedding": "multiscale"}),
-    "local": Row("paper-image + feature-map Gaussians, image score their maximum", {"image_score": "local"}),
-    "combined": Row("paper-image + global and feature-map scores, standardised sum", {"image_score": "combined"}),
-    "auto": Row("paper-image, image score chosen on validation from the training images", {"image_score": "auto"}),
-    "auto-one-stage": Row(
-        "auto with layer2's feature map alone (no layer1 stacked)", {"image_score": "auto", "feature_stages": 1}
-    ),
-    "auto-no-pre-jitter": Row(
-        "auto trained without the whole-image colour jitter (as the short preset)",
-        {"image_score": "auto", "augment.pre_jitter": 0.0},
-    ),
-    "blend": Row("paper-image + blended foreign patches as a 4th class (4way)", {"variant": "4way"}),
-    "adamw": Row(
-        "paper-image trained with AdamW 1e-3, 10% warm-up",
-        {"optimizer": "adamw", "learning_rate": 1e-3, "weight_decay": 1e-2, "warmup_steps": -10},
-    ),
-    "short": Row("the short preset (chosen on validation)", {}, short=True),
-    "short-global": Row("the short preset's training, the paper's global score", {"image_score": "global"}, short=True),
-    "short-local": Row("the short preset's training, feature-map score alone", {"image_score": "local"}, short=True),
-    "short-combined": Row(
-        "the short preset's training, global + feature-map Gaussians, standardised sum",
-        {"image_score": "combined"},
-        short=True,
-    ),
-    "short-one-stage": Row("the short preset with layer2's feature map alone", {"feature_stages": 1}, short=True),
-    "short-pre-jitter": Row(
-        "the short preset trained with the whole-image colour jitter (0.1, the paper preset's)",
-        {"augment.pre_jitter": AugmentConfig().pre_jitter},
-        short=True,
-    ),
-    "short-stage3": Row(
-        "the short preset one stage deeper: layer2 + layer3 feature maps (PatchCore's pair)",
-        {"local_stage": 3},
-        short=True,
-    ),
-    "short-untrained": Row("the short preset's scoring with random weights", {}, train=False, short=True),
-    "short-knn": Row(
-        "the short preset's training, feature-map k-NN memory bank, image score its maximum",
-        {"image_score": "local", "feature_density": "knn"},
-        short=True,
-    ),
-    "short-knn-combined": Row(
-        "the short preset's training, global Gaussian + feature-map k-NN, standardised sum",
-        {"image_score": "combined", "feature_density": "knn"},
-        short=True,
-    ),
-    "short-knn-relative": Row(
-        "the short preset's training, feature-map k-NN, image score its maximum less its median",
-        {"image_score": "local", "feature_density": "knn", "feature_score": "max-median"},
-        short=True,
-    ),
-    "short-knn-relative-combined": Row(
-        "the short preset's training, global Gaussian + feature-map k-NN (maximum less median), standardised sum",
-        {"image_score": "combined", "feature_density": "knn", "feature_score": "max-median"},
-        short=True,
-    ),
-    "short-knn-untrained": Row(
-        "feature-map k-NN with random weights",
-        {"image_score": "local", "feature_density": "knn"},
-        train=False,
-        short=True,
-    ),
-}
 
 
 def row_config(row: Row, base: TrainConfig, explicit: dict[str, Any] | None = None) -> TrainConfig:
@@ -340,7 +243,7 @@ def config_summary(config: TrainConfig) -> str:
     )
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help="MVTec-layout root")
@@ -357,7 +260,11 @@ def main() -> None:
     parser.add_argument(
         "--cache", help="folder for trained models: a rerun that adds scoring rows reuses them instead of retraining"
     )
-    args = parser.parse_args()
+    return parser
+
+
+def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list[str], TrainConfig, dict]:
+    """The rows asked for, the base config and the fields given explicitly; ``--cache`` is set up."""
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = sorted(set(rows) - set(ROWS))
     if unknown:
@@ -369,44 +276,60 @@ def main() -> None:
     fields = {"steps": "steps", "size": "image_size", "batch_size": "batch_size"}
     explicit = {field: getattr(args, flag) for flag, field in fields.items() if getattr(args, flag) is not None}
     explicit.update(parse_overrides(args.set or []))
-    out = Path(args.out)
     if args.cache:
         if Path(args.cache).exists() and not Path(args.cache).is_dir():
             parser.error(f"--cache: {args.cache} is a file, not a folder for trained models")
         data_id = f"synth size {args.synth_size} seed 0" if args.synth else str(Path(args.data).resolve())
         _CACHE.append((Path(args.cache), data_id))
+    return rows, base, explicit
+
+
+def _dataset(parser: argparse.ArgumentParser, args: argparse.Namespace, scratch: str) -> tuple[Path, list[str]]:
+    """The data root and its categories: ``--data``, or ``--synth`` categories generated into ``scratch``."""
+    if args.synth:
+        categories = [c.strip() for c in args.synth.split(",") if c.strip()]
+        bad = sorted(set(categories) - set(SYNTH_CATEGORIES))
+        if bad:
+            parser.error(f"--synth: unknown {', '.join(bad)}; choose from {', '.join(SYNTH_CATEGORIES)}")
+        data = Path(scratch) / "data"
+        generate_dataset(data, categories=categories, size=args.synth_size, seed=0)
+        return data, categories
+    if not args.categories:
+        parser.error("--categories is required with --data")
+    return Path(args.data), [c.strip() for c in args.categories.split(",") if c.strip()]
+
+
+def _matrix_row(name: str, config: TrainConfig, data: Path, category: str) -> dict[str, Any]:
+    """One row of one category, with its config and wall time, printed as it ends."""
+    started = time.perf_counter()
+    result = run_row(name, ROWS[name], config, data, category)
+    result["config_summary"] = config_summary(config) if name != "pixel-stats" else ""
+    if result.get("auto_choice"):
+        result["config_summary"] += f"; auto chose {result['auto_choice']}"
+    result["config"] = config.to_dict()
+    result["threads"] = torch.get_num_threads()
+    result["wall_s"] = time.perf_counter() - started
+    print(
+        f"{category:>12} {name:<16} val {result['val_auroc']:.3f}  image {result['image_auroc']:.3f}  "
+        f"pixel {_fmt(result.get('pixel_auroc'))}  aupro {_fmt(result.get('aupro'))}  "
+        f"train {result['train_s']:.0f}s  score {result['score_s']:.0f}s",
+        flush=True,
+    )
+    return result
+
+
+def main() -> None:
+    parser = _parser()
+    args = parser.parse_args()
+    rows, base, explicit = _settings(parser, args)
+    out = Path(args.out)
     with tempfile.TemporaryDirectory(prefix="cutpaste-quality-") as scratch:
-        if args.synth:
-            categories = [c.strip() for c in args.synth.split(",") if c.strip()]
-            bad = sorted(set(categories) - set(SYNTH_CATEGORIES))
-            if bad:
-                parser.error(f"--synth: unknown {', '.join(bad)}; choose from {', '.join(SYNTH_CATEGORIES)}")
-            data = Path(scratch) / "data"
-            generate_dataset(data, categories=categories, size=args.synth_size, seed=0)
-        else:
-            if not args.categories:
-                parser.error("--categories is required with --data")
-            data, categories = Path(args.data), [c.strip() for c in args.categories.split(",") if c.strip()]
+        data, categories = _dataset(parser, args, scratch)
         fresh = []
         for category in categories:
             for name in rows:
-                row = ROWS[name]
-                config = row_config(row, base, explicit)
-                started = time.perf_counter()
-                result = run_row(name, row, config, data, category)
-                result["config_summary"] = config_summary(config) if name != "pixel-stats" else ""
-                if result.get("auto_choice"):
-                    result["config_summary"] += f"; auto chose {result['auto_choice']}"
-                result["config"] = config.to_dict()
-                result["threads"] = torch.get_num_threads()
-                result["wall_s"] = time.perf_counter() - started
-                fresh.append(result)
-                print(
-                    f"{category:>12} {name:<16} val {result['val_auroc']:.3f}  image {result['image_auroc']:.3f}  "
-                    f"pixel {_fmt(result.get('pixel_auroc'))}  aupro {_fmt(result.get('aupro'))}  "
-                    f"train {result['train_s']:.0f}s  score {result['score_s']:.0f}s",
-                    flush=True,
-                )
+                config = row_config(ROWS[name], base, explicit)
+                fresh.append(_matrix_row(name, config, data, category))
                 merged = merge(out, fresh)  # written after every row: an interrupted matrix keeps what it has
                 atomic_write_text(json.dumps({"rows": merged}, indent=2), out)
                 atomic_write_text(to_markdown(merged), out.with_suffix(".md"))

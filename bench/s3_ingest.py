@@ -71,121 +71,145 @@ def _read_all(paths: list[Path]) -> int:
     return total
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="reuse a dataset written by an earlier run")
     parser.add_argument("--workers", type=int, help="download threads (default: the library's, 4 per CPU)")
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    import boto3
 
-    from cutpaste.atomic import atomic_write_text
-    from cutpaste.data.images import load_images
-    from cutpaste.data.layout import list_samples
-    from cutpaste.data.synth import generate_dataset
-    from cutpaste.storage import materialize, upload
-    from cutpaste.storage.manifest import read_manifest
-    from cutpaste.storage.s3 import S3Connection, parse_s3_uri
-
-    work = Path(tempfile.mkdtemp(prefix="s3-ingest-"))
-    data = args.data or work / "data"
-    started = time.perf_counter()
-    generate_dataset(data, categories=[CATEGORY], size=256, train_count=200)
-    print(f"data ready in {time.perf_counter() - started:.1f}s: {data}", file=sys.stderr)
-
-    port = free_port()
-    server = start_moto(port)
-    endpoint = f"http://127.0.0.1:{port}"
+def _moto_environment(port: int) -> None:
+    """Credentials and the endpoint of the local moto server, for every boto3 client of this process."""
     os.environ.update(
         {
             "AWS_ACCESS_KEY_ID": "bench",
             "AWS_SECRET_ACCESS_KEY": "bench",
             "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
         }
     )
-    try:
-        client = boto3.client("s3")
-        client.create_bucket(Bucket="bench")
-        uri = "s3://bench/mvtec"
+
+
+def _cold(uri: str, objects: list, client, work: Path, args: argparse.Namespace) -> tuple[list[float], list[float]]:
+    """Seconds of each cold download: parallel (``materialize`` into an empty cache) and sequential GETs."""
+    from cutpaste.storage import materialize
+
+    parallel, sequential = [], []
+    for rep in range(args.repeats):
+        cache = work / f"cache-{rep}"
         t0 = time.perf_counter()
-        report, _ = upload(data, uri, workers=8)
-        upload_s = time.perf_counter() - t0
-        objects = read_manifest(S3Connection(), parse_s3_uri(uri)).objects([CATEGORY])
-        total = sum(o.size for o in objects)
-        mb = total / 1e6
+        materialize(uri, [CATEGORY], cache_dir=cache, workers=args.workers)
+        parallel.append(time.perf_counter() - t0)
 
-        parallel, sequential = [], []
-        for rep in range(args.repeats):
-            cache = work / f"cache-{rep}"
-            t0 = time.perf_counter()
-            materialize(uri, [CATEGORY], cache_dir=cache, workers=args.workers)
-            parallel.append(time.perf_counter() - t0)
+        out = work / f"seq-{rep}"
+        out.mkdir()
+        t0 = time.perf_counter()
+        for i, obj in enumerate(objects):
+            body = client.get_object(Bucket="bench", Key=obj.key)["Body"].read()
+            (out / f"{i}.bin").write_bytes(body)
+        sequential.append(time.perf_counter() - t0)
+        shutil.rmtree(out)
+    return parallel, sequential
 
-            out = work / f"seq-{rep}"
-            out.mkdir()
-            t0 = time.perf_counter()
-            for i, obj in enumerate(objects):
-                body = client.get_object(Bucket="bench", Key=obj.key)["Body"].read()
-                (out / f"{i}.bin").write_bytes(body)
-            sequential.append(time.perf_counter() - t0)
-            shutil.rmtree(out)
 
-        warm_cache = work / "cache-0"
-        train = [s.path for s in list_samples(data, CATEGORY, "train")]
-        timings: dict[str, list[float]] = {k: [] for k in ("local", "warm", "warm_checked", "local_dec", "warm_dec")}
+def _warm(uri: str, data: Path, warm_cache: Path, repeats: int) -> dict[str, list[float]]:
+    """Seconds of reading (and decoding) the category from the warm cache against the local source."""
+    from cutpaste.data.images import load_images
+    from cutpaste.data.layout import list_samples
+    from cutpaste.storage import materialize
 
-        def timed(key: str, fn) -> None:
-            t0 = time.perf_counter()
-            fn()
-            timings[key].append(time.perf_counter() - t0)
+    train = [s.path for s in list_samples(data, CATEGORY, "train")]
+    timings: dict[str, list[float]] = {k: [] for k in ("local", "warm", "warm_checked", "local_dec", "warm_dec")}
 
-        def warm_read(ttl: float | None) -> None:
-            _read_all(_files(materialize(uri, [CATEGORY], cache_dir=warm_cache, verify_ttl=ttl), CATEGORY))
+    def timed(key: str, fn) -> None:
+        t0 = time.perf_counter()
+        fn()
+        timings[key].append(time.perf_counter() - t0)
 
-        def warm_decode() -> None:
-            root = materialize(uri, [CATEGORY], cache_dir=warm_cache)
-            load_images([s.path for s in list_samples(root, CATEGORY, "train")], 256)
+    def warm_read(ttl: float | None) -> None:
+        _read_all(_files(materialize(uri, [CATEGORY], cache_dir=warm_cache, verify_ttl=ttl), CATEGORY))
 
-        for _ in range(3 * args.repeats):  # a few milliseconds each: more repeats against noise
-            timed("local", lambda: _read_all(_files(data, CATEGORY)))
-            timed("warm", lambda: warm_read(None))  # default: checked by the cold run moments ago
-            timed("warm_checked", lambda: warm_read(0))  # manifest + listing checked on this call
-        for _ in range(args.repeats):
-            timed("local_dec", lambda: load_images(train, 256))
-            timed("warm_dec", warm_decode)
-
-        # The same cold comparison with 20 ms of first-byte latency per request, as from a node to real S3.
-        proxy, proxy_port = tcp_proxy.start(port, LATENCY_S)
-        try:
-            via = f"http://127.0.0.1:{proxy_port}"
-            t0 = time.perf_counter()
-            materialize(
-                uri, [CATEGORY], cache_dir=work / "cache-latency", endpoint_url=via, verify_ttl=0, workers=args.workers
-            )
-            latency_parallel = time.perf_counter() - t0
-            slow_client = boto3.client("s3", endpoint_url=via)
-            t0 = time.perf_counter()
-            for obj in objects:
-                slow_client.get_object(Bucket="bench", Key=obj.key)["Body"].read()
-            latency_sequential = time.perf_counter() - t0
-        finally:
-            proxy.terminate()
-            proxy.wait(10)
+    def warm_decode() -> None:
         root = materialize(uri, [CATEGORY], cache_dir=warm_cache)
-        assert [p.read_bytes() for p in _files(root, CATEGORY)] == [p.read_bytes() for p in _files(data, CATEGORY)]
-    finally:
-        server.terminate()
-        server.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
+        load_images([s.path for s in list_samples(root, CATEGORY, "train")], 256)
 
-    par, seq = statistics.median(parallel), statistics.median(sequential)
+    for _ in range(3 * repeats):  # a few milliseconds each: more repeats against noise
+        timed("local", lambda: _read_all(_files(data, CATEGORY)))
+        timed("warm", lambda: warm_read(None))  # default: checked by the cold run moments ago
+        timed("warm_checked", lambda: warm_read(0))  # manifest + listing checked on this call
+    for _ in range(repeats):
+        timed("local_dec", lambda: load_images(train, 256))
+        timed("warm_dec", warm_decode)
+    return timings
+
+
+def _with_latency(port: int, uri: str, objects: list, work: Path, workers: int | None) -> tuple[float, float]:
+    """The same cold comparison with 20 ms of first-byte latency per request, as from a node to real S3:
+    (parallel seconds, sequential seconds)."""
+    import boto3
+
+    from cutpaste.storage import materialize
+
+    proxy, proxy_port = tcp_proxy.start(port, LATENCY_S)
+    try:
+        via = f"http://127.0.0.1:{proxy_port}"
+        t0 = time.perf_counter()
+        materialize(uri, [CATEGORY], cache_dir=work / "cache-latency", endpoint_url=via, verify_ttl=0, workers=workers)
+        latency_parallel = time.perf_counter() - t0
+        slow_client = boto3.client("s3", endpoint_url=via)
+        t0 = time.perf_counter()
+        for obj in objects:
+            slow_client.get_object(Bucket="bench", Key=obj.key)["Body"].read()
+        latency_sequential = time.perf_counter() - t0
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+    return latency_parallel, latency_sequential
+
+
+def _measure(args: argparse.Namespace, data: Path, work: Path, port: int) -> dict:
+    """Every measurement against the running moto server; the warm tree is checked to equal the source."""
+    import boto3
+
+    from cutpaste.storage import materialize, upload
+    from cutpaste.storage.manifest import read_manifest
+    from cutpaste.storage.s3 import S3Connection, parse_s3_uri
+
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="bench")
+    uri = "s3://bench/mvtec"
+    t0 = time.perf_counter()
+    report, _ = upload(data, uri, workers=8)
+    upload_s = time.perf_counter() - t0
+    objects = read_manifest(S3Connection(), parse_s3_uri(uri)).objects([CATEGORY])
+    parallel, sequential = _cold(uri, objects, client, work, args)
+    warm_cache = work / "cache-0"
+    timings = _warm(uri, data, warm_cache, args.repeats)
+    latency = _with_latency(port, uri, objects, work, args.workers)
+    root = materialize(uri, [CATEGORY], cache_dir=warm_cache)
+    assert [p.read_bytes() for p in _files(root, CATEGORY)] == [p.read_bytes() for p in _files(data, CATEGORY)]
+    return {
+        "objects": objects,
+        "upload_s": upload_s,
+        "uploaded_files": report.uploaded,
+        "parallel": parallel,
+        "sequential": sequential,
+        "timings": timings,
+        "latency": latency,
+    }
+
+
+def _result(m: dict, args: argparse.Namespace) -> dict:
+    """The results file's content from the measurements (medians, ratios and every repeat)."""
+    objects, timings, (latency_parallel, latency_sequential) = m["objects"], m["timings"], m["latency"]
+    mb = sum(o.size for o in objects) / 1e6
+    par, seq = statistics.median(m["parallel"]), statistics.median(m["sequential"])
 
     def med(key: str) -> float:
         return statistics.median(timings[key])
 
-    result = {
+    return {
         "parallel_mb_s": round(mb / par, 2),
         "sequential_mb_s": round(mb / seq, 2),
         "speedup": round(seq / par, 2),
@@ -198,31 +222,60 @@ def main() -> None:
             "sequential_mb_s": round(mb / latency_sequential, 2),
             "speedup": round(latency_sequential / latency_parallel, 2),
         },
-        "detail": {
-            "category": CATEGORY,
-            "objects": len(objects),
-            "megabytes": round(mb, 2),
-            "workers": args.workers or "default",
-            "latency_s": {
-                "added_per_request": LATENCY_S,
-                "parallel": round(latency_parallel, 3),
-                "sequential": round(latency_sequential, 3),
-            },
-            "repeats": args.repeats,
-            "parallel_s": [round(x, 3) for x in parallel],
-            "sequential_s": [round(x, 3) for x in sequential],
-            "local_read_s": [round(x, 4) for x in timings["local"]],
-            "warm_localize_and_read_s": [round(x, 4) for x in timings["warm"]],
-            "warm_checked_localize_and_read_s": [round(x, 4) for x in timings["warm_checked"]],
-            "local_decode_s": [round(x, 3) for x in timings["local_dec"]],
-            "warm_localize_and_decode_s": [round(x, 3) for x in timings["warm_dec"]],
-            "upload_s": round(upload_s, 2),
-            "uploaded_files": report.uploaded,
-            "server": "moto.server subprocess on 127.0.0.1",
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "detail": _detail(m, args, mb),
     }
+
+
+def _detail(m: dict, args: argparse.Namespace, mb: float) -> dict:
+    timings, (latency_parallel, latency_sequential) = m["timings"], m["latency"]
+    return {
+        "category": CATEGORY,
+        "objects": len(m["objects"]),
+        "megabytes": round(mb, 2),
+        "workers": args.workers or "default",
+        "latency_s": {
+            "added_per_request": LATENCY_S,
+            "parallel": round(latency_parallel, 3),
+            "sequential": round(latency_sequential, 3),
+        },
+        "repeats": args.repeats,
+        "parallel_s": [round(x, 3) for x in m["parallel"]],
+        "sequential_s": [round(x, 3) for x in m["sequential"]],
+        "local_read_s": [round(x, 4) for x in timings["local"]],
+        "warm_localize_and_read_s": [round(x, 4) for x in timings["warm"]],
+        "warm_checked_localize_and_read_s": [round(x, 4) for x in timings["warm_checked"]],
+        "local_decode_s": [round(x, 3) for x in timings["local_dec"]],
+        "warm_localize_and_decode_s": [round(x, 3) for x in timings["warm_dec"]],
+        "upload_s": round(m["upload_s"], 2),
+        "uploaded_files": m["uploaded_files"],
+        "server": "moto.server subprocess on 127.0.0.1",
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def main() -> None:
+    args = _parse_args()
+
+    from cutpaste.atomic import atomic_write_text
+    from cutpaste.data.synth import generate_dataset
+
+    work = Path(tempfile.mkdtemp(prefix="s3-ingest-"))
+    data = args.data or work / "data"
+    started = time.perf_counter()
+    generate_dataset(data, categories=[CATEGORY], size=256, train_count=200)
+    print(f"data ready in {time.perf_counter() - started:.1f}s: {data}", file=sys.stderr)
+
+    port = free_port()
+    server = start_moto(port)
+    _moto_environment(port)
+    try:
+        measured = _measure(args, data, work, port)
+    finally:
+        server.terminate()
+        server.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+    result = _result(measured, args)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(result, indent=2) + "\n", RESULTS)
     print(json.dumps({k: v for k, v in result.items() if k != "detail"}, indent=2))

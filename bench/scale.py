@@ -87,36 +87,47 @@ def mlflow_runs(db: Path, benchmark_id: str) -> int:
         ).fetchone()[0]
 
 
-def run_size(head: dict, work: Path, data: Path, runs: int, args: argparse.Namespace, *, stop_at: float) -> dict:
+def _entrypoint(work: Path, data: Path, runs: int, args: argparse.Namespace) -> list[str]:
+    """The benchmark job's command line for ``runs`` runs (five seeds and more: ensembles of five too)."""
     categories, seeds = SIZES[runs]
     names = sorted(p.name for p in data.iterdir())[:categories]
     benchmark_id = f"scale-{runs}"
     config = work / "budget.json"
     config.write_text(json.dumps(BUDGET))
-    db = work / "mlflow.db"
-    out = work / benchmark_id
     entrypoint = [
         str(VENV_BIN / "python"), "pipelines/full_benchmark.py", "--data", str(data), "--categories", *names,
         "--seeds", str(seeds), "--config", str(config), "--benchmark-id", benchmark_id,
-        "--mlflow-uri", f"sqlite:///{db}", "--out", str(out), "--storage", str(work / "storage"),
-        "--gpus-per-run", str(args.gpus_per_run), "--no-register",
+        "--mlflow-uri", f"sqlite:///{work / 'mlflow.db'}", "--out", str(work / benchmark_id),
+        "--storage", str(work / "storage"), "--gpus-per-run", str(args.gpus_per_run), "--no-register",
     ]  # fmt: skip
     if seeds >= 5:
         entrypoint += ["--ensemble", "5"]
+    return entrypoint
+
+
+def _stop_and_resume(head: dict, db: Path, benchmark_id: str, target: float, entrypoint: list[str]) -> dict:
+    """Stops the first job once ``target`` runs finished and submits the same benchmark again; returns the
+    runs finished before the stop (name -> end time)."""
+    while len(finished_runs(db, benchmark_id)) < target:
+        if job_status(head, f"{benchmark_id}-a") not in ("RUNNING", "PENDING"):
+            break
+        time.sleep(2)
+    before = finished_runs(db, benchmark_id)
+    ray_job(head, "stop", f"{benchmark_id}-a", timeout=300)
+    while job_status(head, f"{benchmark_id}-a") in ("RUNNING", "PENDING"):
+        time.sleep(1)
+    submit(head, entrypoint, f"{benchmark_id}-b")
+    return before
+
+
+def run_size(head: dict, work: Path, data: Path, runs: int, args: argparse.Namespace, *, stop_at: float) -> dict:
+    benchmark_id = f"scale-{runs}"
+    db = work / "mlflow.db"
+    out = work / benchmark_id
+    entrypoint = _entrypoint(work, data, runs, args)
     started = time.monotonic()
     submit(head, entrypoint, f"{benchmark_id}-a")
-    resumed = None
-    if stop_at:
-        while len(finished_runs(db, benchmark_id)) < stop_at * runs:
-            if job_status(head, f"{benchmark_id}-a") not in ("RUNNING", "PENDING"):
-                break
-            time.sleep(2)
-        before = finished_runs(db, benchmark_id)
-        ray_job(head, "stop", f"{benchmark_id}-a", timeout=300)
-        while job_status(head, f"{benchmark_id}-a") in ("RUNNING", "PENDING"):
-            time.sleep(1)
-        submit(head, entrypoint, f"{benchmark_id}-b")
-        resumed = before
+    resumed = _stop_and_resume(head, db, benchmark_id, stop_at * runs, entrypoint) if stop_at else None
     final_id = f"{benchmark_id}-b" if stop_at else f"{benchmark_id}-a"
     deadline = time.monotonic() + args.timeout
     while (state := job_status(head, final_id)) in ("RUNNING", "PENDING", "UNKNOWN") and time.monotonic() < deadline:
@@ -125,7 +136,27 @@ def run_size(head: dict, work: Path, data: Path, runs: int, args: argparse.Names
     driver = json.loads((out / "driver.json").read_text()) if (out / "driver.json").is_file() else {}
     after = finished_runs(db, benchmark_id)
     ensembles = json.loads((out / "ensembles.json").read_text()) if (out / "ensembles.json").is_file() else []
-    # Runs this driver trained (a resumed driver skips the finished ones: they have no phases here).
+    report = {
+        "runs": runs,
+        "categories": SIZES[runs][0],
+        "seeds": SIZES[runs][1],
+        "job": state,
+        "finished": len(after),
+        "wall_s": round(wall, 1),
+        **_packing(driver, wall, args),
+        "driver_peak_rss_mb": driver.get("peak_rss_mb"),
+        "mlflow_runs": mlflow_runs(db, benchmark_id),
+        "ensembles_finished": sum(r.get("status") == "finished" for r in ensembles),
+    }
+    if resumed is not None:
+        retrained = [name for name, start in resumed.items() if after.get(name) != start]
+        report["resume"] = {"stopped_after_finished": len(resumed), "finished_runs_trained_again": len(retrained)}
+    return report
+
+
+def _packing(driver: dict, wall: float, args: argparse.Namespace) -> dict:
+    """How full the GPU slots were, from the phases of the runs this driver trained (a resumed driver skips
+    the finished ones: they have no phases here)."""
     phases = {name: p for name, p in driver.get("phases", {}).items() if p}
     # A run holds its slot while training and evaluating for sure; its "starting" phase also counts the one
     # run the driver starts beyond the slots (it waits inside Ray Train), so with it the figure is an upper
@@ -135,13 +166,7 @@ def run_size(head: dict, work: Path, data: Path, runs: int, args: argparse.Names
     fixed = [p.get("starting", 0) + p.get("evaluating", 0) + p.get("logging", 0) for p in phases.values()]
     slots = args.gpus / args.gpus_per_run
     slot_wall = slots * driver.get("wall_s", wall)
-    report = {
-        "runs": runs,
-        "categories": categories,
-        "seeds": seeds,
-        "job": state,
-        "finished": len(after),
-        "wall_s": round(wall, 1),
+    return {
         "training_s_sum": round(sum(p.get("training", 0) for p in phases.values()), 1),
         "packing_efficiency": round(sum(held) / slot_wall, 3) if phases else None,
         "packing_upper_bound": round(min(1.0, sum(held_with_start) / slot_wall), 3) if phases else None,
@@ -151,14 +176,7 @@ def run_size(head: dict, work: Path, data: Path, runs: int, args: argparse.Names
             k: round(statistics.median(p.get(k, 0) for p in phases.values()), 2)
             for k in ("queued", "starting", "training", "evaluating", "logging")
         } if phases else {},
-        "driver_peak_rss_mb": driver.get("peak_rss_mb"),
-        "mlflow_runs": mlflow_runs(db, benchmark_id),
-        "ensembles_finished": sum(r.get("status") == "finished" for r in ensembles),
     }  # fmt: skip
-    if resumed is not None:
-        retrained = [name for name, start in resumed.items() if after.get(name) != start]
-        report["resume"] = {"stopped_after_finished": len(resumed), "finished_runs_trained_again": len(retrained)}
-    return report
 
 
 def markdown(rows: list[dict], args: argparse.Namespace) -> str:

@@ -1,5 +1,6 @@
 """A readable driver console: Ray's known-harmless warnings filtered out in every worker process of the job
-(the driver prints what workers log), and a status table of the runs that redraws in place on a terminal.
+(the driver prints what workers log), and a status table of the runs that redraws in place on a terminal
+(``rich``'s ``Live`` display of a ``Table``; plain text lines elsewhere).
 
 Filtered, each for a stated reason (the README lists them):
 
@@ -18,6 +19,12 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
+
+from rich import box
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
 
 SETUP_HOOK = "pipelines.console.quiet_known_warnings"
 KNOWN_HARMLESS: dict[str, tuple[str, ...]] = {
@@ -86,10 +93,13 @@ def _clock(seconds: float | None) -> str:
     )
 
 
-def status_table(snapshot: Mapping[str, Any], now: float) -> list[str]:
-    """One line per run: state, step, loss, img/s and the ETA of its training (from its own step rate)."""
-    width = max([len("run"), *(len(n) for n in snapshot)])
-    lines = [f"{'run':<{width}}  {'state':<10} {'step':>11} {'loss':>7} {'img/s':>7} {'ETA':>7}"]
+STATUS_COLUMNS = ("run", "state", "step", "loss", "img/s", "ETA")
+
+
+def status_rows(snapshot: Mapping[str, Any], now: float) -> list[tuple[str, ...]]:
+    """One row of cells per run: state, step, loss, img/s and the ETA of its training (from its own step
+    rate), the same cells for the plain table and the live one."""
+    rows = []
     for name, s in sorted(snapshot.items()):
         step = f"{s.step}/{s.steps}" if s.steps else "-"
         loss = f"{s.loss:.3f}" if s.loss is not None else "-"
@@ -99,25 +109,48 @@ def status_table(snapshot: Mapping[str, Any], now: float) -> list[str]:
         if s.state == "training" and since and first is not None and s.step > first and now > since:
             eta = (s.steps - s.step) * (now - since) / (s.step - first)
         state = s.state if len(s.state) <= 10 else s.state[:9] + "…"
-        lines.append(f"{name:<{width}}  {state:<10} {step:>11} {loss:>7} {img_s:>7} {_clock(eta):>7}")
+        rows.append((name, state, step, loss, img_s, _clock(eta)))
+    return rows
+
+
+def status_table(snapshot: Mapping[str, Any], now: float) -> list[str]:
+    """The status table as plain text lines (logs without a terminal: ``ray job logs``, CI)."""
+    width = max([len("run"), *(len(n) for n in snapshot)])
+    lines = [f"{'run':<{width}}  {'state':<10} {'step':>11} {'loss':>7} {'img/s':>7} {'ETA':>7}"]
+    for name, state, step, loss, img_s, eta in status_rows(snapshot, now):
+        lines.append(f"{name:<{width}}  {state:<10} {step:>11} {loss:>7} {img_s:>7} {eta:>7}")
     return lines
 
 
+def live_status_table(snapshot: Mapping[str, Any], now: float, *, title: str = "") -> Table:
+    """The status table for a terminal, as ``rich`` draws it."""
+    table = Table(title=Text(title) if title else None, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in STATUS_COLUMNS:
+        table.add_column(column, justify="left" if column in ("run", "state") else "right", no_wrap=True)
+    for row in status_rows(snapshot, now):
+        table.add_row(*row)
+    return table
+
+
 class TableWriter:
-    """Redraws the table in place on a terminal; elsewhere (``ray job logs``, CI) prints it only when asked."""
+    """The status table redrawn in place on a terminal (a ``rich.live.Live``, which also keeps lines the
+    driver prints meanwhile above the table); elsewhere (``ray job logs``, CI) it draws nothing and the
+    caller prints plain lines (``live`` is False)."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stdout
         self.live = self.stream.isatty()
-        self.drawn = 0
+        self.console = Console(file=self.stream, force_terminal=self.live)
+        self._display: Live | None = None
 
-    def draw(self, lines: list[str]) -> None:
-        if self.drawn:
-            self.stream.write(f"\x1b[{self.drawn}F\x1b[J")  # up to the table's first line, clear below
-        self.stream.write("\n".join(lines) + "\n")
-        self.stream.flush()
-        self.drawn = len(lines)
+    def draw(self, renderable: RenderableType) -> None:
+        if self._display is None:
+            self._display = Live(renderable, console=self.console, auto_refresh=False)
+            self._display.start()
+        self._display.update(renderable, refresh=True)
 
     def forget(self) -> None:
-        """Something else was printed below the table: the next draw starts a new one."""
-        self.drawn = 0
+        """The drawn table stays on screen as it is; the next draw starts a new one below it."""
+        if self._display is not None:
+            self._display.stop()
+            self._display = None

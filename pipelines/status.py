@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 import ray
+from rich.console import Group
+from rich.text import Text
 
-from pipelines.console import TableWriter, status_table
+from pipelines.console import TableWriter, live_status_table, status_table
 
 EVENTS_SHOWN = 6  # latest changes of state shown under the live table
 
@@ -134,6 +136,10 @@ class StatusPrinter:
         self.writer = TableWriter(stream)
         self.events: list[str] = []
 
+    def close(self) -> None:
+        """Ends the live display (a no-op without a terminal), e.g. when the driver stops on an error."""
+        self.writer.forget()
+
     def poll(self, *, force: bool = False) -> None:
         snapshot: dict[str, RunStatus] = ray.get(self.board.snapshot.remote())
         stamp = time.strftime("%H:%M:%S")
@@ -142,13 +148,14 @@ class StatusPrinter:
             if self.last_state.get(name) != status.state:
                 changes.append(f"[{stamp}] {status.line(name)}")
                 self.last_state[name] = status.state
-        table = status_table(snapshot, time.time())
         if self.writer.live:
             self.events = (self.events + changes)[-EVENTS_SHOWN:]
-            self.writer.draw([f"[{stamp}] runs", *table, *self.events])
+            table = live_status_table(snapshot, time.time(), title=f"[{stamp}] runs")
+            self.writer.draw(Group(table, *(Text(event) for event in self.events)))
             if force:
                 self.writer.forget()  # the final table stays on screen
             return
+        table = status_table(snapshot, time.time())
         for line in changes:
             self.writer.stream.write(line + "\n")
         now = time.monotonic()

@@ -24,6 +24,7 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, stop_after_delay, wait_exponential
 
 from cutpaste.errors import CutPasteError
 
@@ -160,7 +161,9 @@ class MetricBuffer:
     """Step metrics that survive a tracking outage: kept in a bounded queue and sent when MLflow answers.
 
     Training never waits on MLflow for more than one attempt per flush; :meth:`close` retries with
-    backoff and reports what could not be written instead of raising into the training loop.
+    backoff and reports what could not be written instead of raising into the training loop. MLflow's
+    async logging (``synchronous=False``) also returns at once, but a batch that fails is reported on its
+    future and not kept: after an outage its metrics would be gone, where this buffer still holds them.
     """
 
     def __init__(self, uri: str, run_id: str, *, max_pending: int = 100_000, prefix: str = "") -> None:
@@ -197,23 +200,32 @@ class MetricBuffer:
     def close(self, *, attempts: int = 5, backoff_s: float = 1.0, timeout_s: float | None = None) -> None:
         """Writes what is pending, retrying with exponential backoff (at most 15 s apart): ``attempts`` times,
         or, with ``timeout_s``, until that long has passed (a restarting server may need a minute or more)."""
-        deadline = time.monotonic() + timeout_s if timeout_s is not None else None
-        attempt = 0
-        while True:
-            if self.flush():
-                return
-            attempt += 1
-            pause = min(backoff_s * 2 ** (attempt - 1), 15.0)
-            if deadline is None and attempt >= attempts:
-                break
-            if deadline is not None:
-                if time.monotonic() >= deadline:
-                    break
-                pause = min(pause, max(0.0, deadline - time.monotonic()))
-            time.sleep(pause)
-        raise TrackingError(
-            f"could not write {len(self.pending)} metrics to MLflow run {self.run_id}: {self.last_error}"
-        )
+        if not close_policy(attempts=attempts, backoff_s=backoff_s, timeout_s=timeout_s)(self.flush):
+            raise TrackingError(
+                f"could not write {len(self.pending)} metrics to MLflow run {self.run_id}: {self.last_error}"
+            )
+
+
+def close_policy(*, attempts: int, backoff_s: float, timeout_s: float | None) -> Retrying:
+    """Flushing a :class:`MetricBuffer` until it succeeds: exponential backoff capped at 15 s, ``attempts``
+    times, or until ``timeout_s`` has passed (the last pause is shortened to end at that deadline, where one
+    more attempt is made). Returns the last flush's result instead of raising.
+
+    MLflow's own HTTP retries (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``) cover one request for seconds; a server
+    restarting takes longer, and the metrics must outlive it in the buffer, not in a blocked request."""
+    deadline = time.monotonic() + timeout_s if timeout_s is not None else None
+    backoff = wait_exponential(multiplier=backoff_s, max=15.0)
+
+    def pause(state: RetryCallState) -> float:
+        seconds = backoff(state)
+        return seconds if deadline is None else min(seconds, max(0.0, deadline - time.monotonic()))
+
+    return Retrying(
+        stop=stop_after_attempt(attempts) if timeout_s is None else stop_after_delay(timeout_s),
+        wait=pause,
+        retry=retry_if_result(lambda flushed: not flushed),
+        retry_error_callback=lambda state: state.outcome.result(),
+    )
 
 
 def log_json_artifact(

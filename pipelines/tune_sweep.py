@@ -25,26 +25,12 @@ from typing import Any
 
 from ray import tune
 
-from cutpaste.config import TrainConfig, flatten, preset
-from cutpaste.errors import ConfigError, CutPasteError
-from pipelines.launcher import (
-    RUNS_DIR,
-    absolute_data,
-    add_common_arguments,
-    base_config,
-    connect_ray,
-    resolve_categories,
-    tracking_uri,
-)
-from pipelines.search_space import (
-    METRICS,
-    SPACES,
-    SearchSpace,
-    SearchSpaceError,
-    dimensions,
-    load_space,
-    trial_overrides,
-)
+from cutpaste.config import TrainConfig, flatten
+from cutpaste.errors import CutPasteError
+from pipelines.launcher import add_common_arguments, connect_ray
+from pipelines.search_space import METRICS, SPACES, SearchSpace, dimensions
+from pipelines.sweep_report import report_category
+from pipelines.sweep_setup import EXPERIMENT, SCHEDULERS, SEARCHES, SweepError, resolve
 from pipelines.sweep_trial import (
     TRIAL_DRIVER_CPU,
     MlflowTrials,
@@ -55,13 +41,7 @@ from pipelines.sweep_trial import (
     trial_outcome,
 )
 
-EXPERIMENT = "cutpaste-sweep"
-SEARCHES = ("random", "grid", "optuna")
-SCHEDULERS = ("asha", "fifo")
-
-
-class SweepError(CutPasteError):
-    """The sweep cannot start: bad flags, unknown categories, a metric no trial reports."""
+__all__ = ["EXPERIMENT", "SweepError", "build_parser", "main", "run_sweep"]
 
 
 def param_space(space: SearchSpace, search: str) -> dict[str, Any]:
@@ -100,26 +80,6 @@ def config_difference(config: TrainConfig, base: TrainConfig) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-def _export_path(export: str, category: str, several: bool) -> Path:
-    path = Path(export)
-    return path.with_name(f"{path.stem}-{category}{path.suffix or '.json'}") if several else path
-
-
-def _best_trials_table(rows: list[dict[str, Any]], metric: str, top: int = 5) -> str:
-    keys = ("trial_id", "variant", "learning_rate", "steps", "ensemble_size", "ensemble_rule", "iterations")
-    lines = [f"| rank | {' | '.join(keys)} | {metric} | outcome |", "|" + "---|" * (len(keys) + 3)]
-    for rank, row in enumerate(rows[:top], 1):
-        cells = [_fmt(row.get(k)) for k in keys]
-        lines.append(f"| {rank} | {' | '.join(cells)} | {_fmt(row.get(metric))} | {row['outcome']} |")
-    return "\n".join(lines)
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "-" if value is None else str(value)
 
 
 def sweep_category(
@@ -294,7 +254,7 @@ def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Validates everything, then sweeps each category in turn; returns one outcome per category."""
     from pipelines import tracking
 
-    space, base, base_preset, categories, uri, out = _resolve(args)
+    space, base, base_preset, categories, uri, out = resolve(args)
     tracking.check_reachable(uri)
     connect_ray(args.ray_address)
     client, experiment_id, parent_id = _open_sweep_run(args, uri, out)
@@ -383,98 +343,8 @@ def _sweep_one(sweep: _Sweep, category: str) -> dict[str, Any]:
     )
     if not args.no_test_eval:
         outcome["test"] = evaluate_best(outcome, args.data, args.s3_endpoint)
-    _report_category(sweep.client, sweep.parent_id, outcome, args, len(sweep.categories) > 1)
+    report_category(sweep.client, sweep.parent_id, outcome, args, len(sweep.categories) > 1)
     return outcome
-
-
-def _report_category(client: Any, parent_id: str, outcome: dict[str, Any], args: argparse.Namespace, several: bool):
-    from cutpaste.atomic import atomic_write_text
-    from pipelines import tracking
-
-    category, best, metric = outcome["category"], outcome["best"], args.metric
-    print(f"\nbest trials of {category} ({outcome['num_trials']} trials, ranked on validation {metric}):")
-    print(_best_trials_table(outcome["ranked"], metric))
-    summary = {
-        "category": category,
-        "trial_id": best["trial_id"],
-        f"validation_{metric}": best[metric],
-        "ensemble_size": outcome["ensemble_size"],
-        "ensemble_rule": outcome["ensemble_rule"],
-        "config_difference": outcome["difference"],
-        "test": outcome.get("test"),
-    }
-    line = f"chosen for {category}: trial {best['trial_id']}, validation {metric} {best[metric]:.4f}"
-    if outcome.get("test"):
-        line += f"; test split (evaluated once, after the sweep): image AUROC {outcome['test']['test_image_auroc']:.4f}"
-    print(line)
-    client.log_metric(parent_id, f"best.{metric}.{category}", float(best[metric]))
-    if outcome.get("test"):
-        client.log_metric(parent_id, f"test_image_auroc.{category}", outcome["test"]["test_image_auroc"])
-    tracking.log_json_artifact(client, parent_id, outcome["difference"], f"best-{category}.json", "best_config")
-    tracking.log_json_artifact(client, parent_id, summary, f"summary-{category}.json", "best_config")
-    if args.export:
-        path = _export_path(args.export, category, several)
-        atomic_write_text(json.dumps(outcome["difference"], indent=2) + "\n", path)
-        atomic_write_text(json.dumps(summary, indent=2, default=str) + "\n", path.with_suffix(".summary.json"))
-        ensemble = f" --seeds {outcome['ensemble_size']} --ensemble {outcome['ensemble_size']}"
-        ensemble += f" --ensemble-rule {outcome['ensemble_rule']}"
-        print(
-            f"exported {path}; run it through the benchmark: python pipelines/full_benchmark.py --data {args.data} "
-            f"--categories {category} --config {path}{ensemble if outcome['ensemble_size'] > 1 else ''}"
-        )
-
-
-def _resolve(args: argparse.Namespace):
-    if args.data is None:
-        raise SweepError("--data is required: the dataset root (local path or s3://bucket/prefix)")
-    args.data = absolute_data(args.data)
-    if args.num_samples < 1:
-        raise SweepError(f"--num-samples must be >= 1 (zero trials would choose nothing), got {args.num_samples}")
-    if args.metric not in METRICS:
-        raise SweepError(f"--metric {args.metric!r}: no trial reports it; trials report {', '.join(METRICS)}")
-    if args.search == "optuna":
-        try:
-            import optuna  # noqa: F401
-        except ImportError:
-            raise SweepError("--search optuna needs the optuna package (pip install 'cutpaste[cluster]')") from None
-    if args.cpus_per_trial <= TRIAL_DRIVER_CPU:
-        raise SweepError(f"--cpus-per-trial must be > {TRIAL_DRIVER_CPU}, got {args.cpus_per_trial}")
-    if not 0 < args.holdout_fraction < 1:
-        raise SweepError(f"--holdout-fraction must lie in (0, 1), got {args.holdout_fraction}")
-    if args.space in SPACES:
-        space = SPACES[args.space].validate()
-    elif Path(args.space).suffix == ".json" or Path(args.space).exists():
-        space = load_space(args.space)
-    else:
-        raise SearchSpaceError(f"--space {args.space!r}: neither a JSON file nor one of {', '.join(SPACES)}")
-    base = base_config(args)
-    base_preset = preset(base.preset)
-    # Every point of the space must make a valid config: check the corners before any trial starts.
-    _check_corners(space, base)
-    if args.validation_folder:
-        from cutpaste.validation import folder_validation
-
-        folder_validation(args.validation_folder, size=32)
-    categories = resolve_categories(args.data, args.categories, args.s3_endpoint)
-    args.sweep_id = args.sweep_id or time.strftime("sweep-%Y%m%d-%H%M%S")
-    runs_dir = RUNS_DIR.resolve()
-    uri = tracking_uri(args, runs_dir)
-    out = Path(args.out or runs_dir / args.sweep_id).resolve()
-    return space, base, base_preset, categories, uri, out
-
-
-def _check_corners(space: SearchSpace, base: TrainConfig) -> None:
-    searched, fixed = dimensions(space)
-    for corner in ("low", "high"):
-        point = dict(fixed)
-        for key, value in searched.items():
-            point[key] = (
-                (value[0] if corner == "low" else value[-1]) if isinstance(value, tuple) else getattr(value, corner)
-            )
-        try:
-            base.override(trial_overrides(point).overrides, source=f"search space ({corner} corner)")
-        except ConfigError as exc:
-            raise SearchSpaceError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

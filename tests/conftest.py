@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -61,21 +60,3 @@ def pytest_collection_modifyitems(config, items) -> None:
     reliability = [item for item in items if "/tests/reliability/" in str(item.path)]
     if reliability:
         items[:] = [item for item in items if item not in reliability] + reliability
-
-
-_EXIT_STATUS: list[int] = []
-
-
-def pytest_sessionfinish(session, exitstatus) -> None:
-    _EXIT_STATUS.append(int(exitstatus))
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config) -> None:
-    """Leaves with pytest's own exit status once everything is reported and torn down, without the
-    interpreter's final teardown: after a full run (in-process Ray, torch thread pools, MLflow's logging
-    threads, a served model) that teardown once crashed in C code with every test passed (exit 139)."""
-    if _EXIT_STATUS and not os.environ.get("CUTPASTE_PYTEST_NORMAL_EXIT"):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(_EXIT_STATUS[-1])

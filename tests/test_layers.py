@@ -13,6 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PRODUCT = ("cutpaste", "pipelines", "infra", "bench", "scripts")
 MAX_FUNCTION_LINES = 60
+MAX_MODULE_LINES = 400
 
 
 def _python_files(*roots: str) -> list[Path]:
@@ -112,12 +113,49 @@ def test_no_import_cycle_in_the_library():
     assert cycles == []
 
 
-def test_no_function_over_sixty_lines():
-    long = []
-    for path in _python_files("cutpaste", "pipelines"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                lines = node.end_lineno - node.lineno + 1
-                if lines > MAX_FUNCTION_LINES:
-                    long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({lines} lines)")
-    assert long == []
+# Files that still break a size limit today, each for a stated reason. The list is exact and only shrinks:
+# a file over a limit that is not listed fails, and so does a listed file that is now within both limits.
+OVERSIZED = {
+    # The scorer redesign (issue 29) splits these: configs, the training loop, the augmentations, the
+    # detector and the command line each gain a module of their own there.
+    "cutpaste/augment.py",
+    "cutpaste/cli.py",
+    "cutpaste/config.py",
+    "cutpaste/detector.py",
+    "cutpaste/train.py",
+}
+
+
+def _size_breaches(path: Path) -> list[str]:
+    """What in ``path`` breaks a limit: the module's length, and every function longer than allowed."""
+    text = path.read_text()
+    rel = path.relative_to(REPO)
+    breaches = []
+    if len(text.splitlines()) > MAX_MODULE_LINES:
+        breaches.append(f"{rel} ({len(text.splitlines())} lines)")
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            lines = node.end_lineno - node.lineno + 1
+            if lines > MAX_FUNCTION_LINES:
+                breaches.append(f"{rel}:{node.lineno} {node.name} ({lines} lines)")
+    return breaches
+
+
+def test_no_function_over_sixty_lines_and_no_module_over_four_hundred():
+    breaches = {str(p.relative_to(REPO)): _size_breaches(p) for p in _python_files(*PRODUCT)}
+    unlisted = [b for path, found in breaches.items() if path not in OVERSIZED for b in found]
+    assert unlisted == []
+
+
+def test_the_oversized_list_only_shrinks():
+    """Every listed file exists and still breaks a limit: one brought within them leaves the list."""
+    stale = [path for path in sorted(OVERSIZED) if not (REPO / path).is_file() or not _size_breaches(REPO / path)]
+    assert stale == []
+
+
+def test_no_test_leaves_the_interpreter_early():
+    """A hard exit in a test or fixture (past the interpreter's own shutdown) would hide a crash at that
+    shutdown and skip every teardown: the suite must end the normal way."""
+    needle = "os." + "_exit"  # spelled apart so that this file does not match itself
+    offenders = [str(p.relative_to(REPO)) for p in _python_files("tests") if needle in p.read_text()]
+    assert offenders == []

@@ -15,7 +15,6 @@ import os
 import shutil
 import tarfile
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import warnings
@@ -111,18 +110,14 @@ def download_file(
     if dest.exists() and (sha256 is None or sha256_of(dest) == sha256.lower()):
         return dest
     part = dest.with_name(dest.name + ".part")
-    for attempt in range(1, retry.attempts + 1):
-        try:
-            _download_once(url, part, timeout, progress)
-            break
-        except _Retryable as exc:
-            if attempt == retry.attempts:
-                kept = part.stat().st_size if part.exists() else 0
-                raise FetchError(
-                    f"cannot download {url} after {attempt} attempts: {exc}; {kept} bytes kept in {part}, "
-                    "run again to resume"
-                ) from None
-            time.sleep(retry.delay(attempt))
+    try:
+        retry.retrying((_Retryable,))(_download_once, url, part, timeout, progress)
+    except _Retryable as exc:
+        kept = part.stat().st_size if part.exists() else 0
+        raise FetchError(
+            f"cannot download {url} after {retry.attempts} attempts: {exc}; {kept} bytes kept in {part}, "
+            "run again to resume"
+        ) from None
     if sha256 is not None:
         actual = sha256_of(part)
         if actual != sha256.lower():

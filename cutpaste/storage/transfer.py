@@ -1,9 +1,11 @@
 """Parallel downloads into the cache and parallel multipart uploads, with progress bars and retries.
 
-botocore retries each request; on top of that a whole object is retried (:class:`RetryPolicy`, exponential
-backoff with jitter) when the connection fails or drops mid-body. Errors that retrying cannot fix (access
-denied, missing or changed object, corrupt image) stop at once. After the first object gives up, the
-others stop retrying and the pending ones are cancelled, so a dead endpoint fails fast with one message.
+botocore retries each request (its own ``Config(retries=...)``, set in :mod:`cutpaste.storage.s3`); on top
+of that a whole object is retried (:class:`RetryPolicy`, a ``tenacity`` policy: exponential backoff with
+jitter) when the connection fails or drops mid-body, which no single request's retry can recover. Errors
+that retrying cannot fix (access denied, missing or changed object, corrupt image) stop at once. After the
+first object gives up, the others stop retrying and the pending ones are cancelled, so a dead endpoint
+fails fast with one message.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import mimetypes
 import os
 import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from boto3.s3.transfer import TransferConfig
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 from tqdm import tqdm
 
 from cutpaste.data.layout import IMAGE_SUFFIXES, discover_categories
@@ -54,6 +58,18 @@ class RetryPolicy:
     def delay(self, retry: int) -> float:
         return min(self.max_delay, self.base_delay * 2 ** (retry - 1)) * random.uniform(0.5, 1.0)
 
+    def retrying(
+        self, retryable: tuple[type[BaseException], ...], *, sleep: Callable[[float], None] = time.sleep
+    ) -> Retrying:
+        """This policy as a ``tenacity`` retrier of ``retryable`` errors; the last one is raised as it is."""
+        return Retrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=lambda state: self.delay(state.attempt_number),
+            retry=retry_if_exception_type(retryable),
+            sleep=sleep,
+            reraise=True,
+        )
+
 
 class _Aborted(Exception):
     """Another object already failed for good: stop this one quietly."""
@@ -86,17 +102,18 @@ class _Bar:
 
 
 def _with_retries(action: Callable[[], _T], retry: RetryPolicy, abort: threading.Event) -> _T:
-    for attempt in range(1, retry.attempts + 1):
-        if abort.is_set():
+    """``action()`` under ``retry``; once ``abort`` is set (another object gave up) it stops quietly."""
+
+    def sleep(seconds: float) -> None:
+        if abort.wait(seconds):
             raise _Aborted
-        try:
-            return action()
-        except (TransferError, SizeMismatchError) as exc:
-            if attempt == retry.attempts:
-                raise type(exc)(f"{exc} (gave up after {retry.attempts} attempts)") from None
-            if abort.wait(retry.delay(attempt)):
-                raise _Aborted from None
-    raise AssertionError("unreachable")
+
+    if abort.is_set():
+        raise _Aborted
+    try:
+        return retry.retrying((TransferError, SizeMismatchError), sleep=sleep)(action)
+    except (TransferError, SizeMismatchError) as exc:
+        raise type(exc)(f"{exc} (gave up after {retry.attempts} attempts)") from None
 
 
 def _run_all(jobs: Sequence[Callable[[], None]], workers: int, abort: threading.Event) -> None:

@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from infra.local.services import VENV_BIN, free_port, submit_job, wait_http
 
@@ -258,18 +259,9 @@ def rehearse(
     ``s3_endpoint`` must already serve ``bucket`` (or let it be created); AWS credentials come from the
     environment, as on a real cluster.
     """
-    import boto3
-
-    from cutpaste.data.synth import generate_dataset
-    from cutpaste.storage import upload
-
     started = time.monotonic()
-    names = generate_dataset(work / "data", categories=categories, size=size, seed=7, train_count=24, test_good=6)
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
-    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
-        s3.create_bucket(Bucket=bucket)
+    s3, names = _upload_synthetic(work, s3_endpoint, bucket, categories=categories, size=size)
     data_uri, storage_uri = f"s3://{bucket}/mvtec", f"s3://{bucket}/checkpoints"
-    upload(work / "data", data_uri, endpoint_url=s3_endpoint)
     print(f"data ready after {time.monotonic() - started:.1f}s", flush=True)
 
     # What ray_cluster.yaml puts in every node's environment: the bucket, the endpoint, the tracking server.
@@ -280,8 +272,40 @@ def rehearse(
         "MLFLOW_TRACKING_URI": mlflow_uri or f"sqlite:///{work / 'mlflow.db'}",
     }
     out = work / "out"
-    # No --mlflow-uri: the driver takes MLFLOW_TRACKING_URI from the head node's environment, as on a cluster.
-    entrypoint = [
+    extra = ["--config", str(_steps_config(work, preset, steps))] if steps else []
+    entrypoint = _benchmark_entrypoint(data_uri, storage_uri, names, preset, out, extra)
+    with two_node_cluster(work, env) as cluster:
+        print(f"two nodes up after {time.monotonic() - started:.1f}s", flush=True)
+        status, logs = _submit(cluster, entrypoint, timeout_s)
+        (work / "job.log").write_text(logs)
+        report = _report(cluster, status, logs, out)
+    listing = s3.list_objects_v2(Bucket=bucket, Prefix="checkpoints/")
+    report.checkpoint_keys = [item["Key"] for item in listing.get("Contents", [])]
+    return report
+
+
+def _upload_synthetic(work: Path, s3_endpoint: str, bucket: str, *, categories: int, size: int) -> tuple[Any, list]:
+    """Synthetic categories written under ``work/data`` and uploaded to ``s3://bucket/mvtec`` (the bucket is
+    created when absent); returns the S3 client and the category names."""
+    import boto3
+
+    from cutpaste.data.synth import generate_dataset
+    from cutpaste.storage import upload
+
+    names = generate_dataset(work / "data", categories=categories, size=size, seed=7, train_count=24, test_good=6)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
+        s3.create_bucket(Bucket=bucket)
+    upload(work / "data", f"s3://{bucket}/mvtec", endpoint_url=s3_endpoint)
+    return s3, names
+
+
+def _benchmark_entrypoint(
+    data_uri: str, storage_uri: str, names: list, preset: str, out: Path, extra: list[str]
+) -> list[str]:
+    """The job's command line. No --mlflow-uri: the driver takes MLFLOW_TRACKING_URI from the head node's
+    environment, as on a cluster."""
+    return [
         str(VENV_BIN / "python"),
         "pipelines/full_benchmark.py",
         "--data",
@@ -290,7 +314,7 @@ def rehearse(
         *names,
         "--preset",
         preset,
-        *(["--config", str(_steps_config(work, preset, steps))] if steps else []),
+        *extra,
         "--benchmark-id",
         "rehearsal",
         "--out",
@@ -299,24 +323,21 @@ def rehearse(
         storage_uri,
         "--no-register",
     ]
-    with two_node_cluster(work, env) as cluster:
-        print(f"two nodes up after {time.monotonic() - started:.1f}s", flush=True)
-        status, logs = _submit(cluster, entrypoint, timeout_s)
-        (work / "job.log").write_text(logs)
-        workers = _ray_state("actors", cluster["address"], cluster["env"], f"class_name={TRAIN_WORKER_CLASS}")
-        by_id = {v: k for k, v in cluster["node_ids"].items()}
-        report = RehearsalReport(
-            status=status,
-            logs=logs,
-            node_ids=cluster["node_ids"],
-            run_nodes={w["actor_id"]: by_id.get(w["node_id"], w["node_id"]) for w in workers},
-            cached_categories={n.name: _cached_categories(n.cache_dir) for n in cluster["nodes"].values()},
-            working_dirs={n.name: _job_working_dirs(n.temp_dir) for n in cluster["nodes"].values()},
-            out=out,
-        )
-    listing = s3.list_objects_v2(Bucket=bucket, Prefix="checkpoints/")
-    report.checkpoint_keys = [item["Key"] for item in listing.get("Contents", [])]
-    return report
+
+
+def _report(cluster: dict, status: str, logs: str, out: Path) -> RehearsalReport:
+    """Where the job's training workers ran, what each node cached and unpacked, while the nodes are up."""
+    workers = _ray_state("actors", cluster["address"], cluster["env"], f"class_name={TRAIN_WORKER_CLASS}")
+    by_id = {v: k for k, v in cluster["node_ids"].items()}
+    return RehearsalReport(
+        status=status,
+        logs=logs,
+        node_ids=cluster["node_ids"],
+        run_nodes={w["actor_id"]: by_id.get(w["node_id"], w["node_id"]) for w in workers},
+        cached_categories={n.name: _cached_categories(n.cache_dir) for n in cluster["nodes"].values()},
+        working_dirs={n.name: _job_working_dirs(n.temp_dir) for n in cluster["nodes"].values()},
+        out=out,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from cutpaste.density import GaussianDensity
 from cutpaste.evaluate import Evaluation
 from cutpaste.metrics import image_metrics
 from cutpaste.report import write_results
-from pipelines import benchmark, descriptions
+from pipelines import benchmark_results, descriptions
 
 
 def _evaluation(threshold: float) -> dict:
@@ -38,12 +38,12 @@ def test_a_finished_run_carries_its_realised_false_positive_rate_beside_the_expe
     calibration = {"expected_fpr": 0.01, "fpr_low": 0.0, "fpr_high": 0.03}
     bundle = {"threshold": 3.0, "meta": {"calibration": calibration}}
     density = GaussianDensity.fit(torch.randn(20, 4, generator=torch.Generator().manual_seed(0)))
-    final = benchmark._final_metrics(evaluation, bundle, density, None)  # what the child run logs
+    final = benchmark_results.final_metrics(evaluation, bundle, density, None)  # what the child run logs
     assert final["test_fpr"] == 0.5
     assert (final["expected_fpr"], final["expected_fpr_low"], final["expected_fpr_high"]) == (0.01, 0.0, 0.03)
 
     spec = SimpleNamespace(category="bottle", seed=0, name="b-bottle-seed0")
-    record = benchmark._to_record(benchmark._finished_record(spec, final))
+    record = benchmark_results.to_record(benchmark_results.finished_record(spec, final))
     paths = write_results([record], tmp_path)
     (run,) = pq.read_table(paths["runs"]).to_pylist()
     assert run["test_fpr"] == 0.5 and run["expected_fpr"] == 0.01

@@ -10,7 +10,7 @@ import pandas as pd
 from cutpaste.config import preset
 from cutpaste.storage.inventory import category_inventory
 from pipelines import descriptions
-from pipelines.console import KNOWN_HARMLESS, TableWriter, quiet_known_warnings, status_table
+from pipelines.console import KNOWN_HARMLESS, TableWriter, live_status_table, quiet_known_warnings, status_table
 from pipelines.datasets import dataset_inputs
 from pipelines.status import RunStatus
 
@@ -96,13 +96,19 @@ class _Terminal(io.StringIO):
 
 
 def test_the_table_redraws_in_place_on_a_terminal_only():
+    snapshot = {"run-a": RunStatus("training", step=60, steps=160, loss=0.5)}
     terminal, log = _Terminal(), io.StringIO()
-    for stream in (terminal, log):
-        writer = TableWriter(stream)
-        writer.draw(["a", "b"])
-        writer.draw(["c", "d"])
-    assert terminal.getvalue() == "a\nb\n\x1b[2F\x1b[Jc\nd\n"
+    writer = TableWriter(terminal)
+    assert writer.live
+    writer.draw(live_status_table(snapshot, now=0.0, title="first"))
+    snapshot["run-a"] = RunStatus("evaluating", step=160, steps=160, loss=0.25)
+    writer.draw(live_status_table(snapshot, now=0.0, title="second"))
+    writer.forget()  # the last table stays on screen
+    drawn = terminal.getvalue()
+    assert "first" in drawn and "second" in drawn and "evaluating" in drawn and "0.250" in drawn
+    assert "\x1b[2K" in drawn  # the second draw erased the first in place (rich's Live)
     assert TableWriter(log).live is False
+    assert log.getvalue() == ""
 
 
 def test_only_the_known_harmless_warning_is_filtered(caplog):

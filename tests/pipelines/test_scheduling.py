@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipelines import benchmark
+from pipelines import benchmark_queue
 from pipelines.benchmark import BenchmarkConfig, runs_at_once
 from pipelines.status import phase_durations
 
@@ -25,7 +25,7 @@ def _bench(**overrides) -> BenchmarkConfig:
     ],
 )
 def test_runs_at_once_follows_the_cluster(monkeypatch, resources, overrides, expected):
-    monkeypatch.setattr(benchmark.ray, "cluster_resources", lambda: resources)
+    monkeypatch.setattr(benchmark_queue.ray, "cluster_resources", lambda: resources)
     assert runs_at_once(_bench(**overrides)) == expected
 
 

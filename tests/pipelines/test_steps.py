@@ -8,7 +8,9 @@ from types import SimpleNamespace
 import pytest
 
 from cutpaste.config import flatten, preset
-from pipelines.benchmark import BenchmarkConfig, _add_phases, _benchmark_params, _plan_runs, _run_params
+from pipelines.benchmark import BenchmarkConfig
+from pipelines.benchmark_plan import benchmark_params, plan_runs, run_params
+from pipelines.benchmark_results import add_phases
 from pipelines.search_space import SearchSpace
 from pipelines.sweep_trial import SweepSettings
 from pipelines.tune_sweep import SweepError, _max_iterations, _rank_trials, _sweep_params, _trial_row
@@ -22,7 +24,7 @@ def _bench(**overrides) -> BenchmarkConfig:
 
 def test_plan_runs_queues_each_category_and_seed_under_a_stable_name():
     base = preset("demo").override({"seed": 7})
-    plan = _plan_runs(_bench(s3_endpoint="http://s3:9000"), base)
+    plan = plan_runs(_bench(s3_endpoint="http://s3:9000"), base)
     names = [spec.name for spec, _ in plan]
     # Resuming finds runs by these names: category-major order, seed index (not the seed value) in the name.
     assert names == ["b1-bottle-seed0", "b1-bottle-seed1", "b1-screw-seed0", "b1-screw-seed1"]
@@ -38,7 +40,7 @@ def test_plan_runs_queues_each_category_and_seed_under_a_stable_name():
 
 def test_benchmark_params_redact_the_tracking_password_and_carry_the_config():
     config = preset("demo")
-    params = _benchmark_params(_bench(), config)
+    params = benchmark_params(_bench(), config)
     assert params["benchmark.mlflow_uri"] == "http://alice:***@mlflow:5000"
     assert "s3cret" not in json.dumps(params, default=str)
     assert params["benchmark.seeds"] == 2
@@ -47,15 +49,15 @@ def test_benchmark_params_redact_the_tracking_password_and_carry_the_config():
 
 
 def test_run_params_name_what_the_run_trained_on():
-    spec, config = _plan_runs(_bench(), preset("demo"))[3]
-    params = _run_params(spec, config)
+    spec, config = plan_runs(_bench(), preset("demo"))[3]
+    params = run_params(spec, config)
     assert (params["category"], params["data"], params["seed"]) == ("screw", "/data", 1)
     assert {k: v for k, v in params.items() if k not in ("category", "data")} == flatten(config)
 
 
 def test_add_phases_gives_runs_without_a_board_entry_an_empty_one():
     records = [{"run_name": "a"}, {"run_name": "b"}, {"category": "mean"}]
-    _add_phases(records, {"a": {"training": 3.0}, "c": {"queued": 1.0}})
+    add_phases(records, {"a": {"training": 3.0}, "c": {"queued": 1.0}})
     assert [r["phases"] for r in records] == [{"training": 3.0}, {}, {}]
 
 
@@ -136,11 +138,11 @@ def test_sweep_params_hold_the_space_base_config_and_flags():
 def _session(board, buffers, **bench_changes):
     from unittest.mock import MagicMock
 
-    from pipelines import benchmark
+    from pipelines.benchmark_config import Session
     from pipelines.status import Announcer
 
     bench = dataclasses.replace(_bench(), **bench_changes)
-    return benchmark._Session(bench, MagicMock(), "1", "parent", Announcer(board), preset("demo"), buffers=buffers)
+    return Session(bench, MagicMock(), "1", "parent", Announcer(board), preset("demo"), buffers=buffers)
 
 
 def test_finishing_one_run_forwards_every_run_s_pending_records(monkeypatch):
@@ -148,18 +150,18 @@ def test_finishing_one_run_forwards_every_run_s_pending_records(monkeypatch):
     ended the driver); every drained record must reach its own run's buffer."""
     from unittest.mock import MagicMock
 
-    from pipelines import benchmark
+    from pipelines import benchmark_queue
 
-    monkeypatch.setattr(benchmark.ray, "get", lambda value: value)
+    monkeypatch.setattr(benchmark_queue.ray, "get", lambda value: value)
     drained = {"a": [{"step": 3, "loss": 0.5}], "b": [{"step": 4, "loss": 0.4}]}
     board = MagicMock()
     board.drain_metrics.remote.side_effect = [drained, {}]
     buffers = {name: MagicMock() for name in ("a", "b")}
-    spec = next(spec for spec, _ in _plan_runs(_bench(), preset("demo")))
+    spec = next(spec for spec, _ in plan_runs(_bench(), preset("demo")))
     buffers[spec.name] = buffers.pop("a")
     drained[spec.name] = drained.pop("a")
     outcome = {"status": "failed", "error": "worker lost", "retryable": False}
-    record = benchmark._finish(_session(board, buffers), spec, "run-id", outcome)
+    record = benchmark_queue.finish(_session(board, buffers), spec, "run-id", outcome)
     assert record["status"] == "failed"
     buffers[spec.name].log.assert_called_once_with({"loss": 0.5}, 3, flush=False)
     buffers["b"].log.assert_called_once_with({"loss": 0.4}, 4, flush=False)
@@ -168,22 +170,22 @@ def test_finishing_one_run_forwards_every_run_s_pending_records(monkeypatch):
 def test_infrastructure_faults_are_retried_within_the_budget_and_bad_data_never(monkeypatch):
     from unittest.mock import MagicMock
 
-    from pipelines import benchmark
+    from pipelines import benchmark_queue
 
-    monkeypatch.setattr(benchmark.ray, "get", lambda value: value)
+    monkeypatch.setattr(benchmark_queue.ray, "get", lambda value: value)
     released = []
-    monkeypatch.setattr(benchmark.placement, "release", released.append)
-    monkeypatch.setattr(benchmark.tracking, "MetricBuffer", lambda *a, **k: MagicMock())
+    monkeypatch.setattr(benchmark_queue.placement, "release", released.append)
+    monkeypatch.setattr(benchmark_queue.tracking, "MetricBuffer", lambda *a, **k: MagicMock())
     board = MagicMock()
     board.drain_metrics.remote.return_value = {}
-    spec = next(spec for spec, _ in _plan_runs(_bench(), preset("demo")))
+    spec = next(spec for spec, _ in plan_runs(_bench(), preset("demo")))
     session = _session(board, {spec.name: MagicMock()}, max_failures=2)
     session.groups[spec.name] = "ab12"
     lost = {"status": "failed", "error": "ControllerError > ActorDiedError: worker died", "retryable": True}
-    assert benchmark._finish(session, spec, "run-id", lost) is None  # attempt 2 of 3
+    assert benchmark_queue.finish(session, spec, "run-id", lost) is None  # attempt 2 of 3
     assert released == ["ab12"]  # the dead controller's placement group
-    assert benchmark._finish(session, spec, "run-id", lost) is None  # attempt 3 of 3
-    record = benchmark._finish(session, spec, "run-id", lost)  # the budget is spent
+    assert benchmark_queue.finish(session, spec, "run-id", lost) is None  # attempt 3 of 3
+    record = benchmark_queue.finish(session, spec, "run-id", lost)  # the budget is spent
     assert record["status"] == "failed" and record["retries"] == 2
     assert record["faults"] == "; ".join([lost["error"]] * 2)
     states = [call.args[1] for call in board.update.remote.call_args_list]
@@ -193,16 +195,16 @@ def test_infrastructure_faults_are_retried_within_the_budget_and_bad_data_never(
     bad = {"status": "failed", "error": "WorkerGroupError > DataError: 000.png is not an image", "retryable": False}
     other = dataclasses.replace(spec, name="other")
     session.buffers[other.name] = MagicMock()
-    record = benchmark._finish(session, other, "run-2", bad)
+    record = benchmark_queue.finish(session, other, "run-2", bad)
     assert record["status"] == "failed" and record["retries"] == 0 and "DataError" in record["error"]
 
 
 def test_mlflow_steps_are_tried_again_after_a_lost_connection_only(monkeypatch):
-    from pipelines import benchmark
+    from pipelines import benchmark_retries
     from pipelines.tracking import TrackingError
 
     waits = []
-    monkeypatch.setattr(benchmark, "_wait_for_tracking", waits.append)
+    monkeypatch.setattr(benchmark_retries, "wait_for_tracking", waits.append)
     bench = dataclasses.replace(_bench(), max_failures=2)
     calls = []
 
@@ -212,11 +214,11 @@ def test_mlflow_steps_are_tried_again_after_a_lost_connection_only(monkeypatch):
             raise TrackingError("MLflow server http://127.0.0.1:5000 is unreachable")
         return value
 
-    assert benchmark._with_tracking_retries(bench, "registering x", flaky, "v", times=2) == "v"
+    assert benchmark_retries.with_tracking_retries(bench, "registering x", flaky, "v", times=2) == "v"
     assert len(calls) == 3 and len(waits) == 2
     calls.clear()
     with pytest.raises(TrackingError):  # the budget is spent: the last error is raised
-        benchmark._with_tracking_retries(bench, "registering x", flaky, "v", times=3)
+        benchmark_retries.with_tracking_retries(bench, "registering x", flaky, "v", times=3)
     assert len(calls) == 3
 
     def bad():
@@ -225,5 +227,5 @@ def test_mlflow_steps_are_tried_again_after_a_lost_connection_only(monkeypatch):
 
     calls.clear()
     with pytest.raises(ValueError):
-        benchmark._with_tracking_retries(bench, "registering x", bad)
+        benchmark_retries.with_tracking_retries(bench, "registering x", bad)
     assert calls == ["bad"]

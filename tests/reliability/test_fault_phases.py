@@ -16,7 +16,7 @@ from ray.util.placement_group import placement_group_table
 
 from cutpaste.detector import Detector
 from infra.local.services import ray_worker_pids
-from pipelines import benchmark, faults
+from pipelines import benchmark_results, faults
 from tests.reliability.bench_thread import BenchmarkThread
 from tests.reliability.test_worker_loss import _mlflow_runs
 
@@ -118,7 +118,7 @@ def test_workers_lost_fitting_the_density_evaluating_and_uploading(stack, undist
 def test_mlflow_lost_while_the_model_is_logged(stack, undisturbed, monkeypatch):
     """The tracking server dies as the driver starts logging the model and comes back 5 s later: the run is
     tried again, reuses its finished bundle (no training), and is logged and registered."""
-    original = benchmark.log_detector_model
+    original = benchmark_results.log_detector_model
     calls: list[float] = []
 
     def lose_mlflow_first(*args, **kwargs):
@@ -128,7 +128,7 @@ def test_mlflow_lost_while_the_model_is_logged(stack, undisturbed, monkeypatch):
             threading.Timer(5.0, stack.mlflow.start).start()
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(benchmark, "log_detector_model", lose_mlflow_first)
+    monkeypatch.setattr(benchmark_results, "log_detector_model", lose_mlflow_first)
     bench = BenchmarkThread(stack, "phase-logging", stack.categories[0], steps=STEPS)
     bench.start()
     bench.join(timeout=600)

@@ -1,0 +1,105 @@
+"""The rows of the quality matrix (``bench/quality.py``): the paper's choices and what each row changes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cutpaste.config import AugmentConfig
+
+# The paper's choices for the image model; option rows change one of them.
+PAPER_CHOICES: dict[str, Any] = {
+    "variant": "3way",
+    "optimizer": "sgd",
+    "warmup_steps": 0,
+    "embedding": "pooled",
+    "image_score": "global",
+    "patch_size": 0,
+    # The whole image's colour jitter before any view is made (AugmentConfig's default, 0.1, as the demo
+    # preset); the short preset trains without it.
+    "augment.pre_jitter": AugmentConfig().pre_jitter,
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the matrix: how its config is built and whether it trains."""
+
+    description: str
+    changes: dict[str, Any]
+    train: bool = True
+    # Built from the short preset instead of --preset.
+    short: bool = False
+
+
+ROWS: dict[str, Row] = {
+    "pixel-stats": Row("per-image colour mean and std, one Gaussian", {}, train=False),
+    "untrained": Row("paper-image with random weights", {}, train=False),
+    "paper-image": Row("3-way CutPaste, SGD, pooled embedding, one Gaussian (the paper's)", {}),
+    "patch": Row(
+        "patch model: 32 px crops, one shared Gaussian, image score the map maximum",
+        {"patch_size": 32, "patch_stride": 8, "local_density": "shared"},
+    ),
+    "multiscale": Row("paper-image + pooled layer2..4 embedding", {"embedding": "multiscale"}),
+    "local": Row("paper-image + feature-map Gaussians, image score their maximum", {"image_score": "local"}),
+    "combined": Row("paper-image + global and feature-map scores, standardised sum", {"image_score": "combined"}),
+    "auto": Row("paper-image, image score chosen on validation from the training images", {"image_score": "auto"}),
+    "auto-one-stage": Row(
+        "auto with layer2's feature map alone (no layer1 stacked)", {"image_score": "auto", "feature_stages": 1}
+    ),
+    "auto-no-pre-jitter": Row(
+        "auto trained without the whole-image colour jitter (as the short preset)",
+        {"image_score": "auto", "augment.pre_jitter": 0.0},
+    ),
+    "blend": Row("paper-image + blended foreign patches as a 4th class (4way)", {"variant": "4way"}),
+    "adamw": Row(
+        "paper-image trained with AdamW 1e-3, 10% warm-up",
+        {"optimizer": "adamw", "learning_rate": 1e-3, "weight_decay": 1e-2, "warmup_steps": -10},
+    ),
+    "short": Row("the short preset (chosen on validation)", {}, short=True),
+    "short-global": Row("the short preset's training, the paper's global score", {"image_score": "global"}, short=True),
+    "short-local": Row("the short preset's training, feature-map score alone", {"image_score": "local"}, short=True),
+    "short-combined": Row(
+        "the short preset's training, global + feature-map Gaussians, standardised sum",
+        {"image_score": "combined"},
+        short=True,
+    ),
+    "short-one-stage": Row("the short preset with layer2's feature map alone", {"feature_stages": 1}, short=True),
+    "short-pre-jitter": Row(
+        "the short preset trained with the whole-image colour jitter (0.1, the paper preset's)",
+        {"augment.pre_jitter": AugmentConfig().pre_jitter},
+        short=True,
+    ),
+    "short-stage3": Row(
+        "the short preset one stage deeper: layer2 + layer3 feature maps (PatchCore's pair)",
+        {"local_stage": 3},
+        short=True,
+    ),
+    "short-untrained": Row("the short preset's scoring with random weights", {}, train=False, short=True),
+    "short-knn": Row(
+        "the short preset's training, feature-map k-NN memory bank, image score its maximum",
+        {"image_score": "local", "feature_density": "knn"},
+        short=True,
+    ),
+    "short-knn-combined": Row(
+        "the short preset's training, global Gaussian + feature-map k-NN, standardised sum",
+        {"image_score": "combined", "feature_density": "knn"},
+        short=True,
+    ),
+    "short-knn-relative": Row(
+        "the short preset's training, feature-map k-NN, image score its maximum less its median",
+        {"image_score": "local", "feature_density": "knn", "feature_score": "max-median"},
+        short=True,
+    ),
+    "short-knn-relative-combined": Row(
+        "the short preset's training, global Gaussian + feature-map k-NN (maximum less median), standardised sum",
+        {"image_score": "combined", "feature_density": "knn", "feature_score": "max-median"},
+        short=True,
+    ),
+    "short-knn-untrained": Row(
+        "feature-map k-NN with random weights",
+        {"image_score": "local", "feature_density": "knn"},
+        train=False,
+        short=True,
+    ),
+}
