@@ -2,7 +2,7 @@
 (the driver prints what workers log), and a status table of the runs that redraws in place on a terminal
 (``rich``'s ``Live`` display of a ``Table``; plain text lines elsewhere).
 
-Filtered, each for a stated reason (the README lists them):
+Filtered, each for a stated reason (docs/benchmark.md lists them):
 
 - ``placement_group_cleaner``: "Failed to query Ray Train Controller actor state". Ray Train's cleaner
   polls the State API, which a Ray started without its dashboard does not serve; it says itself that it

@@ -37,15 +37,14 @@ def write_tiny_category(root: Path, category: str = "widget", *, size: int = 48,
 
 
 def load_bench_module(name: str):
-    """A script of bench/ as a module (bench/ is not a package): its pure functions are tested directly."""
-    import importlib.util
+    """A script of bench/ as a module (bench/ is not a package): its pure functions are tested directly.
+    bench/ goes on sys.path as it is for a script run from there, so its sibling imports resolve."""
+    import importlib
 
-    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    bench = str(Path(__file__).resolve().parents[1] / "bench")
+    if bench not in sys.path:
+        sys.path.append(bench)
+    return importlib.import_module(name)
 
 
 @pytest.fixture

@@ -16,8 +16,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def decide():
-    load_bench_module("decision_rule")
-    load_bench_module("quality")
     return load_bench_module("decide")
 
 

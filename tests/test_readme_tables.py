@@ -12,7 +12,6 @@ README_LINES = 300  # a README for users; the long tables and the research log l
 
 
 def _tables():
-    load_bench_module("decisions_doc")
     return load_bench_module("readme_tables")
 
 
