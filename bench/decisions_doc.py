@@ -34,7 +34,7 @@ anomalies' masks (normals and the voting kinds), since a patch model is there to
 
 **Validation.** Seed s holds out fold s mod 5 of `train/good` (the encoder never sees it), and makes two
 anomalies of each kind from each held-out image with one fixed seed. Only {voting} vote: they share no
-generator, shape family or area range with CutPaste, the scar or blend (`cutpaste/blob_anomalies.py`).
+generator, shape family or area range with CutPaste, the scar or Perlin-cut views (`cutpaste/blob_anomalies.py`).
 {reported} resemble training views and are reported per kind only.
 """
 

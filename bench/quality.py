@@ -6,9 +6,9 @@
 Rows (``--rows``, default all): ``pixel-stats`` (global colour statistics), ``untrained`` (the paper's
 image model with random weights, same density), ``paper-image`` (the paper's image model: 3-way
 CutPaste, SGD, pooled embedding, one Gaussian), ``patch`` (the paper's patch model, image score the
-maximum of its map), one row per option on top of ``paper-image`` (``multiscale``, ``local``,
-``combined``, ``auto`` (the ``demo`` preset), ``auto-one-stage``, ``auto-no-pre-jitter``, ``blend``,
-``adamw``), and ``short`` / ``short-untrained`` (the ``short`` preset, trained and with random weights)
+maximum of its map), one row per option on top of ``paper-image`` (``local``, ``combined``, ``auto``
+(the ``demo`` preset), ``auto-one-stage``, ``auto-no-pre-jitter``), and ``short`` / ``short-untrained``
+(the ``short`` preset, trained and with random weights)
 with the ``short-*`` scoring variants of the same model (``short-one-stage``: ``layer2``'s feature map
 without ``layer1`` stacked) and ``short-pre-jitter`` (trained with the whole-image colour jitter).
 Option rows use ``--preset`` (default ``demo``) for their budget and size, with the paper's choices
@@ -59,9 +59,6 @@ def row_config(row: Row, base: TrainConfig, explicit: dict[str, Any] | None = No
     if row.short:
         return preset("short").override({"seed": base.seed, **row.changes, **explicit})
     changes = {**PAPER_CHOICES, **row.changes}
-    if changes.get("warmup_steps", 0) < 0:  # a negative warm-up is a percentage of the row's steps
-        steps = int(explicit.get("steps", base.steps))
-        changes["warmup_steps"] = steps * -changes["warmup_steps"] // 100
     return base.override({**changes, **explicit}, source=f"row {row.description!r}")
 
 
@@ -237,9 +234,9 @@ def config_summary(config: TrainConfig) -> str:
         layers = "+".join(str(i) for i in config.feature_map_stages)
         kind += f" ({config.feature_density}, layer{layers} grid {config.local_grid})"
     return (
-        f"{config.variant}, {config.optimizer} {config.learning_rate:g}, {config.steps}x"
+        f"{config.variant}, sgd {config.learning_rate:g}, {config.steps}x"
         f"{config.batch_size * config.num_classes} @ {config.image_size}px, pre-jitter {config.augment.pre_jitter:g}, "
-        f"{config.embedding}, {kind}"
+        f"pooled, {kind}"
     )
 
 

@@ -10,9 +10,6 @@ from cutpaste.config import AugmentConfig
 # The paper's choices for the image model; option rows change one of them.
 PAPER_CHOICES: dict[str, Any] = {
     "variant": "3way",
-    "optimizer": "sgd",
-    "warmup_steps": 0,
-    "embedding": "pooled",
     "image_score": "global",
     "patch_size": 0,
     # The whole image's colour jitter before any view is made (AugmentConfig's default, 0.1, as the demo
@@ -40,7 +37,6 @@ ROWS: dict[str, Row] = {
         "patch model: 32 px crops, one shared Gaussian, image score the map maximum",
         {"patch_size": 32, "patch_stride": 8, "local_density": "shared"},
     ),
-    "multiscale": Row("paper-image + pooled layer2..4 embedding", {"embedding": "multiscale"}),
     "local": Row("paper-image + feature-map Gaussians, image score their maximum", {"image_score": "local"}),
     "combined": Row("paper-image + global and feature-map scores, standardised sum", {"image_score": "combined"}),
     "auto": Row("paper-image, image score chosen on validation from the training images", {"image_score": "auto"}),
@@ -50,11 +46,6 @@ ROWS: dict[str, Row] = {
     "auto-no-pre-jitter": Row(
         "auto trained without the whole-image colour jitter (as the short preset)",
         {"image_score": "auto", "augment.pre_jitter": 0.0},
-    ),
-    "blend": Row("paper-image + blended foreign patches as a 4th class (4way)", {"variant": "4way"}),
-    "adamw": Row(
-        "paper-image trained with AdamW 1e-3, 10% warm-up",
-        {"optimizer": "adamw", "learning_rate": 1e-3, "weight_decay": 1e-2, "warmup_steps": -10},
     ),
     "short": Row("the short preset (chosen on validation)", {}, short=True),
     "short-global": Row("the short preset's training, the paper's global score", {"image_score": "global"}, short=True),

@@ -69,7 +69,7 @@ def pipeline_round(config: TrainConfig, device: torch.device, steps: int) -> flo
     """The library's training loop for ``2 * steps`` steps; the second interval's img/s (the first warms up)."""
     images = torch.randint(0, 256, (64, 3, config.image_size, config.image_size), dtype=torch.uint8)
     records: list[dict] = []
-    run = config.override({"steps": 2 * steps, "log_every": steps, "checkpoint_every": 10**9, "warmup_steps": 0})
+    run = config.override({"steps": 2 * steps, "log_every": steps, "checkpoint_every": 10**9})
     train_model(run, images, device=device, hooks=TrainHooks(on_log=records.append), progress=False)
     return records[-1]["img_s"]
 

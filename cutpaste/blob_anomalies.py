@@ -1,10 +1,10 @@
 """The anomalies validation *chooses* on: small smooth blobs that are dented, smudged, stained or speckled.
 
-Each shares nothing with what training makes (:mod:`cutpaste.augment`, :mod:`cutpaste.blend`):
+Each shares nothing with what training makes (:mod:`cutpaste.augment`) or with DRAEM-style Perlin views:
 
 - shape: a star-shaped blob (a circle whose radius varies with a few low harmonics of the angle), not
-  CutPaste's rectangle, the scar's thin rotated bar, nor blend's Perlin level set;
-- area: 0.8-2 % of the image, below CutPaste's and blend's 2-15 % and above the largest scar
+  CutPaste's rectangle, the scar's thin rotated bar, nor a Perlin level set;
+- area: 0.8-2 % of the image, below CutPaste's 2-15 % and above the largest scar
   (16 x 25 px of 256 x 256, 0.6 %);
 - generator: none of Perlin noise, pasted image content or the views' colour jitter. The content is the
   image's own pixels, bent (``dent``), blurred (``smudge``), tinted (``stain``) or roughened (``speckle``).

@@ -36,9 +36,6 @@ _FIELD_FLAGS: dict[str, tuple[str, type]] = {
     "patch_size": ("patch_size", int),
     "stride": ("patch_stride", int),
     "local_density": ("local_density", str),
-    "optimizer": ("optimizer", str),
-    "warmup_steps": ("warmup_steps", int),
-    "embedding": ("embedding", str),
     "image_score": ("image_score", str),
     "target_fpr": ("target_fpr", float),
 }

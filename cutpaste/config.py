@@ -16,10 +16,8 @@ from typing import Any
 
 from cutpaste.errors import ConfigError
 
-VARIANTS = ("normal", "scar", "3way", "union", "blend", "4way")
+VARIANTS = ("normal", "scar", "3way", "union")
 LOCAL_DENSITIES = ("auto", "per_location", "shared", "knn")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-EMBEDDINGS = ("pooled", "multiscale")
 IMAGE_SCORES = ("global", "local", "combined", "auto")
 PATCH_SCORES = ("grid_max", "map_max")
 FEATURE_SCORES = ("max", "max-median")
@@ -46,9 +44,6 @@ class AugmentConfig:
     # it, so its colour jitter teaches the encoder to ignore colour; the short preset sets it to 0.
     pre_translate: float = 8.0
     pre_jitter: float = 0.1
-    # Opacity range of the ``blend`` anomaly (variants blend and 4way): another image's content
-    # blended into a Perlin-cut region (cutpaste/blend.py; NSA / DRAEM style, not in the paper).
-    blend_opacity: tuple[float, float] = (0.5, 1.0)
 
     def validate(self) -> None:
         for name in ("area_ratio", "aspect_ratio", "scar_width", "scar_length"):
@@ -65,8 +60,6 @@ class AugmentConfig:
             value = getattr(self, name)
             if not 0 <= value <= MAX_JITTER:
                 raise ConfigError(f"augment.{name}: must lie in [0, {MAX_JITTER}], got {value}")
-        if not 0 <= self.blend_opacity[0] <= self.blend_opacity[1] <= 1:
-            raise ConfigError(f"augment.blend_opacity: expected 0 <= min <= max <= 1, got {self.blend_opacity}")
         if not 0 <= self.scar_rotation <= 180:
             raise ConfigError(f"augment.scar_rotation: must lie in [0, 180], got {self.scar_rotation}")
         if self.pre_translate < 0:
@@ -88,12 +81,9 @@ class TrainConfig:
     # batch_size * num_classes images (64 for 2-way, 96 for 3-way at the paper's 32).
     batch_size: int = 32
     learning_rate: float = 0.03
-    # SGD with momentum is the paper's; Adam(W) learns faster from scratch at short budgets.
-    optimizer: str = "sgd"
+    # SGD with momentum and one cosine cycle, the paper's (Adam(W) and a warm-up lost: docs/quality.md).
     momentum: float = 0.9
     weight_decay: float = 3e-5
-    # Linear warm-up from lr / 100 over these steps (at most half the run), then one cosine cycle.
-    warmup_steps: int = 0
     head_depth: int = 2
     head_width: int = 512
     seed: int = 0
@@ -101,9 +91,6 @@ class TrainConfig:
     # (AMX or AVX512-BF16, detected; see cutpaste/precision.py).
     amp: bool = True
     channels_last: bool = True
-    # Features the image-level Gaussian sees. pooled: the average-pooled last stage (the paper's);
-    # multiscale: pooled layer2 + layer3 + layer4, each L2-normalised, concatenated (ResNets).
-    embedding: str = "pooled"
     # The image-level model's anomaly score. global: the Gaussian on the embedding (the paper's);
     # local: Gaussians over the positions of a stage's feature map (``local_stage``, pooled to a
     # ``local_grid`` square, laid out as ``local_density`` says), image score its maximum, and anomaly
@@ -164,7 +151,7 @@ class TrainConfig:
 
     @property
     def num_classes(self) -> int:
-        return {"3way": 3, "4way": 4}.get(self.variant, 2)
+        return 3 if self.variant == "3way" else 2
 
     @property
     def feature_map_stages(self) -> tuple[int, ...]:
@@ -185,16 +172,12 @@ class TrainConfig:
             raise ConfigError(f"head_depth: must be >= 0, got {self.head_depth}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate: must be > 0, got {self.learning_rate}")
-        choice_fields = {"optimizer": OPTIMIZERS, "embedding": EMBEDDINGS, "image_score": IMAGE_SCORES}
+        choice_fields = {"image_score": IMAGE_SCORES}
         choice_fields |= {"feature_density": LOCAL_DENSITIES, "feature_score": FEATURE_SCORES}
         choice_fields |= {"local_density": LOCAL_DENSITIES, "patch_score": PATCH_SCORES}
         for name, choices in choice_fields.items():
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name}: unknown {getattr(self, name)!r}; choose one of {', '.join(choices)}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"warmup_steps: must be >= 0, got {self.warmup_steps}")
-        if self.embedding != "pooled" and not self.backbone.startswith("resnet"):
-            raise ConfigError(f"embedding: {self.embedding!r} needs a ResNet backbone, got {self.backbone!r}")
         if self.image_score not in ("global", "auto"):
             if self.patch_size:
                 raise ConfigError("image_score: local and combined apply to the image-level model (patch_size 0)")

@@ -37,13 +37,12 @@ from cutpaste.patches import grid_size
 from cutpaste.scorer_selection import can_select, prior_choice, select_image_score
 from cutpaste.threshold import calibrate, threshold_quantile
 
-BUNDLE_FORMAT = 1
+# 2: the config without the options deleted after the decisions (optimizer, warmup_steps, embedding,
+# blend views); a bundle of another format is refused by name, never converted.
+BUNDLE_FORMAT = 2
 BUNDLE_NAME = "detector.pt"
 MAP_MODES = ("auto", "dense", "local", "gradcam")
 SUMMARY_NAME = "detector.json"
-# Bundles written before these fields existed scored patch models by the map maximum with a kernel of
-# a quarter patch, and chose densities with "auto": they keep scoring as their threshold was calibrated.
-_LEGACY_SCORING = {"patch_score": "map_max", "map_sigma": 0.0, "local_density": "auto"}
 
 
 @torch.no_grad()
@@ -224,10 +223,11 @@ class Detector:
         if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
             found = bundle.get("format") if isinstance(bundle, dict) else type(bundle).__name__
             raise ModelBundleError(
-                f"{path} has bundle format {found!r}; this cutpaste {__version__} reads format {BUNDLE_FORMAT}"
+                f"{path} has bundle format {found!r}; this cutpaste {__version__} reads format {BUNDLE_FORMAT} "
+                "(train it again)"
             )
         try:
-            config = TrainConfig.from_dict({**_LEGACY_SCORING, **bundle["config"]}, source=str(path))
+            config = TrainConfig.from_dict(bundle["config"], source=str(path))
             # The weights are in the bundle: never look for pretrained files when loading.
             model = build_model(config.override({"pretrained": None}))
             model.load_state_dict(bundle["model"])

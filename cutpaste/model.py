@@ -89,8 +89,6 @@ def build_encoder(backbone: str, pretrained: str | None = None) -> tuple[nn.Modu
 
 
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
-# Stages whose pooled features the ``multiscale`` embedding concatenates.
-MULTISCALE_STAGES = (2, 3, 4)
 
 
 def stage_width(encoder: nn.Module, stage: int) -> int:
@@ -109,21 +107,13 @@ class CutPasteNet(nn.Module):
         head_width: int = 512,
         num_classes: int = 3,
         pretrained: str | None = None,
-        embedding: str = "pooled",
     ) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.encoder, pooled_dim = build_encoder(backbone, pretrained)
-        if embedding not in ("pooled", "multiscale"):
-            raise ConfigError(f"embedding: unknown {embedding!r}; choose pooled or multiscale")
-        if embedding == "multiscale" and not hasattr(self.encoder, "layer4"):
-            raise ConfigError(f"embedding: multiscale needs a ResNet backbone, got {backbone!r}")
-        self.embedding = embedding
-        # Width of what :meth:`embed` returns (the density's features); the head always sees the pooled last stage.
-        self.feature_dim = (
-            sum(stage_width(self.encoder, s) for s in MULTISCALE_STAGES) if embedding == "multiscale" else pooled_dim
-        )
+        # Width of what :meth:`embed` returns (the density's features): the pooled last stage.
+        self.feature_dim = pooled_dim
         layers: list[nn.Module] = []
         width = pooled_dim
         for _ in range(head_depth):
@@ -148,27 +138,19 @@ class CutPasteNet(nn.Module):
         return out
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` in [0, 1] -> ``(B, feature_dim)``: the pooled last stage, or with the
-        ``multiscale`` embedding the pooled layer2..layer4, each L2-normalised so no stage dominates."""
-        if self.embedding == "pooled":
-            return self.encoder((images - self.mean) / self.std)
-        maps = self.stage_maps(images, MULTISCALE_STAGES)
-        return torch.cat([F.normalize(m.float().mean((2, 3)), dim=1) for m in maps], dim=1)
+        """``(B, 3, H, W)`` in [0, 1] -> ``(B, feature_dim)``: the pooled last stage (the paper's)."""
+        return self.encoder((images - self.mean) / self.std)
 
     def embed_with_maps(self, images: torch.Tensor, stages: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """One forward pass -> (:meth:`embed` ``(B, feature_dim)``, the feature maps of ``stages``, each
         ``(B, C_s, h_s, w_s)``, in the order given)."""
-        wanted = tuple(sorted({*stages, 4} | (set(MULTISCALE_STAGES) if self.embedding == "multiscale" else set())))
+        wanted = tuple(sorted({*stages, 4}))
         maps = dict(zip(wanted, self.stage_maps(images, wanted), strict=True))
-        if self.embedding == "pooled":
-            embedding = maps[4].float().mean((2, 3))
-        else:
-            embedding = torch.cat([F.normalize(maps[s].float().mean((2, 3)), dim=1) for s in MULTISCALE_STAGES], 1)
-        return embedding, [maps[s] for s in stages]
+        return maps[4].float().mean((2, 3)), [maps[s] for s in stages]
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(pooled last-stage features (B, D), logits (B, num_classes))``; the proxy task
-        always trains on the pooled last stage, whatever the density's embedding."""
+        trains on the pooled last stage."""
         features = self.encoder((images - self.mean) / self.std)
         return features, self.classifier(self.head(features))
 
@@ -180,5 +162,4 @@ def build_model(config: TrainConfig) -> CutPasteNet:
         head_width=config.head_width,
         num_classes=config.num_classes,
         pretrained=config.pretrained,
-        embedding=config.embedding,
     )

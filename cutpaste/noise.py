@@ -1,7 +1,6 @@
 """Perlin gradient noise, batched on the generator's device: the shapes of synthetic anomalies.
 
-Used by the training-time blend augmentation (:mod:`cutpaste.blend`) and by the validation set's
-DRAEM-style anomalies (:mod:`cutpaste.synthetic_anomalies`).
+Used by the validation set's DRAEM-style anomalies (:mod:`cutpaste.synthetic_anomalies`).
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@
   read from them. They share no generator, shape family or area range with a training view
   (:mod:`cutpaste.blob_anomalies` says how).
 - :data:`REPORTED_KINDS` are scored and shown, never voted: ``perlin`` (a foreign texture in a Perlin
-  region) shares blend's mask generator and CutPaste's area range, and ``stroke`` (a thin curved line) is
-  a cousin of the scar the encoder trains on, so a configuration could win them by recognising its own
-  training task.
+  region) shares CutPaste's area range and DRAEM's Perlin masks (a training view elsewhere), and
+  ``stroke`` (a thin curved line) is a cousin of the scar the encoder trains on, so a configuration
+  could win them by recognising its own training task.
 
 They live apart from :mod:`cutpaste.validation` because a detector uses them too, when it chooses its
 own image score (:mod:`cutpaste.scorer_selection`).

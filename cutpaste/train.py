@@ -28,7 +28,7 @@ from cutpaste.patches import random_crops
 from cutpaste.precision import use_amp, use_channels_last
 from cutpaste.views import make_views
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: configs without the deleted options (see detector.BUNDLE_FORMAT)
 CHECKPOINT_NAME = "last.pt"
 # Fields that change how a run reports, not what it computes: a resumed run may differ in these.
 _NON_TRAINING_FIELDS = frozenset(
@@ -44,7 +44,6 @@ _NON_TRAINING_FIELDS = frozenset(
         "local_dim",
         "patch_batch_size",
         # How the density is fitted and scored; training does not depend on them.
-        "embedding",
         "image_score",
         "local_stage",
         "feature_stages",
@@ -142,30 +141,15 @@ def _norm(value: Any) -> Any:
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum (the paper's), Adam, or AdamW (decoupled weight decay)."""
-    lr, decay = config.learning_rate, config.weight_decay
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum, weight_decay=decay)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=decay)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=decay)
-    raise ConfigError(f"optimizer: unknown {config.optimizer!r}")
-
-
-def warmup_length(config: TrainConfig) -> int:
-    """Warm-up steps actually used: the configured ones, at most half the run."""
-    return min(config.warmup_steps, config.steps // 2)
+    """SGD with momentum, the paper's."""
+    return torch.optim.SGD(
+        model.parameters(), lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
+    )
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """One cosine cycle over the run (the paper's), after a linear warm-up from lr / 100 when asked."""
-    warmup = warmup_length(config)
-    if not warmup:
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
-    ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup)
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps - warmup)
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+    """One cosine cycle over the run, the paper's."""
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
 
 
 def optimisation_step(

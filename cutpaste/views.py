@@ -1,7 +1,6 @@
-"""One training step's views: pre-augmented images, then their CutPaste, Scar and blended versions.
+"""One training step's views: pre-augmented images, then their CutPaste and Scar versions.
 
-Above both :mod:`cutpaste.augment` (CutPaste and Scar) and :mod:`cutpaste.blend` (which builds on
-augment's translation and jitter), so neither has to import the other's caller.
+Above :mod:`cutpaste.augment` (the batched geometry and jitter), which stays free of the variants' logic.
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ import torch
 from torch import Tensor
 
 from cutpaste import augment
-from cutpaste.blend import blend_batch
 from cutpaste.config import VARIANTS, AugmentConfig
 
 
@@ -27,9 +25,7 @@ def make_views(
     images: ``(B, 3, H, W)`` float in [0, 1]. Returns views ``(B * K, 3, H, W)`` in [0, 1] and labels
     ``(B * K,)`` int64, in blocks of B: ``normal`` and ``scar`` give ``[x, aug(x)]`` labelled 0, 1;
     ``3way`` gives ``[x, cutpaste(x), scar(x)]`` labelled 0, 1, 2; ``union`` gives ``[x, u(x)]``
-    labelled 0, 1 where each sample of ``u`` is CutPaste or scar with probability 1/2; ``blend`` gives
-    ``[x, blend(x)]`` (:func:`cutpaste.blend.blend_batch`: another image's content in a Perlin-cut
-    region) and ``4way`` ``[x, cutpaste(x), scar(x), blend(x)]`` labelled 0..3.
+    labelled 0, 1 where each sample of ``u`` is CutPaste or scar with probability 1/2.
     ``pixel_scale`` converts the 256 px sizes (translation, scar) to these images; default H / 256.
     Crops of a larger image pass the full image's scale, so a scar keeps its size on the object.
     """
@@ -37,7 +33,7 @@ def make_views(
         raise ValueError(f"unknown CutPaste variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     augment._check_images(images, generator)
     batch, channels, height, width = images.shape
-    kinds = {"3way": 3, "4way": 4}.get(variant, 2)
+    kinds = 3 if variant == "3way" else 2
     views = torch.empty((kinds * batch, channels, height, width), dtype=images.dtype, device=images.device)
     # Pre-augmentation, written straight into the first block: translation by up to pre_translate px
     # (at 256 px), then colour jitter of the whole image.
@@ -48,9 +44,9 @@ def make_views(
     for k in range(1, kinds):
         views[k * batch : (k + 1) * batch] = x
     patches = []
-    if variant in ("normal", "3way", "union", "4way"):
+    if variant in ("normal", "3way", "union"):
         patches.append(augment._cutpaste_geometry(x, config.area_ratio, config.aspect_ratio, generator))
-    if variant in ("scar", "3way", "union", "4way"):
+    if variant in ("scar", "3way", "union"):
         patches.append(
             augment._scar_geometry(x, config.scar_width, config.scar_length, config.scar_rotation, generator, scale)
         )
@@ -59,13 +55,4 @@ def make_views(
     for k, patch in enumerate(patches, start=1):
         params = augment._draw_jitter(batch, (config.patch_jitter,) * 4, generator, x)
         augment._paste(x, views[k * batch : (k + 1) * batch], patch, params)
-    if variant in ("blend", "4way"):
-        views[(kinds - 1) * batch :] = blend_batch(
-            x,
-            generator=generator,
-            area_ratio=config.area_ratio,
-            aspect_ratio=config.aspect_ratio,
-            opacity=config.blend_opacity,
-            jitter=config.patch_jitter,
-        )
     return views, torch.arange(kinds, device=x.device).repeat_interleave(batch)
