@@ -16,7 +16,7 @@ import random
 from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from cutpaste.data.images import decode_image
-from cutpaste.errors import CutPasteError
+from cutpaste.errors import CutPasteError, ModelBundleError
 from cutpaste.heatmaps import colour_bar, grid_figure, overlay_panel, stack, to_hwc
 
 NORMAL, ANOMALOUS, ERROR = "normal", "anomalous", "error"
@@ -271,3 +271,28 @@ class ScoreSummary:
 
     def highest(self) -> list[tuple[float, str]]:
         return sorted(self.top, reverse=True)
+
+
+def read_bundle_files(directory: str | Path) -> dict[str, bytes]:
+    """Every file of a bundle directory (a detector, or an ensemble with its members), by relative path: what
+    the driver hands each scoring worker, which may be on a node that cannot see ``directory``."""
+    root = Path(directory)
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def load_bundle_files(files: Mapping[str, bytes], sha256: str, *, device: str = "cpu") -> Any:
+    """The detector in ``files``, loaded as data only and refused unless it matches ``sha256`` (the digest the
+    registry's version is tagged with): the same loader and checks as ``cutpaste predict --sha256``."""
+    import tempfile
+
+    from cutpaste.ensemble import load_detector
+
+    with tempfile.TemporaryDirectory(prefix="cutpaste-bundle-") as tmp:
+        root = Path(tmp).resolve()
+        for name, data in files.items():
+            target = (root / name).resolve()
+            if root not in target.parents:
+                raise ModelBundleError(f"bundle file {name!r} would land outside the bundle: refused")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        return load_detector(root, device=device, expected_sha256=sha256)
