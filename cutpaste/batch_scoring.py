@@ -201,11 +201,20 @@ def map_pngs(
     out = []
     for image, heatmap, path, score in zip(images, maps, paths, scores, strict=True):
         caption = f"{PurePosixPath(str(path)).name}  score {score:.3f}  (threshold {threshold:.3f})"
-        panel = overlay_panel(to_hwc(image), heatmap.numpy(), detector.map_range, None, caption)
+        picture, values = _display_size(to_hwc(image), heatmap.numpy())
+        panel = overlay_panel(picture, values, detector.map_range, None, caption)
         buffer = io.BytesIO()
         panel.save(buffer, format="PNG")
         out.append(buffer.getvalue())
     return out
+
+
+def _display_size(image: np.ndarray, heatmap: np.ndarray, min_side: int = 160) -> tuple[np.ndarray, np.ndarray]:
+    """Small images (tens of pixels) enlarged by a whole factor, so a panel is readable and its caption fits."""
+    factor = -(-min_side // max(heatmap.shape))
+    if factor <= 1:
+        return image, heatmap
+    return np.kron(image, np.ones((factor, factor, 1), image.dtype)), np.kron(heatmap, np.ones((factor, factor)))
 
 
 def top_scored_figure(

@@ -9,7 +9,8 @@ of actors scores them (``score_batch``), each actor loading the model once. Rows
 ``<output>/scores/*.parquet``; ``--maps`` adds anomaly-map overlays of anomalous images under
 ``<output>/maps/``. The same ``--output`` again skips every object already scored with the same content and
 scores the rest. A lost scoring actor is restarted (``max_restarts``) and its batch retried
-(``max_task_retries``); a lost decode task is retried (``max_retries``). See docs/batch_scoring.md.
+(``max_task_retries``), 3 times each; a lost read or decode task is rerun (Ray Data's ``max_retries=-1``).
+See docs/batch_scoring.md.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,11 @@ from cutpaste.data.images import decode_image
 from cutpaste.errors import ConfigError, CutPasteError
 from cutpaste.storage.s3 import env_endpoint, parse_s3_uri
 
-RETRIES = 3  # decode tasks, scoring actors' restarts, and batches retried on a restarted actor
+RETRIES = 3
+# A scoring actor lost with its worker is restarted and its batch retried, a bounded number of times (Ray
+# Data's default is forever): a model that kills every worker fails the job instead of looping. Ray 2.60
+# deprecates passing these as remote args but names no replacement yet; its warning is filtered below.
+ACTOR_RETRIES = {"max_restarts": RETRIES, "max_task_retries": RETRIES}
 MIN_ROWS_PER_FILE = 1000
 _DONE_CACHE: dict[str, frozenset[bytes]] = {}
 
@@ -117,6 +123,9 @@ def decode_step(
     paths = [source.uri(str(p)) for p in batch["path"]]
     columns, skipped = decode_batch(paths, list(batch["bytes"]), size, done=_DONE_CACHE[run])
     tally.add.remote(seen=len(paths), skipped=skipped)
+    # Pixels travel as one bytes value per row: an Arrow tensor column cannot be built from an empty batch
+    # (everything in it scored before), and Ray Data would fall back to pickling the column.
+    columns["image"] = np.array([image.tobytes() for image in columns["image"]] or [], dtype=object)
     return columns
 
 
@@ -137,6 +146,9 @@ class Scorer:
         self.score_batch = score_batch
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        size = int(self.detector.config.image_size)
+        pixels = [np.frombuffer(data, dtype=np.uint8) for data in batch["image"]]
+        batch["image"] = np.stack(pixels).reshape(-1, 3, size, size) if pixels else np.zeros((0, 3, size, size))
         writer = self.write_map if self.maps else None
         return self.score_batch(
             self.detector, batch, self.model, run=self.run, threshold=self.threshold, write_map=writer
@@ -187,21 +199,21 @@ def run_pipeline(
         batch_size=args.batch_size,
         batch_format="numpy",
         fn_kwargs={"out": out, "source": source, "size": size, "run": run, "tally": tally},
-        num_cpus=1,
-        max_retries=RETRIES,
+        num_cpus=1,  # Ray Data reruns a task lost with its worker (its default, max_retries=-1)
     )
-    scored = decoded.map_batches(
-        Scorer,
-        batch_size=args.batch_size,
-        batch_format="numpy",
-        fn_constructor_args=([ray.put(model.files)], model.info),
-        fn_constructor_kwargs={"run": run, "threshold": args.threshold, "out": out, "maps": args.maps},
-        concurrency=args.actors,
-        num_cpus=args.cpus_per_actor,
-        num_gpus=gpus,
-        max_restarts=RETRIES,
-        max_task_retries=RETRIES,
-    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=Warning)
+        scored = decoded.map_batches(
+            Scorer,
+            batch_size=args.batch_size,
+            batch_format="numpy",
+            fn_constructor_args=([ray.put(model.files)], model.info),
+            fn_constructor_kwargs={"run": run, "threshold": args.threshold, "out": out, "maps": args.maps},
+            compute=ray.data.ActorPoolStrategy(size=args.actors),
+            num_cpus=args.cpus_per_actor,
+            num_gpus=gpus,
+            **ACTOR_RETRIES,
+        )
     scored.write_parquet(out.child(SCORES_DIR), filesystem=out.fs, min_rows_per_file=MIN_ROWS_PER_FILE)
 
 
