@@ -58,6 +58,9 @@ def resolve_model(spec: str, tracking_uri: str | None) -> ResolvedModel:
     match = _MODELS_URI.match(spec)
     if match is None:
         raise ModelBundleError(f"--model {spec}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    # The models:/ download resolves through MLflow's global registry URI, not the client's: set both.
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     name = match["name"]
     try:
@@ -73,32 +76,36 @@ def resolve_model(spec: str, tracking_uri: str | None) -> ResolvedModel:
     digest = version.tags.get(TAG_SHA256)
     if not digest:
         raise ModelBundleError(f"--model {spec}: version {version.version} has no {TAG_SHA256} tag: refused")
-    files = _download_detector(name, str(version.version), digest, tracking_uri)
+    files, model_id = _download_detector(name, str(version.version), digest, tracking_uri)
     return ResolvedModel(
         files,
         ModelInfo(name, str(version.version), digest),
         source_run_id=version.run_id,
-        model_id=getattr(version, "model_id", None),
+        model_id=getattr(version, "model_id", None) or model_id,
     )
 
 
-def _download_detector(name: str, version: str, digest: str, tracking_uri: str | None) -> dict[str, bytes]:
-    """The version's ``detector`` artifact, refused unless the model's own config pins the same digest."""
+def _download_detector(
+    name: str, version: str, digest: str, tracking_uri: str | None
+) -> tuple[dict[str, bytes], str | None]:
+    """The version's ``detector`` artifact, refused unless the model's own config pins the same digest; and
+    the logged model's id (MLflow 3) recorded in its MLmodel."""
     with tempfile.TemporaryDirectory(prefix="cutpaste-model-") as tmp:
         local = Path(
             mlflow.artifacts.download_artifacts(
                 artifact_uri=f"models:/{name}/{version}", dst_path=tmp, tracking_uri=tracking_uri
             )
         )
-        flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
-        pinned = (flavor.get("model_config") or {}).get("sha256")
+        mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+        flavor = mlmodel["flavors"]["python_function"]
+        pinned = (flavor.get("config") or flavor.get("model_config") or {}).get("sha256")  # MLmodel: "config"
         if pinned != digest:
             raise ModelBundleError(
                 f"models:/{name}/{version}: its model_config pins SHA-256 {str(pinned)[:16]}..., the registry tag "
                 f"{digest[:16]}...: refused"
             )
         detector = local / flavor["artifacts"]["detector"]["path"]
-        return read_bundle_files(detector)
+        return read_bundle_files(detector), mlmodel.get("model_id")
 
 
 def check_loadable(model: ResolvedModel) -> Any:

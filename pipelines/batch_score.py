@@ -148,7 +148,9 @@ class Scorer:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         size = int(self.detector.config.image_size)
         pixels = [np.frombuffer(data, dtype=np.uint8) for data in batch["image"]]
-        batch["image"] = np.stack(pixels).reshape(-1, 3, size, size) if pixels else np.zeros((0, 3, size, size))
+        batch["image"] = (
+            np.stack(pixels).reshape(-1, 3, size, size) if pixels else np.zeros((0, 3, size, size), np.uint8)
+        )
         writer = self.write_map if self.maps else None
         return self.score_batch(
             self.detector, batch, self.model, run=self.run, threshold=self.threshold, write_map=writer
