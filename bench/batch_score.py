@@ -6,8 +6,8 @@ peak memory of the driver and the workers at 1,000 and 10,000 images (streaming:
 The bucket is moto's server in its own process behind ``infra.local.tcp_proxy``, which holds the first
 response bytes of every connection for 20 ms (moto answers one request per connection, so every GET pays
 it: the first-byte latency of a real S3 GET; ``first_byte_ms`` checks it with sequential GETs). The model is
-the ``ci`` preset's network, untrained, at the image size, saved as a local bundle. Ray is a head started
-here (``ray start``); each scoring is ``python pipelines/batch_score.py --ray-address ...`` in a process of
+the ``ci`` preset's network, untrained, at the image size, saved as a local bundle. Ray is started in this
+process (``ray.init``); each scoring is ``python pipelines/batch_score.py --ray-address ...`` in a process of
 its own (the driver), and a sampler reads the RSS of the driver and of every ``ray::`` worker of that head
 from /proc every 0.25 s. Writes bench/results/batch_score.json atomically.
 """
@@ -15,10 +15,12 @@ from /proc every 0.25 s. Writes bench/results/batch_score.json atomically.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,7 +37,7 @@ from PIL import Image
 from cutpaste.atomic import atomic_write_text
 from infra.local import tcp_proxy
 from infra.local.s3 import FAKE_CREDENTIALS
-from infra.local.services import VENV_BIN, free_port, ray_head, ray_worker_pids, stop_process_group
+from infra.local.services import VENV_BIN, free_port, ray_worker_pids, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "batch_score.json"
@@ -127,6 +129,23 @@ class Sampler(threading.Thread):
                 self.peaks[key] = max(self.peaks[key], round(value, 1))
 
 
+@contextlib.contextmanager
+def local_ray(env: dict, cpus: int):
+    """A Ray started in this process (stopped by ``ray.shutdown``, which touches no other cluster on the
+    machine, unlike ``ray stop``); each scoring driver joins it by its GCS address."""
+    import ray
+
+    temp_dir = Path(tempfile.mkdtemp(prefix="rbs", dir="/tmp"))
+    os.environ.update(env)
+    ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=str(temp_dir), object_store_memory=500_000_000)
+    try:
+        gcs = ray.get_runtime_context().gcs_address
+        yield {"gcs": gcs, "env": dict(os.environ), "temp_dir": temp_dir}
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 def ray_data_run(head: dict, env: dict, bundle: Path, prefix: str, out: str, actors: int, work: Path) -> dict:
     summary = work / f"summary-{prefix}-{actors}.json"
     command = [str(VENV_BIN / "python"), str(ROOT / "pipelines" / "batch_score.py"), "--model", str(bundle)]
@@ -207,9 +226,7 @@ def measure(args: argparse.Namespace, work: Path, slow_endpoint: str, fast) -> d
         upload(fast, f"in{count}", count, args.image_size)
     slow = client(slow_endpoint)
     report["first_byte_ms"] = first_byte_ms(slow, f"in{args.sizes[0]}")
-    temp_dir = Path(tempfile.mkdtemp(prefix="rbs", dir="/tmp"))
-    with ray_head(work, env=env, num_cpus=args.ray_cpus, temp_dir=temp_dir) as head:
-        head = {**head, "temp_dir": temp_dir}
+    with local_ray(env, args.ray_cpus) as head:
         first = args.sizes[0]
         for actors in (1, 2):
             out = f"s3://{BUCKET}/out/t{actors}/"
@@ -243,7 +260,7 @@ def main() -> None:
     finally:
         stop_process_group(proxy)
         stop_process_group(moto)
-        subprocess.run(["rm", "-rf", str(work)], check=False)
+        shutil.rmtree(work, ignore_errors=True)
     report.update(
         {
             "image_size": args.image_size,

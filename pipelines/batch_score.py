@@ -289,8 +289,10 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     from mlflow import MlflowClient
 
     from pipelines import batch_model, tracking
+    from pipelines.console import quiet_driver
     from pipelines.launcher import connect_ray
 
+    quiet_driver()
     uri = tracking_uri(args)
     if uri:
         tracking.check_reachable(uri)
