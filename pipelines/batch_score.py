@@ -198,7 +198,7 @@ def run_pipeline(
     images = ray.data.read_binary_files(source.path, include_paths=True, filesystem=source.fs)
     decoded = images.map_batches(
         decode_step,
-        batch_size=args.batch_size,
+        batch_size=None,  # whole read blocks: Ray Data then fuses reading and decoding into one task
         batch_format="numpy",
         fn_kwargs={"out": out, "source": source, "size": size, "run": run, "tally": tally},
         num_cpus=1,  # Ray Data reruns a task lost with its worker (its default, max_retries=-1)

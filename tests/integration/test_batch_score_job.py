@@ -136,7 +136,8 @@ def test_batch_score_job_scores_the_prefix_then_resumes(stack):
     expected = _expected_scores(stack["work"], stack["detector"], good)
     for key, score in expected.items():
         row = rows[f"s3://{BUCKET}/{key}"]
-        assert row["score"] == pytest.approx(score, abs=1e-5), key
+        # float32 convolutions round differently for different batch compositions: ~1e-7 of the score
+        assert row["score"] == pytest.approx(score, rel=1e-5, abs=1e-5), key
         assert row["verdict"] == ("anomalous" if score >= row["threshold"] else "normal")
         assert row["resized"] == key.endswith(("00.png", "03.png"))
         assert (row["map_path"] is not None) == row["anomalous"]
