@@ -244,7 +244,7 @@ def measure(args: argparse.Namespace, work: Path, slow_endpoint: str, fast) -> d
             upload(fast, f"in{count}", count, args.image_size)
             out = f"s3://{BUCKET}/out/m{count}/"
             report["memory"][str(count)] = ray_data_run(head, env, bundle, f"in{count}", out, 2, work)
-    report["throughput"]["predict_loop"] = predict_loop(slow, bundle, f"in{first}", first, work)
+    report["throughput"]["predict_loop"] = predict_loop(slow, bundle, f"in{first}", args.loop_images, work)
     report["throughput"]["cli_process_per_image"] = cli_loop(bundle, work, args.cli_images)
     return report
 
@@ -255,6 +255,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--ray-cpus", type=int, default=3, help="logical CPUs of the head (2 actors + decoding)")
     parser.add_argument("--cli-images", type=int, default=10)
+    parser.add_argument("--loop-images", type=int, default=200, help="images of the predict loop (its rate)")
     parser.add_argument("--budget-s", type=float, default=1200, help="skip a memory size expected to take longer")
     args = parser.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",")]
@@ -276,6 +277,7 @@ def main() -> None:
             "model": "ci preset network (untrained), local bundle",
             "latency": f"{LATENCY_S * 1000:.0f} ms first-byte per request (infra.local.tcp_proxy in front of moto)",
             "ray_logical_cpus": args.ray_cpus,
+            "load_average_end": os.getloadavg(),  # other work on the machine skews every number here
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
