@@ -6,9 +6,11 @@ A category is decoded once (threads: PIL releases the GIL while decoding) and ke
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -32,13 +34,15 @@ def _size(path: Path) -> tuple[int, int]:
     return _read(path, decode=False)
 
 
-def _read(path: Path, *, decode: bool):
+def _read(path: Path | BinaryIO, *, decode: bool, name: str | None = None):
+    """``name`` stands for ``path`` in messages when ``path`` is an in-memory stream (an object's bytes)."""
+    path_name = name if name is not None else path
     try:
         with Image.open(path) as img:
             width, height = img.size
             # Before load(): an absurd header is refused without allocating its pixel buffer.
             if width * height > MAX_PIXELS:
-                raise DataError(f"image too large: {path} is {width}x{height} (limit {MAX_PIXELS} px)")
+                raise DataError(f"image too large: {path_name} is {width}x{height} (limit {MAX_PIXELS} px)")
             if not decode:
                 return width, height
             img.load()
@@ -46,9 +50,12 @@ def _read(path: Path, *, decode: bool):
     except DataError:
         raise
     except FileNotFoundError:
-        raise DataError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot decode image {path}: {exc}") from None
+        raise DataError(f"image not found: {path_name}") from None
+    except UnidentifiedImageError:
+        # PIL names the stream object (``<_io.BytesIO object at 0x...>``), which says nothing to a user.
+        raise DataError(f"cannot decode image {path_name}: not an image in a format PIL reads") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot decode image {path_name}: {exc}") from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -68,7 +75,20 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:
     """``(3, size, size)`` uint8, resized with antialiased bilinear filtering."""
-    img = _to_rgb(_open(Path(path)))
+    return _fit(_to_rgb(_open(Path(path))), size)
+
+
+def decode_image(data: bytes, size: int, *, name: str) -> tuple[torch.Tensor, tuple[int, int]]:
+    """An object's bytes as :func:`load_image` decodes a file (same limits, same resize), and its original
+    (width, height); any failure, an empty object included, is a DataError naming ``name``."""
+    if not data:
+        raise DataError(f"cannot decode image {name}: empty object (0 bytes)")
+    img = _to_rgb(_read(io.BytesIO(data), decode=True, name=name))
+    return _fit(img, size), img.size
+
+
+def _fit(img: Image.Image, size: int) -> torch.Tensor:
+    """One resize for training, ``predict`` and batch scoring alike: a score depends on it."""
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
