@@ -12,11 +12,12 @@ dataclasses; the test suite holds each to the library's numbers. GradCAM needs t
 which an inference graph cannot take: for the pooled embedding it is written out in closed form (the
 score's gradient through the L2 normalisations and the average pool is the same at every position).
 
-Exporter: ``torch.onnx.export(dynamo=True)`` (it needs onnxscript). The TorchScript exporter cannot
-write the antialiased resize (``aten::_upsample_bilinear2d_aa`` has no symbolic there) and is deprecated
-in the torch this project pins; the dynamo exporter writes it as ``Resize`` with ``antialias=1`` (opset
-18), which onnxruntime computes to within 3e-7 of torch. Every graph is run once with onnxruntime on
-probe images before it is written, and refused unless it scores as PyTorch does.
+Exporter: ``torch.onnx.export(dynamo=True)`` (it needs onnxscript), torch's default since 2.9. The
+TorchScript exporter cannot write the antialiased resize (``aten::_upsample_bilinear2d_aa`` has no symbolic
+there, checked with torch 2.14); the dynamo exporter writes it as ``Resize`` with ``antialias=1`` (opset
+18), which onnxruntime computes to within 3e-7 of torch on [0, 1] pixels, and takes the batch, height and
+width as symbolic dimensions. Every graph is run once with onnxruntime on probe images before it is
+written, and refused unless it scores as PyTorch does.
 """
 
 from __future__ import annotations
