@@ -1,4 +1,4 @@
-"""The ``cutpaste`` command: train, evaluate, predict, config and data tools.
+"""The ``cutpaste`` command: train, evaluate, predict, export, config and data tools.
 
 Flags override fields of the chosen preset; ``--set key=value`` reaches any other field
 (``--set augment.area_ratio=0.02,0.1``). Bad input ends with one line on stderr and exit code 2.
@@ -281,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_parser(sub)
     _add_data_parser(sub)
     _add_verify_parser(sub)
+    from cutpaste.export import add_export_command  # the command and its checks live there
+
+    add_export_command(sub)
     return parser
 
 

@@ -15,3 +15,7 @@ class DataError(CutPasteError):
 
 class ModelBundleError(CutPasteError):
     """A model directory is missing, half written or from an incompatible version."""
+
+
+class ExportError(CutPasteError):
+    """A model cannot be written in the format asked for (a scorer the format cannot hold, a missing extra)."""
