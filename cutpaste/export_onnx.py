@@ -129,7 +129,7 @@ def scorer_name(detector: Any) -> str:
     if detector.is_patch_model:
         return f"patch model ({detector.meta.get('local_layout', cfg.local_density)}, {cfg.patch_score})"
     if detector.feature_local is None:
-        return f"image score global ({cfg.embedding} embedding), GradCAM maps"
+        return "image score global (pooled embedding), GradCAM maps"
     layout = detector.meta.get("local_layout", cfg.feature_density)
     centred = " (centred)" if isinstance(detector.feature_local, MemoryBank) and detector.feature_local.centred else ""
     return f"image score {cfg.image_score}, feature maps {layout}{centred}, {cfg.feature_score}"
@@ -169,7 +169,7 @@ class ScoringGraph(nn.Module):
 
     def _check_gradcam(self, name: str) -> None:
         encoder = self.model.encoder
-        if self.model.embedding == "multiscale" or hasattr(encoder, "layer4"):
+        if hasattr(encoder, "layer4"):
             return
         if not hasattr(encoder, "features"):
             raise ExportError(f"{name}: GradCAM of a {type(encoder).__name__} encoder cannot be exported to ONNX")
@@ -216,14 +216,12 @@ class ScoringGraph(nn.Module):
 
     def _gradcam(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """:func:`cutpaste.gradcam.gradcam_maps` with the gradient of the squared distance written out."""
-        embedding, activation, pooled = self._embedding_and_activation(x)
+        embedding, activation = self._embedding_and_activation(x)
         mean, precision = self.density.mean.float(), self.density.precision.float()
         normalised = F.normalize(embedding, dim=-1)
         delta = normalised - mean
         squared = ((delta @ precision) * delta).sum(-1)
         grad = _normalise_backward(embedding, delta @ (precision + precision.T))
-        if self.model.embedding == "multiscale":  # only the last stage's slice reaches the activation
-            grad = _normalise_backward(pooled, grad[:, -pooled.shape[1] :])
         weights = grad / (activation.shape[2] * activation.shape[3])  # d squared / d A, equal at every position
         cam = F.relu((weights[:, :, None, None] * activation).sum(1, keepdim=True))
         cam = F.interpolate(cam, size=(self.size, self.size), mode="bilinear", align_corners=False)[:, 0]
@@ -231,19 +229,14 @@ class ScoringGraph(nn.Module):
         distance = squared.clamp_min(0).sqrt()
         return self.density(embedding), cam / peak[:, None, None] * distance[:, None, None]
 
-    def _embedding_and_activation(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The embedding ``embed`` gives, GradCAM's target activation and its average pool."""
+    def _embedding_and_activation(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The embedding ``embed`` gives (the activation's average pool) and GradCAM's target activation."""
         model = self.model
-        if model.embedding == "multiscale":
-            maps = model.stage_maps(x, (2, 3, 4))
-            pooled = [m.float().mean((2, 3)) for m in maps]
-            return torch.cat([F.normalize(p, dim=1) for p in pooled], 1), maps[-1].float(), pooled[-1]
         if hasattr(model.encoder, "layer4"):
             activation = model.stage_maps(x, (4,))[0].float()
         else:
             activation = model.encoder.features((x - model.mean) / model.std).float()
-        pooled = activation.mean((2, 3))
-        return pooled, activation, pooled
+        return activation.mean((2, 3)), activation
 
 
 def _normalise_backward(x: Tensor, grad: Tensor) -> Tensor:

@@ -38,7 +38,6 @@ SIZE = 64
 # draws: GradCAM for the global Gaussian alone, the feature-map grid, or the patch model's dense map.
 SCORERS: dict[str, dict] = {
     "global": {},
-    "global-multiscale": {"embedding": "multiscale"},
     "local-per_location": {"image_score": "local", "feature_density": "per_location"},
     "local-shared-two-stages": {"image_score": "local", "feature_density": "shared", "feature_stages": 2},
     "knn": {"image_score": "local", "feature_density": "knn"},
@@ -183,7 +182,7 @@ def test_a_scorer_that_cannot_be_exported_is_a_one_line_error_and_no_file(traine
     with pytest.raises(ExportError, match="grid scorer 'normalising_flow' cannot be exported") as caught:
         build_onnx(detector, "0" * 64)
     assert "image score local, feature maps knn" in str(caught.value) and "\n" not in str(caught.value)
-    members = [_fit(trained, {}), _fit(trained, {"embedding": "multiscale"})]
+    members = [_fit(trained, {}), _fit(trained, {"image_score": "local"})]
     build_ensemble(members, trained.train).save(tmp_path / "ensemble")
     assert main(["export", "--model", str(tmp_path / "ensemble"), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
