@@ -8,6 +8,7 @@ the files and the digest, and load them with the library's loader (weights only,
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 import time
@@ -58,7 +59,10 @@ def resolve_model(spec: str, tracking_uri: str | None) -> ResolvedModel:
     match = _MODELS_URI.match(spec)
     if match is None:
         raise ModelBundleError(f"--model {spec}: expected models:/<name>@<alias> or models:/<name>/<version>")
-    # The models:/ download resolves through MLflow's global registry URI, not the client's: set both.
+    # The models:/ download resolves through MLflow's global registry URI, not the client's: set both,
+    # and put back what was there after (set_registry_uri also exports MLFLOW_REGISTRY_URI, which every
+    # later MlflowClient of the process would read).
+    registry_env = os.environ.get("MLFLOW_REGISTRY_URI")
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
@@ -76,7 +80,13 @@ def resolve_model(spec: str, tracking_uri: str | None) -> ResolvedModel:
     digest = version.tags.get(TAG_SHA256)
     if not digest:
         raise ModelBundleError(f"--model {spec}: version {version.version} has no {TAG_SHA256} tag: refused")
-    files, model_id = _download_detector(name, str(version.version), digest, tracking_uri)
+    try:
+        files, model_id = _download_detector(name, str(version.version), digest, tracking_uri)
+    finally:  # the process-wide URIs set above are the download's only: leave none behind
+        mlflow.set_registry_uri(registry_env)
+        mlflow.set_tracking_uri(None)
+        if registry_env is None:
+            os.environ.pop("MLFLOW_REGISTRY_URI", None)
     return ResolvedModel(
         files,
         ModelInfo(name, str(version.version), digest),

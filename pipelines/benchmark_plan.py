@@ -37,7 +37,9 @@ def open_parent_run(bench: BenchmarkConfig, train_config: TrainConfig) -> tuple[
     # only; recovery from a lost node is FailureConfig's. Off unless the user turned it on.
     os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
     mlflow.set_tracking_uri(bench.mlflow_uri)  # the fluent API (model logging) uses it
-    client = MlflowClient(bench.mlflow_uri)
+    # The registry is the tracking server's, named explicitly: a registry URI set globally by other code in
+    # the process (MLflow's models:/ downloads read it) must never redirect the champions elsewhere.
+    client = MlflowClient(bench.mlflow_uri, registry_uri=bench.mlflow_uri)
     artifact_root = Path(bench.artifact_root) if bench.artifact_root else None
     experiment_id = tracking.ensure_experiment(client, bench.experiment, artifact_root)
     parent_id, created = tracking.find_or_create_run(

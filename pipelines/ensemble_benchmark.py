@@ -76,7 +76,7 @@ def _ensemble_category(
 
 def run_ensembles(bench: Any, records: list[dict[str, Any]], size: int, rule: str) -> list[dict[str, Any]]:
     """One ensemble row per category; a category with fewer than ``size`` finished seeds is a failed row."""
-    client = MlflowClient(bench.mlflow_uri)
+    client = MlflowClient(bench.mlflow_uri, registry_uri=bench.mlflow_uri)
     experiment_id = tracking.ensure_experiment(client, bench.experiment)
     parent_id = tracking.find_run(
         client, experiment_id, {tracking.TAG_BENCHMARK: bench.benchmark_id, tracking.TAG_ROLE: "benchmark"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -45,6 +46,23 @@ def load_bench_module(name: str):
     if bench not in sys.path:
         sys.path.append(bench)
     return importlib.import_module(name)
+
+
+@pytest.fixture(autouse=True)
+def _no_registry_uri_leaks_between_tests():
+    """A test that sets MLflow's registry URI (``mlflow.set_registry_uri`` also exports
+    ``MLFLOW_REGISTRY_URI``) must not redirect a later test's clients: every MlflowClient built without an
+    explicit registry reads it (seen: the reliability stack's champions registered into a deleted sqlite file)."""
+    before = os.environ.get("MLFLOW_REGISTRY_URI")
+    yield
+    if "mlflow" in sys.modules:
+        from mlflow.tracking._model_registry import utils
+
+        utils._registry_uri = None
+    if before is None:
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)
+    else:
+        os.environ["MLFLOW_REGISTRY_URI"] = before
 
 
 @pytest.fixture
