@@ -22,7 +22,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -36,33 +35,13 @@ from PIL import Image
 
 from cutpaste.atomic import atomic_write_text
 from infra.local import tcp_proxy
-from infra.local.s3 import FAKE_CREDENTIALS
+from infra.local.s3 import FAKE_CREDENTIALS, start_moto_process
 from infra.local.services import VENV_BIN, free_port, ray_worker_pids, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "batch_score.json"
 BUCKET = "bench-batch-score"
 LATENCY_S = 0.02
-
-
-def start_moto(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    import urllib.request
-
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1).close()
-            return proc
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("moto server did not start")
 
 
 def save_bundle(folder: Path, size: int) -> Path:
@@ -261,7 +240,7 @@ def main() -> None:
     args.sizes = [int(s) for s in args.sizes.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-batch-score-"))
     moto_port = free_port()
-    moto = start_moto(moto_port)
+    moto = start_moto_process(moto_port)
     proxy, proxy_port = tcp_proxy.start(moto_port, LATENCY_S)
     try:
         fast = client(f"http://127.0.0.1:{moto_port}")

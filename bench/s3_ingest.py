@@ -25,38 +25,20 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from infra.local import tcp_proxy
-from infra.local.services import free_port
+from infra.local.s3 import start_moto_process
+from infra.local.services import free_port, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS = ROOT / "bench" / "results" / "s3_ingest.json"
 CATEGORY = "synth_weave"
 LATENCY_S = 0.02
-
-
-def start_moto(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1).close()
-            return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("moto server did not start")
 
 
 def _files(root: Path, category: str) -> list[Path]:
@@ -267,13 +249,12 @@ def main() -> None:
     print(f"data ready in {time.perf_counter() - started:.1f}s: {data}", file=sys.stderr)
 
     port = free_port()
-    server = start_moto(port)
+    server = start_moto_process(port)
     _moto_environment(port)
     try:
         measured = _measure(args, data, work, port)
     finally:
-        server.terminate()
-        server.wait(10)
+        stop_process_group(server)
         shutil.rmtree(work, ignore_errors=True)
     result = _result(measured, args)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

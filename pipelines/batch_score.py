@@ -52,6 +52,7 @@ RETRIES = 3
 # Data's default is forever): a model that kills every worker fails the job instead of looping. Ray 2.60
 # deprecates passing these as remote args but names no replacement yet; its warning is filtered below.
 ACTOR_RETRIES = {"max_restarts": RETRIES, "max_task_retries": RETRIES}
+READ_BLOCK_BYTES = 256 * 1024
 MIN_ROWS_PER_FILE = 1000
 _DONE_CACHE: dict[str, frozenset[bytes]] = {}
 
@@ -195,13 +196,17 @@ def run_pipeline(
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = sys.stderr.isatty()
     gpus = args.gpus_per_actor if ray.cluster_resources().get("GPU", 0) > 0 else None
-    images = ray.data.read_binary_files(source.path, include_paths=True, filesystem=source.fs)
+    # Reading is latency-bound (a HEAD and a GET per object): small CPU shares and small blocks let several
+    # read tasks wait on S3 at once; decoding fuses into the same tasks (same resources).
+    context.target_min_block_size = READ_BLOCK_BYTES
+    reader = {"num_cpus": args.cpus_per_reader}
+    images = ray.data.read_binary_files(source.path, include_paths=True, filesystem=source.fs, ray_remote_args=reader)
     decoded = images.map_batches(
         decode_step,
         batch_size=None,  # whole read blocks: Ray Data then fuses reading and decoding into one task
         batch_format="numpy",
         fn_kwargs={"out": out, "source": source, "size": size, "run": run, "tally": tally},
-        num_cpus=1,  # Ray Data reruns a task lost with its worker (its default, max_retries=-1)
+        num_cpus=args.cpus_per_reader,  # Ray Data reruns a task lost with its worker (its default, max_retries=-1)
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=Warning)
@@ -262,6 +267,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threshold", type=float, help="override the model's calibrated threshold")
     parser.add_argument("--actors", type=int, default=2, help="scoring actors (each loads the model once)")
     parser.add_argument("--cpus-per-actor", type=float, default=1.0)
+    parser.add_argument("--cpus-per-reader", type=float, default=0.25, help="CPU share of a read+decode task")
     parser.add_argument("--gpus-per-actor", type=float, default=0.25, help="used only where the cluster has GPUs")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--mlflow-uri", help="tracking URI; default $MLFLOW_TRACKING_URI (see docs/batch_scoring.md)")

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import subprocess
+import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -44,6 +47,26 @@ def moto_s3_server() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+def start_moto_process(port: int, timeout_s: float = 90) -> subprocess.Popen:
+    """moto's server in a process (and process group) of its own, for benchmarks: client and server then
+    do not share one GIL. Returns once it answers; the caller stops it (``services.stop_process_group``)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError(f"moto server did not answer on 127.0.0.1:{port} within {timeout_s:.0f} s")
 
 
 def _post(url: str, body: bytes = b"") -> None:
