@@ -86,9 +86,36 @@ def results_table() -> list[str]:
             "eval_memory.json",
         )
     )
+    rows += _serving_rows()
     lines = ["| what | number | command | file |", "|---|---|---|---|"]
     lines += [f"| {w} | {n} | `.venv/bin/python {c}` | `bench/results/{f}` |" for w, n, c, f in rows]
     return lines
+
+
+def _serving_rows() -> list[tuple[str, str, str, str]]:
+    """The ONNX graph against PyTorch, and batch scoring on Ray Data against one process per image."""
+    e = _load("export.json")
+    g = e["rows"]["global"]["img_per_s"]
+    b = _load("batch_score.json")
+    one, ten, cli = b["memory"]["1000"], b["memory"]["10000"], b["throughput"]["cli_process_per_image"]
+    return [
+        (
+            f"ONNX Runtime against PyTorch, global Gaussian + GradCAM map, {e['detector']['image_size']} px, "
+            "batch 1 / 32",
+            f"{g['onnxruntime']['1']:.1f} vs {g['pytorch']['1']:.1f} / {g['onnxruntime']['32']:.1f} vs "
+            f"{g['pytorch']['32']:.1f} img/s",
+            e["command"].removeprefix("python "),
+            "export.json",
+        ),
+        (
+            f"batch scoring on Ray Data (2 actors, S3 with 20 ms latency, {b['image_size']} px), 1k / 10k "
+            "images, against one `cutpaste predict` process per image",
+            f"{one['images_per_s']:.1f} / {ten['images_per_s']:.1f} vs {cli['images_per_s']:.2f} img/s; driver "
+            f"peak RSS {one['peak_rss']['driver_mb']:.0f} / {ten['peak_rss']['driver_mb']:.0f} MB",
+            "bench/batch_score.py --sizes 1000,10000 --loop-images 100",
+            "batch_score.json",
+        ),
+    ]
 
 
 def chaos_table() -> list[str]:

@@ -297,11 +297,19 @@ def load_bundle_files(files: Mapping[str, bytes], sha256: str, *, device: str = 
     from cutpaste.ensemble import load_detector
 
     with tempfile.TemporaryDirectory(prefix="cutpaste-bundle-") as tmp:
-        root = Path(tmp).resolve()
-        for name, data in files.items():
-            target = (root / name).resolve()
-            if root not in target.parents:
-                raise ModelBundleError(f"bundle file {name!r} would land outside the bundle: refused")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
+        root = write_bundle_files(files, tmp)
         return load_detector(root, device=device, expected_sha256=sha256)
+
+
+def write_bundle_files(files: Mapping[str, bytes], directory: str | Path) -> Path:
+    """``files`` (from :func:`read_bundle_files`) as a bundle directory again; a name that would land outside
+    ``directory`` is refused before anything is written."""
+    root = Path(directory).resolve()
+    targets = {name: (root / name).resolve() for name in files}
+    for name, target in targets.items():
+        if root not in target.parents:
+            raise ModelBundleError(f"bundle file {name!r} would land outside the bundle: refused")
+    for name, target in targets.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(files[name])
+    return root

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import boto3
-import mlflow
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -24,8 +23,7 @@ from cutpaste.detector import Detector, embed_images
 from cutpaste.model import build_model
 from infra.local.s3 import moto_s3_server, s3_env
 from infra.local.services import VENV_BIN, ray_head, submit_job
-from pipelines import tracking
-from pipelines.pyfunc_model import TAG_SHA256, log_detector_model
+from tests.registered_model import register_champion
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -59,17 +57,7 @@ def _register(work: Path) -> tuple[str, Detector, str]:
     detector = Detector(model=model, density=density, threshold=0.0, config=config, category="batchtest")
     # The median of the first submission's scores: some images anomalous (with maps), some not.
     detector.threshold = float(np.median(list(_expected_scores(work, detector, _good(0, 6)).values())))
-    uri = f"sqlite:///{work / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    run_id = client.create_run(tracking.ensure_experiment(client, "models", work / "artifacts")).info.run_id
-    detector.save(work / "bundle")
-    mlflow.set_tracking_uri(uri)
-    model_uri, digest = log_detector_model(work / "bundle", run_id=run_id)
-    tracking.register_champion(
-        client, NAME, run_id, model_uri=model_uri, aliases=("champion",), tags={TAG_SHA256: digest}
-    )
-    tracking.finish_run(client, run_id)
-    mlflow.set_tracking_uri(None)
+    uri, digest = register_champion(work, detector, NAME)
     return uri, detector, digest
 
 
