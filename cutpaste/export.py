@@ -50,9 +50,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def export_model(model: str | Path, out: str | Path, *, fmt: str = "onnx", verify: bool = True) -> ExportResult:
-    """Loads the detector in ``model`` (its SHA-256 checked as every load does) and writes it to ``out``
-    in ``fmt``; with ``verify`` the graph must first score probe images as PyTorch does."""
+def export_model(
+    model: str | Path,
+    out: str | Path,
+    *,
+    fmt: str = "onnx",
+    verify: bool = True,
+    expected_sha256: str | None = None,
+) -> ExportResult:
+    """Loads the detector in ``model`` (its SHA-256 checked as every load does, and refused unless it is
+    ``expected_sha256`` when given, before anything is written) and writes it to ``out`` in ``fmt``; with
+    ``verify`` the graph must first score probe images as PyTorch does."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format: unknown {fmt!r}; choose one of {', '.join(FORMATS)}")
     model, out = Path(model), Path(out)
@@ -63,7 +71,7 @@ def export_model(model: str | Path, out: str | Path, *, fmt: str = "onnx", verif
     from cutpaste.ensemble import bundle_digest, load_detector
     from cutpaste.export_onnx import export_onnx, scorer_name
 
-    detector = load_detector(model)
+    detector = load_detector(model, expected_sha256=expected_sha256)
     sha256 = bundle_digest(model)
     try:
         path = export_onnx(detector, out, sha256=sha256, verify=verify)

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from cutpaste.batch_scoring import write_bundle_files
-from cutpaste.errors import CutPasteError, ModelBundleError
+from cutpaste.errors import CutPasteError
 from cutpaste.export import FORMATS, ExportResult, check_writable, export_model
 from pipelines.batch_model import resolve_model
 
@@ -26,19 +26,13 @@ from pipelines.batch_model import resolve_model
 def export_registered(
     spec: str, out: str | Path, *, fmt: str = "onnx", tracking_uri: str | None = None
 ) -> ExportResult:
-    """The model ``spec`` names, exported to ``out``; refused unless the exported bundle is the pinned one."""
+    """The model ``spec`` names, exported to ``out``; refused before anything is written unless the bundle
+    is the one its registry tag (or, for a local bundle, its own digest) pins."""
     check_writable(Path(out))  # before the download
     resolved = resolve_model(spec, tracking_uri)
     with tempfile.TemporaryDirectory(prefix="cutpaste-export-") as tmp:
         bundle = write_bundle_files(resolved.files, tmp)
-        result = export_model(bundle, out, fmt=fmt)
-    if result.sha256 != resolved.info.sha256:  # export_model hashed what it loaded: must be what was pinned
-        Path(out).unlink(missing_ok=True)
-        raise ModelBundleError(
-            f"--model {spec}: the exported bundle's SHA-256 {result.sha256[:16]}... is not the pinned "
-            f"{resolved.info.sha256[:16]}...: refused, nothing written"
-        )
-    return result
+        return export_model(bundle, out, fmt=fmt, expected_sha256=resolved.info.sha256)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,11 +6,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+import torch
 from mlflow import MlflowClient
 
-from cutpaste.detector import Detector
+from cutpaste.config import preset
+from cutpaste.density import GaussianDensity
+from cutpaste.detector import Detector, embed_images
+from cutpaste.model import build_model
 from pipelines import tracking
 from pipelines.pyfunc_model import TAG_SHA256, log_detector_model
+
+
+def tiny_detector(size: int, *, threshold: float, category: str) -> Detector:
+    """The ``ci`` preset's network, untrained (seed 0), with a Gaussian fitted on plain grey-ish normals:
+    quick to build, and its scores differ between plain and noisy images."""
+    config = preset("ci").override({"image_size": size})
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    normals = torch.randint(100, 140, (12, 3, size, size), dtype=torch.uint8)
+    density = GaussianDensity.fit(embed_images(model, normals, batch_size=8, size=size))
+    return Detector(model=model, density=density, threshold=threshold, config=config, category=category)
 
 
 def register_champion(work: Path, detector: Detector, name: str) -> tuple[str, str]:

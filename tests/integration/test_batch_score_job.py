@@ -16,14 +16,11 @@ import torch
 from mlflow import MlflowClient
 from PIL import Image
 
-from cutpaste.config import preset
 from cutpaste.data.images import load_image
-from cutpaste.density import GaussianDensity
-from cutpaste.detector import Detector, embed_images
-from cutpaste.model import build_model
+from cutpaste.detector import Detector
 from infra.local.s3 import moto_s3_server, s3_env
 from infra.local.services import VENV_BIN, ray_head, submit_job
-from tests.registered_model import register_champion
+from tests.registered_model import register_champion, tiny_detector
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -49,12 +46,7 @@ def _good(first: int, count: int) -> dict[str, bytes]:
 
 
 def _register(work: Path) -> tuple[str, Detector, str]:
-    config = preset("ci").override({"image_size": SIZE})
-    torch.manual_seed(0)
-    model = build_model(config).eval()
-    normals = torch.randint(100, 140, (12, 3, SIZE, SIZE), dtype=torch.uint8)
-    density = GaussianDensity.fit(embed_images(model, normals, batch_size=8, size=SIZE))
-    detector = Detector(model=model, density=density, threshold=0.0, config=config, category="batchtest")
+    detector = tiny_detector(SIZE, threshold=0.0, category="batchtest")
     # The median of the first submission's scores: some images anomalous (with maps), some not.
     detector.threshold = float(np.median(list(_expected_scores(work, detector, _good(0, 6)).values())))
     uri, digest = register_champion(work, detector, NAME)

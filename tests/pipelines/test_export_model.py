@@ -16,14 +16,12 @@ pytest.importorskip("onnxruntime")  # the onnx extra (the test command installs 
 import onnx
 import onnxruntime
 
-from cutpaste.config import preset
-from cutpaste.density import GaussianDensity
-from cutpaste.detector import Detector, embed_images
+from cutpaste.detector import Detector
 from cutpaste.errors import ModelBundleError
-from cutpaste.model import build_model
+from cutpaste.export import export_model as export_model_file
 from pipelines import export_model
 from pipelines.pyfunc_model import TAG_SHA256
-from tests.registered_model import register_champion
+from tests.registered_model import register_champion, tiny_detector
 
 NAME = "cutpaste-exporttest"
 SIZE = 64  # at 32 px the export's own check refused this detector's GradCAM map (left for a follow-up)
@@ -32,12 +30,7 @@ SIZE = 64  # at 32 px the export's own check refused this detector's GradCAM map
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory) -> tuple[str, Detector, str]:
     work = tmp_path_factory.mktemp("export-registry")
-    config = preset("ci").override({"image_size": SIZE})
-    torch.manual_seed(0)
-    model = build_model(config).eval()
-    normals = torch.randint(100, 140, (12, 3, SIZE, SIZE), dtype=torch.uint8)
-    density = GaussianDensity.fit(embed_images(model, normals, batch_size=8, size=SIZE))
-    detector = Detector(model=model, density=density, threshold=3.5, config=config, category="exporttest")
+    detector = tiny_detector(SIZE, threshold=3.5, category="exporttest")
     uri, digest = register_champion(work, detector, NAME)
     return uri, detector, digest
 
@@ -80,3 +73,14 @@ def test_an_unknown_model_is_one_line_naming_the_flag(registered, tmp_path: Path
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --model models:/nobody@champion: not in the registry") and "\n" not in err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_bundle_that_is_not_the_pinned_one_is_refused_before_an_earlier_export_is_touched(registered, tmp_path):
+    _, detector, _ = registered
+    detector.save(tmp_path / "model")
+    out = tmp_path / "champion.onnx"
+    out.write_bytes(b"the previous export")
+    with pytest.raises(ModelBundleError):
+        export_model_file(tmp_path / "model", out, expected_sha256="0" * 64)
+    assert out.read_bytes() == b"the previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["champion.onnx", "model"], "no temporary file is left"
