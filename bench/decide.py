@@ -49,7 +49,6 @@ ROWS: dict[str, tuple[dict[str, Any], bool]] = {
     "untrained": ({}, False),
     "global": ({"image_score": "global"}, True),
     "one-stage": ({"feature_stages": 1}, True),
-    "no-centring": ({"feature_centring": False}, True),
     "stage3": ({"local_stage": 3}, True),
     "other-jitter": ({}, True),  # the pre-jitter the preset does not use (OTHER_JITTER)
     # image_score=auto with one candidate left out of its list (scoring only). Asked for as the one row
@@ -71,7 +70,6 @@ DECISIONS = (
     ("training", "preset", "untrained", "the trained encoder against the same scoring on random weights"),
     ("image_score=auto", "preset", "global", "the detector chooses its image score vs the paper's global Gaussian"),
     ("feature_stages=2", "preset", "one-stage", "layer1 stacked onto layer2's feature map vs layer2 alone"),
-    ("feature_centring", "preset", "no-centring", "the k-NN bank's features centred per image vs raw"),
     ("local_stage=2", "preset", "stage3", "feature maps from layer1+2 vs layer2+3"),
 )
 # Each of auto's candidates against the list without it: "adopt" keeps it in the list, "keep" removes it.
@@ -237,15 +235,25 @@ def write(path: Path, runs: list[dict[str, Any]], categories: list[str]) -> None
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root
     ).stdout.strip()
     made = []
-    for preset_name in sorted({r["preset"] for r in runs}):
+    for preset_name in sorted({r["preset"] for r in runs} & set(OTHER_JITTER)):
         for d in decisions(runs, preset_name, categories):
             made.append({**d, "commit": commit})
+    made += _frozen(path, made)
     atomic_write_text(json.dumps({"min_seeds": MIN_SEEDS, "runs": runs, "decisions": made}, indent=1), path)
     from decisions_doc import render
 
     docs = root / "docs" / "decisions.md"
     docs.parent.mkdir(exist_ok=True)
     atomic_write_text(render(json.loads(path.read_text())), docs)
+
+
+def _frozen(path: Path, made: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Recorded decisions this code no longer makes, kept as they were (with their commit): those of a
+    retired preset (:data:`decisions_doc.RETIRED`) and of options deleted after losing."""
+    old = json.loads(path.read_text())["decisions"] if path.is_file() else []
+    key = ("preset", "decision", "scope")
+    mine = {tuple(d[k] for k in key) for d in made}
+    return [d for d in old if tuple(d[k] for k in key) not in mine]
 
 
 def run_category(

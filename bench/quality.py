@@ -8,9 +8,8 @@ image model with random weights, same density), ``paper-image`` (the paper's ima
 CutPaste, SGD, pooled embedding, one Gaussian), ``patch`` (the paper's patch model, image score the
 maximum of its map), one row per option on top of ``paper-image`` (``local``, ``combined``, ``auto``
 (the ``demo`` preset), ``auto-one-stage``, ``auto-no-pre-jitter``), and ``short`` / ``short-untrained``
-(the ``short`` preset, trained and with random weights)
-with the ``short-*`` scoring variants of the same model (``short-one-stage``: ``layer2``'s feature map
-without ``layer1`` stacked) and ``short-pre-jitter`` (trained with the whole-image colour jitter).
+(the ``short`` preset, trained and with random weights) with the ``short-*`` scoring variants of the
+same model. Defaults are decided by ``bench/decide.py`` on several seeds, not here (docs/decisions.md).
 Option rows use ``--preset`` (default ``demo``) for their budget and size, with the paper's choices
 wherever the row does not name another.
 

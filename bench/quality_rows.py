@@ -13,7 +13,7 @@ PAPER_CHOICES: dict[str, Any] = {
     "image_score": "global",
     "patch_size": 0,
     # The whole image's colour jitter before any view is made (AugmentConfig's default, 0.1, as the demo
-    # preset); the short preset trains without it.
+    # and short presets).
     "augment.pre_jitter": AugmentConfig().pre_jitter,
 }
 
@@ -44,7 +44,7 @@ ROWS: dict[str, Row] = {
         "auto with layer2's feature map alone (no layer1 stacked)", {"image_score": "auto", "feature_stages": 1}
     ),
     "auto-no-pre-jitter": Row(
-        "auto trained without the whole-image colour jitter (as the short preset)",
+        "auto trained without the whole-image colour jitter (rejected: docs/decisions.md)",
         {"image_score": "auto", "augment.pre_jitter": 0.0},
     ),
     "short": Row("the short preset (chosen on validation)", {}, short=True),
@@ -53,17 +53,6 @@ ROWS: dict[str, Row] = {
     "short-combined": Row(
         "the short preset's training, global + feature-map Gaussians, standardised sum",
         {"image_score": "combined"},
-        short=True,
-    ),
-    "short-one-stage": Row("the short preset with layer2's feature map alone", {"feature_stages": 1}, short=True),
-    "short-pre-jitter": Row(
-        "the short preset trained with the whole-image colour jitter (0.1, the paper preset's)",
-        {"augment.pre_jitter": AugmentConfig().pre_jitter},
-        short=True,
-    ),
-    "short-stage3": Row(
-        "the short preset one stage deeper: layer2 + layer3 feature maps (PatchCore's pair)",
-        {"local_stage": 3},
         short=True,
     ),
     "short-untrained": Row("the short preset's scoring with random weights", {}, train=False, short=True),

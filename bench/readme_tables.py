@@ -167,7 +167,7 @@ def decisions_table() -> list[str]:
         if d["scope"] != "all":
             continue
         if d["decision"].startswith("auto list: "):
-            kept = "kept" if d["verdict"] == "adopt" else "dropped" if d["verdict"] == "keep" else "undecided"
+            kept = "undecided" if d["verdict"].startswith("undecided") else "stayed" if d["val_delta"] > 0 else "left"
             listed.setdefault(d["preset"], {}).setdefault(kept, []).append(d["decision"].removeprefix("auto list: "))
             continue
         seeds = min(d["seeds"].values())

@@ -38,8 +38,9 @@ from cutpaste.scorer_selection import can_select, prior_choice, select_image_sco
 from cutpaste.threshold import calibrate, threshold_quantile
 
 # 2: the config without the options deleted after the decisions (optimizer, warmup_steps, embedding,
-# blend views); a bundle of another format is refused by name, never converted.
-BUNDLE_FORMAT = 2
+# blend views); 3: without the memory bank's per-image centring (feature_centring). A bundle of another
+# format is refused by name, never converted.
+BUNDLE_FORMAT = 3
 BUNDLE_NAME = "detector.pt"
 MAP_MODES = ("auto", "dense", "local", "gradcam")
 SUMMARY_NAME = "detector.json"

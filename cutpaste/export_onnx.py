@@ -106,15 +106,12 @@ class _GridBank(nn.Module):
 
     def __init__(self, bank: MemoryBank) -> None:
         super().__init__()
-        self.k, self.centred = int(bank.k), bool(bank.centred)
+        self.k = int(bank.k)
         self.register_buffer("bank", bank.bank.float().clone())
         self.register_buffer("bank_sq", bank.bank.float().square().sum(1))
 
     def forward(self, features: Tensor) -> Tensor:
-        x = features.float()
-        if self.centred:
-            x = x - x.mean(1, keepdim=True)
-        flat = x.reshape(-1, x.shape[-1])
+        flat = features.float().reshape(-1, features.shape[-1])
         squared = torch.addmm(self.bank_sq[None], flat, self.bank.T, alpha=-2.0) + flat.square().sum(1, keepdim=True)
         nearest = squared.topk(self.k, dim=1, largest=False).indices
         distances = (flat[:, None] - self.bank[nearest]).norm(dim=2).mean(1)
@@ -122,7 +119,7 @@ class _GridBank(nn.Module):
 
 
 def scorer_name(detector: Any) -> str:
-    """The scorer in words, for metadata and errors: ``image score local, feature maps knn (centred)``."""
+    """The scorer in words, for metadata and errors: ``image score local, feature maps knn, max``."""
     if not isinstance(detector, Detector):
         return type(detector).__name__
     cfg = detector.config
@@ -131,8 +128,7 @@ def scorer_name(detector: Any) -> str:
     if detector.feature_local is None:
         return "image score global (pooled embedding), GradCAM maps"
     layout = detector.meta.get("local_layout", cfg.feature_density)
-    centred = " (centred)" if isinstance(detector.feature_local, MemoryBank) and detector.feature_local.centred else ""
-    return f"image score {cfg.image_score}, feature maps {layout}{centred}, {cfg.feature_score}"
+    return f"image score {cfg.image_score}, feature maps {layout}, {cfg.feature_score}"
 
 
 def _grid_scorer(scorer: object, name: str) -> nn.Module:

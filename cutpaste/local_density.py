@@ -146,18 +146,15 @@ class LocalDensity:
         }
 
 
-def fit_local(
-    features: Tensor, *, layout: Layout, grid: int, dim: int, seed: int, centred: bool = False
-) -> LocalDensity | MemoryBank:
-    """The grid scorer a layout names: Gaussians (per position or shared) or a k-NN memory bank, whose
-    features are centred per image when ``centred`` (the Gaussians ignore it: see MemoryBank)."""
+def fit_local(features: Tensor, *, layout: Layout, grid: int, dim: int, seed: int) -> LocalDensity | MemoryBank:
+    """The grid scorer a layout names: Gaussians (per position or shared) or a k-NN memory bank."""
     if layout == "knn":
-        return MemoryBank.fit(features, grid=grid, seed=seed, centred=centred)
+        return MemoryBank.fit(features, grid=grid, seed=seed)
     return LocalDensity.fit(features, layout=layout, grid=grid, dim=dim, seed=seed)
 
 
 def load_local(state: dict) -> LocalDensity | MemoryBank:
-    """A grid scorer from its ``state_dict`` (bundles written before the memory bank hold Gaussians)."""
+    """A grid scorer from its ``state_dict``."""
     if state.get("layout") == "knn":
         return MemoryBank.from_state_dict(state)
     return LocalDensity.from_state_dict(state)

@@ -45,14 +45,13 @@ def image_and_grid_features(
 
 def fit_feature_scorer(features: Tensor, layout: Layout, config: TrainConfig) -> LocalDensity | MemoryBank:
     """The scorer of ``(N, G * G, C)`` feature-map grids that ``config`` asks for, in ``layout``: the detector
-    and the scorer selection fit it alike (a memory bank centred per image unless feature_centring is off)."""
+    and the scorer selection fit it alike."""
     return fit_local(
         features,
         layout=layout,
         grid=config.local_grid,
         dim=config.local_dim,
         seed=config.seed,
-        centred=config.feature_centring,
     )
 
 

@@ -9,14 +9,9 @@ CVPR 2022) scores patches this way. Features are kept raw, not L2-normalised: on
 the untrained encoder, not a matrix row). This is an addition of ours, not the paper's protocol (the
 paper fits one Gaussian).
 
-With ``centred``, each image's mean feature over its positions is subtracted first (train and query
-alike), so a patch is compared by how it differs from the rest of its own image. Normal textures vary
-in colour and lighting from image to image more than a stain or crack moves a patch; centring takes
-that shift out of every distance. At the ``short`` budget (``bench/quality.py --rows short-knn``, the
-same trained models) it raised the k-NN image AUROC on synth_grain from 0.914 to 0.945 and on
-synth_noise from 0.896 to 0.904, and left MVTec transistor (0.953 -> 0.956), bottle (0.973 -> 0.972)
-and solar_poly (0.782 -> 0.784) as they were; the Gaussians did not gain from it (transistor's
-per-position ones lost 0.003), so they keep raw features. The patch model's bank is not centred.
+Subtracting each image's mean feature before the distances (per-image centring) was tried and
+rejected under the rule of docs/decisions.md: over 3 seeds on 4 real categories its validation gain was
++0.001 [+0.000, +0.004] at `short` and +0.002 [+0.000, +0.007] at `demo`, so the simpler raw features stay.
 
 The bank holds at most ``max_size`` features, a seeded random subset when training has more, so its
 size and scoring time stay bounded; distances are computed in chunks on the features' device.
@@ -40,14 +35,12 @@ _CHUNK = 1024
 @dataclass
 class MemoryBank:
     """Normal features ``bank (M, D)`` of a ``grid x grid`` position layout; scores are the mean
-    Euclidean distance of a feature to its ``k`` nearest bank features (after per-image centring when
-    ``centred``)."""
+    Euclidean distance of a feature to its ``k`` nearest bank features."""
 
     layout: ClassVar[str] = "knn"
     grid: int
     bank: Tensor
     k: int = 1
-    centred: bool = False
 
     @classmethod
     def fit(
@@ -58,7 +51,6 @@ class MemoryBank:
         k: int = 1,
         max_size: int = MAX_BANK_SIZE,
         seed: int = 0,
-        centred: bool = False,
     ) -> MemoryBank:
         """``features``: ``(N, L, D)`` training features (N >= 2 images) -> a bank of at most ``max_size``."""
         n, positions, width = features.shape
@@ -68,11 +60,11 @@ class MemoryBank:
             raise ValueError(f"need patch features of at least 2 images, got {n}")
         if k < 1:
             raise ValueError(f"k: at least 1 neighbour, got {k}")
-        flat = _centre(features.float(), centred).reshape(-1, width)
+        flat = features.float().reshape(-1, width)
         if flat.shape[0] > max_size:
             pick = torch.randperm(flat.shape[0], generator=torch.Generator().manual_seed(seed))[:max_size]
             flat = flat[pick.to(flat.device)]
-        return cls(grid=grid, bank=flat.contiguous(), k=min(k, flat.shape[0]), centred=centred)
+        return cls(grid=grid, bank=flat.contiguous(), k=min(k, flat.shape[0]))
 
     def score(self, features: Tensor) -> Tensor:
         """``(N, L, D)`` -> ``(N, L)`` distances (float32, on the features' device)."""
@@ -80,7 +72,7 @@ class MemoryBank:
         bank = self.bank.to(features.device)
         bank_sq = bank.square().sum(1)
         out = []
-        for chunk in _centre(features.float(), self.centred).reshape(-1, width).split(_CHUNK):
+        for chunk in features.float().reshape(-1, width).split(_CHUNK):
             # The neighbours from |a - b|^2 = |a|^2 - 2 a.b + |b|^2, one matrix product done in place; their
             # distances again as |a - b| directly, since the expansion loses digits to cancellation when a
             # feature lies close to the bank (the scores would then move with the matmul's blocking).
@@ -90,12 +82,11 @@ class MemoryBank:
         return torch.cat(out).view(n, positions)
 
     def state_dict(self) -> dict:
-        return {"layout": self.layout, "grid": self.grid, "bank": self.bank.cpu(), "k": self.k, "centred": self.centred}
+        return {"layout": self.layout, "grid": self.grid, "bank": self.bank.cpu(), "k": self.k}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> MemoryBank:
-        # Banks saved before centring existed hold raw features.
-        return cls(grid=state["grid"], bank=state["bank"], k=state["k"], centred=bool(state.get("centred", False)))
+        return cls(grid=state["grid"], bank=state["bank"], k=state["k"])
 
     def summary(self) -> dict[str, float | str]:
         return {
@@ -103,10 +94,4 @@ class MemoryBank:
             "local_grid": float(self.grid),
             "local_dim": float(self.bank.shape[1]),
             "local_bank_size": float(self.bank.shape[0]),
-            "local_centred": float(self.centred),
         }
-
-
-def _centre(features: Tensor, centred: bool) -> Tensor:
-    """``(N, L, D)`` with each image's mean over its ``L`` positions subtracted (when ``centred``)."""
-    return features - features.mean(1, keepdim=True) if centred else features

@@ -28,7 +28,7 @@ from cutpaste.patches import random_crops
 from cutpaste.precision import use_amp, use_channels_last
 from cutpaste.views import make_views
 
-CHECKPOINT_FORMAT = 2  # 2: configs without the deleted options (see detector.BUNDLE_FORMAT)
+CHECKPOINT_FORMAT = 3  # 2, 3: configs without the deleted options (see detector.BUNDLE_FORMAT)
 CHECKPOINT_NAME = "last.pt"
 # Fields that change how a run reports, not what it computes: a resumed run may differ in these.
 _NON_TRAINING_FIELDS = frozenset(
@@ -49,7 +49,6 @@ _NON_TRAINING_FIELDS = frozenset(
         "feature_stages",
         "local_grid",
         "feature_density",
-        "feature_centring",
         "feature_score",
         "map_sigma",
         "patch_score",

@@ -42,8 +42,8 @@ def test_override_accepts_dotted_and_nested_keys():
     config = preset("ci").override({"augment.area_ratio": [0.05, 0.1], "steps": "12"})
     assert config.augment.area_ratio == (0.05, 0.1) and config.steps == 12
     # Whole numbers written as floats (YAML's 1e3, a JSON 2.0) and 0/1 for a switch are what they say.
-    parsed = preset("ci").override({"steps": "1e3", "batch_size": 8.0, "amp": 1, "feature_centring": "no"})
-    assert (parsed.steps, parsed.batch_size, parsed.amp, parsed.feature_centring) == (1000, 8, True, False)
+    parsed = preset("ci").override({"steps": "1e3", "batch_size": 8.0, "amp": 1, "untrained_fallback": "no"})
+    assert (parsed.steps, parsed.batch_size, parsed.amp, parsed.untrained_fallback) == (1000, 8, True, False)
     assert isinstance(parsed.steps, int) and isinstance(parsed.batch_size, int)
     # NumPy scalars, as a Tune sampler returns them, are plain values in the config.
     sampled = preset("ci").override({"amp": np.bool_(False), "steps": np.int64(7), "learning_rate": np.float32(0.5)})
@@ -70,7 +70,7 @@ def test_override_accepts_dotted_and_nested_keys():
         ({"feature_stages": "two"}, "feature_stages"),
         ({"feature_density": "here"}, "feature_density"),
         ({"feature_score": "mean"}, "feature_score"),
-        ({"feature_centring": "perhaps"}, "feature_centring"),
+        ({"untrained_fallback": "perhaps"}, "untrained_fallback"),
         ({"patch_score": "mean"}, "patch_score"),
         ({"map_sigma": -1}, "map_sigma"),
         ({"augment.blend_opacity": [0.5, 1.0]}, "blend_opacity"),
@@ -87,7 +87,7 @@ def test_override_accepts_dotted_and_nested_keys():
         ({"steps": 2.5}, "steps: cannot use 2.5 .expected a whole number"),
         ({"steps": "2.5"}, "steps: cannot use '2.5'"),
         ({"learning_rate": False}, "learning_rate: cannot use False"),
-        ({"feature_centring": 5}, "feature_centring: cannot use 5 .expected true or false"),
+        ({"untrained_fallback": 5}, "untrained_fallback: cannot use 5 .expected true or false"),
     ],
 )
 def test_invalid_values_name_the_key(changes, names):

@@ -3,6 +3,7 @@ candidate list are scored only where leaving the candidate out can change a scor
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -61,8 +62,8 @@ def test_leaving_out_a_candidate_that_was_not_chosen_copies_the_preset_row(decid
 
 def test_the_list_without_a_candidate_is_restored_after_the_row(decide):
     names = [c.name for c in decide.scorer_selection.CANDIDATES]
-    with decide._candidates_without("without-knn"):
-        assert [c.name for c in decide.scorer_selection.CANDIDATES] == [n for n in names if n != "knn"]
+    with decide._candidates_without("without-knn-relative"):
+        assert [c.name for c in decide.scorer_selection.CANDIDATES] == [n for n in names if n != "knn-relative"]
     assert [c.name for c in decide.scorer_selection.CANDIDATES] == names
 
 
@@ -74,18 +75,18 @@ def test_without_chosen_counts_as_recorded_only_when_every_candidate_row_is(deci
 
 def test_a_candidate_never_chosen_is_removed_from_the_list(decide):
     """Three seeds on two categories where ``local`` is always chosen and wins over the list without it:
-    ``local`` stays; ``knn`` was never chosen, its rows are copies, its gain is zero: the list drops it."""
+    ``local`` stays; ``global`` was never chosen, its rows are copies, its gain is zero: the list drops it."""
     runs = []
     for category in ("a", "b"):
         for seed in range(3):
             base = {**_preset_row("local"), "category": category, "seed": seed, "val_auroc": 0.8 + 0.01 * seed}
             runs += [base, {**base, "row": "without-local", "val_auroc": base["val_auroc"] - 0.05}]
-            runs += [{**base, "row": "without-knn", "same_as": "preset"}]
+            runs += [{**base, "row": "without-global", "same_as": "preset"}]
     for r in runs:
         r["image_auroc"] = 0.5
     made = {d["decision"]: d for d in decide.decisions(runs, "short", ["a", "b"]) if d["scope"] == "all"}
     assert made["auto list: local"]["verdict"] == "adopt"
-    assert made["auto list: knn"]["verdict"] == "keep" and made["auto list: knn"]["val_delta"] == 0
+    assert made["auto list: global"]["verdict"] == "keep" and made["auto list: global"]["val_delta"] == 0
 
 
 def test_patch_decisions_read_pixel_auroc_and_image_decisions_image_auroc(decide):
@@ -110,3 +111,18 @@ def test_patch_decisions_read_pixel_auroc_and_image_decisions_image_auroc(decide
         -0.1
     )
     assert "patch: local_density=knn" not in made  # no patch-knn rows: no decision, never a made-up one
+
+
+def test_decisions_no_longer_made_are_kept_as_recorded(decide, tmp_path):
+    """A retired preset's decisions and a deleted option's stay in the file with their commit; a decision
+    made again replaces its record."""
+    old = [
+        {"preset": "short-v1", "decision": "training", "scope": "all", "verdict": "keep", "commit": "a"},
+        {"preset": "demo", "decision": "feature_centring", "scope": "all", "verdict": "keep", "commit": "a"},
+        {"preset": "demo", "decision": "training", "scope": "all", "verdict": "keep", "commit": "a"},
+    ]
+    path = tmp_path / "decisions.json"
+    path.write_text(json.dumps({"runs": [], "decisions": old}))
+    made = [{"preset": "demo", "decision": "training", "scope": "all", "verdict": "adopt", "commit": "b"}]
+    assert decide._frozen(path, made) == old[:2]
+    assert decide._frozen(tmp_path / "none.json", made) == []

@@ -44,7 +44,7 @@ SCORERS: dict[str, dict] = {
     "knn-global": {"image_score": "combined", "feature_density": "knn"},
     "local-global": {"image_score": "combined", "feature_density": "per_location"},
     "knn-relative-global": {"image_score": "combined", "feature_density": "knn", "feature_score": "max-median"},
-    "global-with-knn-maps": {"image_score": "global", "feature_density": "knn", "feature_centring": False},
+    "global-with-knn-maps": {"image_score": "global", "feature_density": "knn"},
     "patch-knn": {"patch_size": 32, "patch_stride": 8, "local_density": "knn"},
     "patch-per_location-map_max": {
         "patch_size": 32,

@@ -73,7 +73,7 @@ def test_a_detector_scored_by_a_memory_bank_saves_and_loads(tmp_path):
     assert detector.meta["local_layout"] == "knn"
     detector.save(tmp_path)
     loaded = Detector.load(tmp_path)
-    assert isinstance(loaded.feature_local, MemoryBank) and loaded.feature_local.centred, "feature_centring's default"
+    assert isinstance(loaded.feature_local, MemoryBank)
     assert torch.allclose(loaded.score(images), detector.score(images))
 
 
@@ -95,24 +95,21 @@ def test_a_bad_layout_names_the_field():
         preset("ci").override({"feature_density": "nearest"})
 
 
-def test_a_centred_bank_ignores_a_shift_shared_by_an_image_and_keeps_it_through_save():
+def test_a_bank_scores_a_feature_by_its_nearest_training_features_and_keeps_them_through_save():
     generator = torch.Generator().manual_seed(0)
     train, query = torch.randn(6, 9, 5, generator=generator), torch.randn(3, 9, 5, generator=generator)
-    shift = 10 * torch.randn(3, 1, 5, generator=generator)  # one offset per image, as lighting moves a texture
-    centred = MemoryBank.fit(train, grid=3, centred=True)
-    torch.testing.assert_close(centred.score(query + shift), centred.score(query), rtol=1e-4, atol=1e-4)
-    raw = MemoryBank.fit(train, grid=3)
-    assert (raw.score(query + shift) - raw.score(query)).abs().max() > 1, "raw features see the shift"
-    # A bump at one position still stands out after centring: it is not the image's mean.
+    bank = fit_local(train, layout="knn", grid=3, dim=4, seed=0)
+    flat = train.reshape(-1, 5)
+    expected = torch.cdist(query.reshape(-1, 5), flat).min(1).values.view(3, 9)
+    torch.testing.assert_close(bank.score(query), expected, rtol=1e-5, atol=1e-5)
+    # A bump at one position stands out there and nowhere else.
     bumped = query.clone()
     bumped[:, 4] += 5
-    assert bool((centred.score(bumped)[:, 4] > centred.score(query)[:, 4]).all())
-    again = load_local(centred.state_dict())
-    assert isinstance(again, MemoryBank) and again.centred
-    torch.testing.assert_close(again.score(query), centred.score(query))
-    old = {k: v for k, v in raw.state_dict().items() if k != "centred"}  # a bundle from before centring
-    assert not load_local(old).centred
-    assert fit_local(train, layout="knn", grid=3, dim=4, seed=0, centred=True).centred
+    assert bool((bank.score(bumped)[:, 4] > bank.score(query)[:, 4]).all())
+    torch.testing.assert_close(bank.score(bumped)[:, :4], bank.score(query)[:, :4])
+    again = load_local(bank.state_dict())
+    assert isinstance(again, MemoryBank) and set(bank.state_dict()) == {"layout", "grid", "bank", "k"}
+    torch.testing.assert_close(again.score(query), bank.score(query))
 
 
 def test_two_stacked_stages_give_each_position_both_stages_pooled_to_the_grid(tmp_path):

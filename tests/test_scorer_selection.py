@@ -88,10 +88,8 @@ def test_only_the_bank_candidates_change_the_configured_density():
 
     assert overrides("local") == {"image_score": "local"}, "a configured per_location or shared layout is kept"
     assert overrides("global") == {"image_score": "global"}
-    assert overrides("knn") == {"image_score": "local", "feature_density": "knn"}
-    assert overrides("knn-global") == {"image_score": "combined", "feature_density": "knn"}
-    relative = {"image_score": "combined", "feature_density": "knn", "feature_score": "max-median"}
-    assert overrides("knn-relative-global") == relative
+    relative = {"image_score": "local", "feature_density": "knn", "feature_score": "max-median"}
+    assert overrides("knn-relative") == relative
 
 
 def test_combined_candidates_standardise_by_the_normal_scores():
@@ -99,6 +97,7 @@ def test_combined_candidates_standardise_by_the_normal_scores():
     normal = {"global": torch.tensor([[1.0], [3.0]]).double(), "knn": torch.tensor([[10.0, 0.0], [30.0, 2.0]]).double()}
     anomalous = {"global": torch.tensor([[5.0]]).double(), "knn": torch.tensor([[50.0, 4.0]]).double()}
     normal["auto"], anomalous["auto"] = normal["knn"], anomalous["knn"]
+    # A standardised sum (image_score=combined) is no longer in auto's list, but the scoring is the same.
     combined = _candidate_scores(Candidate("knn-global", "combined", "knn"), normal, anomalous)
     g, k = torch.tensor([1.0, 3.0, 5.0]).double(), torch.tensor([10.0, 30, 50]).double()  # k: each image's max
     torch.testing.assert_close(combined, (g - 2) / g[:2].std() + (k - 20) / k[:2].std())
@@ -121,10 +120,10 @@ def test_ties_go_to_the_category_lookup(weave, small, monkeypatch):
 
 
 def test_a_global_choice_keeps_the_best_feature_map_for_the_anomaly_maps(weave, small, monkeypatch):
-    auroc = {"global": 0.9, "knn": 0.8, "knn-global": 0.85, "local": 0.7, "local-global": 0.6}
+    auroc = {"global": 0.9, "knn-relative": 0.85, "local": 0.7}
     selection = _selection("global", auroc)
-    assert selection.maps_from.name == "knn-global" and selection.to_dict()["maps_from"] == "knn-global"
-    assert selection.overrides() == {"image_score": "global", "feature_density": "knn"}
+    assert selection.maps_from.name == "knn-relative" and selection.to_dict()["maps_from"] == "knn-relative"
+    assert selection.overrides() == {"image_score": "global", "feature_density": "knn", "feature_score": "max-median"}
 
     import cutpaste.detector as detector_module
 
