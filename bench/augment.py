@@ -3,7 +3,7 @@
 One training step of the paper's 3-way preset sees ``--batch`` (96) images: ``--batch // 3`` (32) normal
 images and their CutPaste and scar versions. Both paths produce exactly that from the same uint8 images:
 
-* batched: ``uint8 (32, 3, S, S)`` on the device -> float -> :func:`cutpaste.views.make_views`
+* batched: ``uint8 (32, 3, S, S)`` on the device -> float -> :func:`cutpaste.augment.views.make_views`
   (translation, whole-image colour jitter, CutPaste, scar, all vectorised) -> ImageNet normalisation;
 * PIL: per image, ``RandomCrop(padding, reflect)`` + ``ColorJitter`` as pre-augmentation, CutPaste by
   crop / ``ColorJitter`` / paste, scar by crop / ``ColorJitter`` / ``rotate(expand=True)`` / paste with
@@ -37,9 +37,9 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from cutpaste.augment import IMAGENET_MEAN, IMAGENET_STD
+from cutpaste.augment.ops import IMAGENET_MEAN, IMAGENET_STD
+from cutpaste.augment.views import make_views
 from cutpaste.config import AugmentConfig
-from cutpaste.views import make_views
 
 # --------------------------------------------------------------------------- PIL reference
 

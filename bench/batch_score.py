@@ -46,9 +46,9 @@ LATENCY_S = 0.02
 
 def save_bundle(folder: Path, size: int) -> Path:
     from cutpaste.config import preset
-    from cutpaste.density import GaussianDensity
     from cutpaste.detector import Detector, embed_images
-    from cutpaste.model import build_model
+    from cutpaste.model.network import build_model
+    from cutpaste.scoring.gaussian import GaussianDensity
 
     config = preset("ci").override({"image_size": size})
     torch.manual_seed(0)

@@ -3,7 +3,7 @@
     .venv/bin/python bench/decide.py --preset demo --seeds 0,1,2 --cache /tmp/cutpaste-decide \\
         --data ../shared/data --categories mvtec_ad/bottle,mvtec_ad/transistor,elpv/solar_poly,mvtec_3d/tire
 
-Per category and seed, the run holds out fold ``seed % 5`` of ``train/good`` (cutpaste.validation: over
+Per category and seed, the run holds out fold ``seed % 5`` of ``train/good`` (cutpaste.evaluation.validation: over
 five seeds every normal image is a validation normal once, always scored by an encoder that never saw
 it), trains the preset on the other folds (and once more where a row changes the training), and scores
 every row on the same validation set: the held-out normals and anomalies of the voting kinds made from
@@ -29,17 +29,23 @@ import torch
 from decision_rule import MIN_SEEDS, decide
 from quality import _CACHE, _trained, load_images_tensor, training_key
 
-from cutpaste import scorer_selection
 from cutpaste.atomic import atomic_write_text
-from cutpaste.baselines import pixel_statistics_scores, untrained_detector
 from cutpaste.config import TrainConfig, preset
 from cutpaste.data import list_samples, load_images
 from cutpaste.data.layout import MissingMaskWarning
 from cutpaste.detector import fit_detector
-from cutpaste.evaluate import evaluate_detector
-from cutpaste.metrics import image_metrics
-from cutpaste.model import build_model
-from cutpaste.validation import FOLDS, score_validation, score_validation_maps, split_train, synthetic_validation
+from cutpaste.evaluation.evaluate import evaluate_detector
+from cutpaste.evaluation.metrics import image_metrics
+from cutpaste.evaluation.validation import (
+    FOLDS,
+    score_validation,
+    score_validation_maps,
+    split_train,
+    synthetic_validation,
+)
+from cutpaste.model.network import build_model
+from cutpaste.scoring import selection as scorer_selection
+from cutpaste.scoring.baselines import pixel_statistics_scores, untrained_detector
 
 PATCH: dict[str, Any] = {"patch_size": 32, "image_size": 128, "patch_stride": 8}
 # Each row: config changes from the preset, and whether it trains (False: random weights, same scoring).

@@ -10,8 +10,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from cutpaste.anomalies.kinds import ANOMALY_KINDS, VOTING_KINDS
 from cutpaste.atomic import atomic_write_text
-from cutpaste.synthetic_anomalies import ANOMALY_KINDS, VOTING_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = """# Decisions
@@ -37,7 +37,7 @@ anomalies' masks (normals and the voting kinds), since a patch model is there to
 
 **Validation.** Seed s holds out fold s mod 5 of `train/good` (the encoder never sees it), and makes two
 anomalies of each kind from each held-out image with one fixed seed. Only {voting} vote: they share no
-generator, shape family or area range with CutPaste, the scar or Perlin-cut views (`cutpaste/blob_anomalies.py`).
+generator, shape family or area range with CutPaste, the scar or Perlin-cut views (`cutpaste/anomalies/blobs.py`).
 {reported} resemble training views and are reported per kind only.
 """
 

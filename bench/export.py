@@ -5,7 +5,7 @@
 
 One process, the same images for both: a synthetic category is written, an encoder is trained for a few
 steps at the ``ci`` preset (the point is the runtime, not the detector), each scorer is fitted on it and
-exported with ``cutpaste.export.export_model`` (which checks the graph on probe images first). Then, for
+exported with ``cutpaste.serving.export.export_model`` (which checks the graph on probe images first). Then, for
 each batch size, PyTorch's ``Detector.anomaly_maps`` on ``(B, 3, S, S)`` uint8 and onnxruntime's session on
 the same images as ``(B, S, S, 3)`` uint8 (both give the score and the map) are timed alternately: one
 warm-up call, then the median of ``--repeats`` calls each. Both use the same number of threads. PyTorch's
@@ -35,9 +35,9 @@ from cutpaste.config import preset
 from cutpaste.data import list_samples, load_images
 from cutpaste.data.synth import generate_dataset
 from cutpaste.detector import Detector, fit_detector
-from cutpaste.export import export_model
-from cutpaste.export_onnx import max_difference
-from cutpaste.train import train_model
+from cutpaste.serving.export import export_model
+from cutpaste.serving.onnx_graph import max_difference
+from cutpaste.train.loop import train_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "export.json"
 CATEGORY = "synth_disc"

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from cutpaste.atomic import atomic_write_text
-from cutpaste.dense import dense_embeddings, upsample_scores
-from cutpaste.model import CutPasteNet
-from cutpaste.patches import grid_size
-from cutpaste.train import resolve_device
+from cutpaste.model.dense import dense_embeddings, upsample_scores
+from cutpaste.model.network import CutPasteNet
+from cutpaste.model.patches import grid_size
+from cutpaste.train.loop import resolve_device
 
 
 def _sync(device: torch.device) -> None:

@@ -14,7 +14,7 @@ Option rows use ``--preset`` (default ``demo``) for their budget and size, with 
 wherever the row does not name another.
 
 Every trained row trains on 80% of ``train/good``; the other 20%, and one synthetic anomaly of
-each kind made from each of them (:mod:`cutpaste.validation`), give the validation AUROC, the only
+each kind made from each of them (:mod:`cutpaste.evaluation.validation`), give the validation AUROC, the only
 column a choice may be read from. Test image AUROC, pixel AUROC and AUPRO (where masks exist) are
 reported next to it, never used. Results merge into ``bench/results/quality.json`` (one entry per
 category and row; a rerun replaces its own) and the Markdown table ``bench/results/quality.md``.
@@ -35,19 +35,19 @@ import torch
 from quality_rows import PAPER_CHOICES, ROWS, Row  # bench/ scripts import their siblings by name
 
 from cutpaste.atomic import atomic_write_text
-from cutpaste.baselines import pixel_statistics_scores, untrained_detector
 from cutpaste.cli import build_config
 from cutpaste.config import TrainConfig, parse_overrides, preset
 from cutpaste.data import list_samples, load_images
 from cutpaste.data.synth import SYNTH_CATEGORIES, generate_dataset
 from cutpaste.detector import fit_detector
 from cutpaste.errors import CutPasteError
-from cutpaste.evaluate import evaluate_detector
-from cutpaste.metrics import image_metrics
-from cutpaste.model import build_model
-from cutpaste.paper import PAPER_IMAGE_AUROC, PAPER_PIXEL_AUROC
-from cutpaste.train import train_model, training_fields
-from cutpaste.validation import ANOMALY_KINDS, score_validation, split_train, synthetic_validation
+from cutpaste.evaluation.evaluate import evaluate_detector
+from cutpaste.evaluation.metrics import image_metrics
+from cutpaste.evaluation.paper import PAPER_IMAGE_AUROC, PAPER_PIXEL_AUROC
+from cutpaste.evaluation.validation import ANOMALY_KINDS, score_validation, split_train, synthetic_validation
+from cutpaste.model.network import build_model
+from cutpaste.scoring.baselines import pixel_statistics_scores, untrained_detector
+from cutpaste.train.loop import train_model, training_fields
 
 
 def row_config(row: Row, base: TrainConfig, explicit: dict[str, Any] | None = None) -> TrainConfig:

@@ -21,7 +21,7 @@ from typing import Any
 from decisions_doc import row_mean
 
 from cutpaste.atomic import atomic_write_text
-from cutpaste.paper import PAPER_IMAGE_AUROC, PAPER_PIXEL_AUROC
+from cutpaste.evaluation.paper import PAPER_IMAGE_AUROC, PAPER_PIXEL_AUROC
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

@@ -6,7 +6,7 @@
 For each precision: the library's training loop as users run it (sampling + CutPaste on the device +
 forward/backward/SGD, img/s from its own per-interval records) and the bare model step on a ready
 batch (the ceiling), rounds interleaved so both precisions see the same machine state; medians are
-reported with their ratio. bf16 is used where :mod:`cutpaste.precision` detects native support (CUDA,
+reported with their ratio. bf16 is used where :mod:`cutpaste.model.precision` detects native support (CUDA,
 AMX or AVX512-BF16 CPUs); elsewhere the "amp" column runs fp32 and says so. With ``--auroc`` (default
 on) the same seed is trained in both precisions on a synthetic category and both image AUROCs are
 reported: speed must not cost quality.
@@ -25,15 +25,15 @@ from pathlib import Path
 import torch
 
 from cutpaste.atomic import atomic_write_text
-from cutpaste.baselines import untrained_detector
 from cutpaste.config import TrainConfig, preset
 from cutpaste.data import list_samples, load_images
 from cutpaste.data.synth import generate_dataset
 from cutpaste.detector import fit_detector
-from cutpaste.evaluate import evaluate_detector
-from cutpaste.model import build_model
-from cutpaste.precision import cpu_has_native_bf16, use_amp, use_channels_last
-from cutpaste.train import TrainHooks, optimisation_step, resolve_device, train_model
+from cutpaste.evaluation.evaluate import evaluate_detector
+from cutpaste.model.network import build_model
+from cutpaste.model.precision import cpu_has_native_bf16, use_amp, use_channels_last
+from cutpaste.scoring.baselines import untrained_detector
+from cutpaste.train.loop import TrainHooks, optimisation_step, resolve_device, train_model
 
 
 def _sync(device: torch.device) -> None:

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cutpaste.atomic import atomic_write_text
 from cutpaste.config import TrainConfig, preset
-from cutpaste.train import TrainHooks, train_model
+from cutpaste.train.loop import TrainHooks, train_model
 
 
 def _images(size: int) -> torch.Tensor:

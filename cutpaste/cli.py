@@ -160,7 +160,7 @@ def _print_evaluation(report: dict[str, Any]) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from cutpaste.atomic import atomic_write_text
     from cutpaste.ensemble import load_detector
-    from cutpaste.train import resolve_device
+    from cutpaste.train.loop import resolve_device
     from cutpaste.workflow import evaluate_category
 
     detector = load_detector(args.model, device=resolve_device(args.device))  # a detector or an ensemble
@@ -181,7 +181,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from cutpaste.data.images import load_image
     from cutpaste.ensemble import load_detector
-    from cutpaste.train import resolve_device
+    from cutpaste.train.loop import resolve_device
 
     # A detector or an ensemble; --sha256 pins it (e.g. to the digest its registry version is tagged with).
     detector = load_detector(args.model, device=resolve_device(args.device), expected_sha256=args.sha256)
@@ -198,7 +198,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         except CutPasteError as exc:
             rows.append({"path": path, "error": str(exc)})
     if images and args.heatmap:
-        from cutpaste.localize import write_prediction_heatmaps
+        from cutpaste.localization.localize import write_prediction_heatmaps
 
         batch = torch.stack(images)
         scores, maps = detector.anomaly_maps(batch, args.maps)
@@ -233,8 +233,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_localize(args: argparse.Namespace) -> int:
     from cutpaste.detector import Detector
-    from cutpaste.localize import localize_category
-    from cutpaste.train import resolve_device
+    from cutpaste.localization.localize import localize_category
+    from cutpaste.train.loop import resolve_device
 
     detector = Detector.load(args.model, device=resolve_device(args.device))
     category = args.category or detector.category
@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_parser(sub)
     _add_data_parser(sub)
     _add_verify_parser(sub)
-    from cutpaste.export import add_export_command  # the command and its checks live there
+    from cutpaste.serving.export import add_export_command  # the command and its checks live there
 
     add_export_command(sub)
     return parser

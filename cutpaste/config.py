@@ -88,7 +88,7 @@ class TrainConfig:
     head_width: int = 512
     seed: int = 0
     # bf16 autocast and channels_last, applied where they are faster: CUDA, and CPUs with native bf16
-    # (AMX or AVX512-BF16, detected; see cutpaste/precision.py).
+    # (AMX or AVX512-BF16, detected; see cutpaste/model/precision.py).
     amp: bool = True
     channels_last: bool = True
     # The image-level model's anomaly score. global: the Gaussian on the embedding (the paper's);
@@ -97,7 +97,7 @@ class TrainConfig:
     # maps from that grid instead of GradCAM; combined: the sum of both, each standardised on
     # out-of-fold training scores. Local scoring is an addition of ours, not the paper's protocol.
     # auto: the detector chooses among these (and the k-NN bank's variants) on validation made from its
-    # own training images (cutpaste/scorer_selection.py), and records what it resolved to.
+    # own training images (cutpaste/scoring/selection.py), and records what it resolved to.
     image_score: str = "global"
     local_stage: int = 3
     local_grid: int = 8
@@ -122,7 +122,7 @@ class TrainConfig:
     # Decision threshold: this quantile of out-of-fold anomaly scores of the normal training images.
     threshold_quantile: float = 0.99
     # The false-positive rate on normal images to calibrate for instead (0: use threshold_quantile);
-    # the expected rate and its bootstrap interval are reported either way (cutpaste/threshold.py).
+    # the expected rate and its bootstrap interval are reported either way (cutpaste/scoring/threshold.py).
     target_fpr: float = 0.0
     # Localization. 0: the image-level model (maps come from GradCAM). 32 or 64: a patch-level model
     # trained on random crops of this size, scored densely at every ``patch_stride`` px.
@@ -130,7 +130,7 @@ class TrainConfig:
     patch_stride: int = 4
     # The patch model's density: one Gaussian shared by all grid positions (the paper's), one per
     # position (PaDiM style, an addition of ours), "knn" (a memory bank of training features, score the
-    # distance to the nearest, as in PatchCore; ours, cutpaste/memory_bank.py), or "auto" (our grouping
+    # distance to the nearest, as in PatchCore; ours, cutpaste/scoring/memory_bank.py), or "auto" (our grouping
     # of MVTec categories: per position for aligned objects, shared otherwise).
     local_density: str = "shared"
     # Patch model: the Gaussian that spreads a patch score over its receptive field, in px at 256 px
@@ -227,7 +227,7 @@ class TrainConfig:
 
 def _check_backbone(name: str) -> None:
     """The registry is imported here, not at the top: it needs torchvision, and reading a config should not."""
-    from cutpaste.backbones import BACKBONES
+    from cutpaste.model.backbones import BACKBONES
 
     if name not in BACKBONES:
         raise ConfigError(f"backbone: unknown {name!r}; choose one of {', '.join(BACKBONES)}")

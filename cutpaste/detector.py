@@ -18,24 +18,24 @@ import torch
 from cutpaste import __version__
 from cutpaste.atomic import atomic_torch_save, atomic_write_text
 from cutpaste.config import TrainConfig
-from cutpaste.dense import dense_embeddings, upsample_scores
-from cutpaste.density import GaussianDensity, fold_parts, out_of_fold_scores
 from cutpaste.errors import ConfigError, ModelBundleError
-from cutpaste.gradcam import gradcam_maps
 from cutpaste.integrity import file_digests, load_weights, verify_file, verify_files, warn_unverified
-from cutpaste.local_density import LocalDensity, fit_local, load_local, resolve_layout
-from cutpaste.local_scores import (
+from cutpaste.localization.gradcam import gradcam_maps
+from cutpaste.model.dense import dense_embeddings, upsample_scores
+from cutpaste.model.network import CutPasteNet, as_float_images, build_model
+from cutpaste.model.patches import grid_size
+from cutpaste.scoring.feature_maps import (
     fit_feature_scorer,
     grid_image_scores,
     grid_to_maps,
     image_and_grid_features,
     standardise,
 )
-from cutpaste.memory_bank import MemoryBank
-from cutpaste.model import CutPasteNet, as_float_images, build_model
-from cutpaste.patches import grid_size
-from cutpaste.scorer_selection import can_select, prior_choice, select_image_score
-from cutpaste.threshold import calibrate, threshold_quantile
+from cutpaste.scoring.gaussian import GaussianDensity, fold_parts, out_of_fold_scores
+from cutpaste.scoring.grid_gaussians import LocalDensity, fit_local, load_local, resolve_layout
+from cutpaste.scoring.memory_bank import MemoryBank
+from cutpaste.scoring.selection import can_select, prior_choice, select_image_score
+from cutpaste.scoring.threshold import calibrate, threshold_quantile
 
 # 2: the config without the options deleted after the decisions (optimizer, warmup_steps, embedding,
 # blend views); 3: without the memory bank's per-image centring (feature_centring). A bundle of another
@@ -74,7 +74,7 @@ class Detector:
     # The patch-level model's per-grid-position densities; None for the image-level model.
     local: LocalDensity | MemoryBank | None = None
     # The image-level model's Gaussians over a stage's feature-map positions (image_score local or
-    # combined, cutpaste/local_scores.py); None when it scores with the global Gaussian alone.
+    # combined, cutpaste/scoring/feature_maps.py); None when it scores with the global Gaussian alone.
     feature_local: LocalDensity | MemoryBank | None = None
 
     @property
@@ -318,7 +318,7 @@ def _resolve_auto_score(
     model: CutPasteNet, train_images: torch.Tensor, config: TrainConfig, category: str, meta: dict[str, Any] | None
 ) -> tuple[TrainConfig, dict[str, Any], tuple[torch.Tensor, torch.Tensor] | None]:
     """``image_score=auto`` made concrete: chosen on validation from the training images where they are
-    enough (:mod:`cutpaste.scorer_selection`, recorded in ``meta["image_score_selection"]``), else by the
+    enough (:mod:`cutpaste.scoring.selection`, recorded in ``meta["image_score_selection"]``), else by the
     category-name lookup; the detector's config keeps the choice, so a loaded bundle scores the same way.
     After a selection, the training images' features it computed are returned for the fit to reuse (and
     when the global score wins, the best feature-map candidate still gives the anomaly maps)."""

@@ -31,12 +31,12 @@ import torch
 from cutpaste import __version__
 from cutpaste.atomic import atomic_write_text
 from cutpaste.config import TrainConfig
-from cutpaste.density import out_of_fold_scores
 from cutpaste.detector import BUNDLE_NAME, SUMMARY_NAME, Detector
 from cutpaste.errors import ConfigError, ModelBundleError
 from cutpaste.integrity import file_digests, load_weights, sha256_file, verify_file, verify_files, warn_unverified
-from cutpaste.threshold import calibrate
-from cutpaste.threshold import threshold_quantile as _threshold_quantile
+from cutpaste.scoring.gaussian import out_of_fold_scores
+from cutpaste.scoring.threshold import calibrate
+from cutpaste.scoring.threshold import threshold_quantile as _threshold_quantile
 
 ENSEMBLE_FORMAT = 1
 ENSEMBLE_MANIFEST = "ensemble.json"

@@ -20,15 +20,15 @@ from pathlib import Path
 
 import torch
 
-from cutpaste.baselines import untrained_detector
 from cutpaste.config import TrainConfig
 from cutpaste.data.images import load_images
 from cutpaste.data.layout import list_samples
 from cutpaste.detector import BUNDLE_NAME, Detector, fit_detector
 from cutpaste.errors import ConfigError, DataError
-from cutpaste.evaluate import Evaluation, MapBatch, evaluate_detector
-from cutpaste.train import TrainHooks, TrainResult, resolve_device, train_model, write_history
-from cutpaste.validation import training_validation
+from cutpaste.evaluation.evaluate import Evaluation, MapBatch, evaluate_detector
+from cutpaste.evaluation.validation import training_validation
+from cutpaste.scoring.baselines import untrained_detector
+from cutpaste.train.loop import TrainHooks, TrainResult, resolve_device, train_model, write_history
 
 CHECKPOINT_DIR = "checkpoints"
 

@@ -21,9 +21,9 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from cutpaste.batch_scoring import ModelInfo, ScoreSummary, load_bundle_files, read_bundle_files
 from cutpaste.ensemble import bundle_digest
 from cutpaste.errors import ModelBundleError
+from cutpaste.serving.batch_scoring import ModelInfo, ScoreSummary, load_bundle_files, read_bundle_files
 from pipelines import tracking
 from pipelines.pyfunc_model import TAG_SHA256
 

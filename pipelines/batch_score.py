@@ -32,7 +32,9 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from cutpaste.batch_scoring import (
+from cutpaste.data.images import decode_image
+from cutpaste.errors import ConfigError, CutPasteError
+from cutpaste.serving.batch_scoring import (
     MAPS_DIR,
     OUTPUT_SCHEMA,
     SCORES_DIR,
@@ -43,8 +45,6 @@ from cutpaste.batch_scoring import (
     load_bundle_files,
     top_scored_figure,
 )
-from cutpaste.data.images import decode_image
-from cutpaste.errors import ConfigError, CutPasteError
 from cutpaste.storage.s3 import env_endpoint, parse_s3_uri
 
 RETRIES = 3
@@ -139,7 +139,7 @@ class Scorer:
         import ray
         import torch
 
-        from cutpaste.batch_scoring import score_batch
+        from cutpaste.serving.batch_scoring import score_batch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.detector = load_bundle_files(ray.get(bundle[0]), model.sha256, device=device)

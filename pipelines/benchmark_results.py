@@ -21,10 +21,10 @@ from typing import Any
 from mlflow import MlflowClient
 
 from cutpaste.atomic import atomic_write_text
-from cutpaste.density import GaussianDensity
 from cutpaste.detector import BUNDLE_NAME, verify_bundle
+from cutpaste.evaluation.report import RunRecord, summarise, to_markdown, write_results
 from cutpaste.integrity import load_weights
-from cutpaste.report import RunRecord, summarise, to_markdown, write_results
+from cutpaste.scoring.gaussian import GaussianDensity
 from pipelines import descriptions, faults, figures, tracking
 from pipelines.benchmark_config import TAG_MODEL_URI, TAG_VALIDATION_DIGEST, BenchmarkConfig, Session
 from pipelines.benchmark_retries import with_tracking_retries

@@ -25,7 +25,7 @@ from tenacity import (
     wait_none,
 )
 
-from cutpaste.report import RunRecord
+from cutpaste.evaluation.report import RunRecord
 from pipelines import faults, placement, tracking
 from pipelines.benchmark_config import BenchmarkConfig, Session
 from pipelines.train_run import RunSpec

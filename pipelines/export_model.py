@@ -4,7 +4,7 @@
 
 The version is resolved and downloaded as batch scoring does (``pipelines.batch_model``: the version's
 ``cutpaste.sha256`` tag must match the bundle and the model's own config), then exported by the library
-(``cutpaste.export.export_model``: checked against PyTorch before the atomic write). The graph's metadata
+(``cutpaste.serving.export.export_model``: checked against PyTorch before the atomic write). The graph's metadata
 carries the same SHA-256 the registry tags the version with, so an edge box can tell which version it runs.
 ``--model`` also takes a local bundle directory.
 """
@@ -17,9 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cutpaste.batch_scoring import write_bundle_files
 from cutpaste.errors import CutPasteError
-from cutpaste.export import FORMATS, ExportResult, check_writable, export_model
+from cutpaste.serving.batch_scoring import write_bundle_files
+from cutpaste.serving.export import FORMATS, ExportResult, check_writable, export_model
 from pipelines.batch_model import resolve_model
 
 

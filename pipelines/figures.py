@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 from mlflow import MlflowClient
 from sklearn.metrics import roc_curve
 
-from cutpaste.paper import PAPER_IMAGE_AUROC
+from cutpaste.evaluation.paper import PAPER_IMAGE_AUROC
 
 
 def _evaluation(client: MlflowClient, record: dict[str, Any]) -> dict[str, Any] | None:

@@ -65,7 +65,7 @@ def resolve(args: argparse.Namespace) -> tuple[SearchSpace, TrainConfig, TrainCo
     # Every point of the space must make a valid config: check the corners before any trial starts.
     check_corners(space, base)
     if args.validation_folder:
-        from cutpaste.validation import folder_validation
+        from cutpaste.evaluation.validation import folder_validation
 
         folder_validation(args.validation_folder, size=32)
     categories = resolve_categories(args.data, args.categories, args.s3_endpoint)

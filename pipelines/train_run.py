@@ -24,10 +24,10 @@ from cutpaste.atomic import atomic_write_text
 from cutpaste.config import TrainConfig
 from cutpaste.detector import BUNDLE_NAME, SUMMARY_NAME
 from cutpaste.errors import ModelBundleError
-from cutpaste.heatmaps import save_png
-from cutpaste.localize import ReviewPicks, sample_heatmaps
+from cutpaste.localization.heatmaps import save_png
+from cutpaste.localization.localize import ReviewPicks, sample_heatmaps
 from cutpaste.storage import materialize
-from cutpaste.train import CHECKPOINT_NAME, TrainHooks, load_checkpoint
+from cutpaste.train.loop import CHECKPOINT_NAME, TrainHooks, load_checkpoint
 from cutpaste.workflow import CHECKPOINT_DIR, evaluate_category, train_category
 from pipelines import faults
 from pipelines.system_metrics import SystemSampler
@@ -180,7 +180,7 @@ def _train_and_evaluate(
 
 def _validation_loop(spec: RunSpec, config: TrainConfig, data_root: Path, work: Path, world: int) -> None:
     """Trains (an ensemble of) detectors on the validation split, reporting metrics per evaluation step."""
-    from cutpaste.validation import validate_config
+    from cutpaste.evaluation.validation import validate_config
 
     if world != 1:
         raise ValueError("validation-report mode trains on one worker; use workers=1")

@@ -10,9 +10,9 @@ import torch
 from mlflow import MlflowClient
 
 from cutpaste.config import preset
-from cutpaste.density import GaussianDensity
 from cutpaste.detector import Detector, embed_images
-from cutpaste.model import build_model
+from cutpaste.model.network import build_model
+from cutpaste.scoring.gaussian import GaussianDensity
 from pipelines import tracking
 from pipelines.pyfunc_model import TAG_SHA256, log_detector_model
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-import cutpaste.augment as aug
-from cutpaste.augment import color_jitter_batch, cutpaste_batch, scar_batch, translate_batch
+import cutpaste.augment.ops as aug
+from cutpaste.augment.ops import color_jitter_batch, cutpaste_batch, scar_batch, translate_batch
+from cutpaste.augment.views import make_views
 from cutpaste.config import VARIANTS, AugmentConfig
-from cutpaste.views import make_views
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,4 +1,4 @@
-"""Batch scoring's per-batch logic (cutpaste/batch_scoring.py): bad objects become rows that name them,
+"""Batch scoring's per-batch logic (cutpaste/serving/batch_scoring.py): bad objects become rows that name them,
 wrong-size images are resized as at training and flagged, scores equal ``predict``'s, and resume skips
 exactly what was scored before (same key, same content)."""
 
@@ -13,7 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from cutpaste.batch_scoring import (
+from cutpaste.config import preset
+from cutpaste.data.images import load_image
+from cutpaste.detector import Detector, embed_images
+from cutpaste.model.network import build_model
+from cutpaste.scoring.gaussian import GaussianDensity
+from cutpaste.serving.batch_scoring import (
     OUTPUT_SCHEMA,
     ModelInfo,
     ScoreSummary,
@@ -22,11 +27,6 @@ from cutpaste.batch_scoring import (
     done_key,
     score_batch,
 )
-from cutpaste.config import preset
-from cutpaste.data.images import load_image
-from cutpaste.density import GaussianDensity
-from cutpaste.detector import Detector, embed_images
-from cutpaste.model import build_model
 
 SIZE = 32
 MODEL = ModelInfo("cutpaste-widget", "3", "ab" * 32)

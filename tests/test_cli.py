@@ -171,7 +171,7 @@ def test_evaluate_reports_the_false_positive_rate_realised_on_test_normals(train
     """A threshold set between the test split's normal scores: ``test_fpr`` is exactly the share at or above
     it, set beside the calibration's expected rate and interval (``detector.json``'s ``meta.calibration``)."""
     from cutpaste.data.layout import list_samples
-    from cutpaste.evaluate import score_samples
+    from cutpaste.evaluation.evaluate import score_samples
 
     detector = Detector.load(trained)
     good = [s for s in list_samples(tiny_root, "widget", "test") if s.label == 0]

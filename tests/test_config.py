@@ -122,8 +122,8 @@ def test_flatten_has_dotted_keys():
 def test_image_score_auto_falls_back_to_the_category_group_with_few_images():
     import torch
 
-    from cutpaste.baselines import untrained_detector
-    from cutpaste.scorer_selection import MIN_IMAGES, prior_choice
+    from cutpaste.scoring.baselines import untrained_detector
+    from cutpaste.scoring.selection import MIN_IMAGES, prior_choice
 
     short = preset("short")
     assert short.image_score == "auto"

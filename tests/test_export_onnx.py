@@ -26,11 +26,11 @@ from cutpaste.data.synth import generate_dataset  # noqa: E402
 from cutpaste.detector import BUNDLE_NAME, Detector, fit_detector  # noqa: E402
 from cutpaste.ensemble import build_ensemble  # noqa: E402
 from cutpaste.errors import ExportError  # noqa: E402
-from cutpaste.export import ExportResult, export_model  # noqa: E402
-from cutpaste.export_onnx import RTOL, build_onnx, check_against_torch, max_difference, probe_images  # noqa: E402
 from cutpaste.integrity import sha256_file  # noqa: E402
-from cutpaste.model import build_model  # noqa: E402
-from cutpaste.train import train_model  # noqa: E402
+from cutpaste.model.network import build_model  # noqa: E402
+from cutpaste.serving.export import ExportResult, export_model  # noqa: E402
+from cutpaste.serving.onnx_graph import RTOL, build_onnx, check_against_torch, max_difference, probe_images  # noqa: E402
+from cutpaste.train.loop import train_model  # noqa: E402
 
 CATEGORY = "synth_disc"
 SIZE = 64
@@ -222,7 +222,7 @@ def test_the_core_library_does_not_need_onnx():
 
     code = (
         "import sys\n"
-        "import cutpaste.cli, cutpaste.export, cutpaste.export_onnx\n"
+        "import cutpaste.cli, cutpaste.serving.export, cutpaste.serving.onnx_graph\n"
         "cutpaste.cli.build_parser()\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'onnx', 'onnxruntime', 'onnxscript'}))"
     )

@@ -17,13 +17,13 @@ from cutpaste.config import preset
 from cutpaste.data.images import load_images
 from cutpaste.data.layout import list_samples
 from cutpaste.data.synth import generate_dataset
-from cutpaste.density import GaussianDensity
 from cutpaste.detector import BUNDLE_NAME, SUMMARY_NAME, Detector, embed_images
 from cutpaste.ensemble import ENSEMBLE_MANIFEST, build_ensemble, bundle_digest, load_detector
 from cutpaste.errors import ModelBundleError
 from cutpaste.integrity import UnverifiedBundleWarning, load_weights, sha256_file
-from cutpaste.model import build_model
-from cutpaste.train import CHECKPOINT_FORMAT, CHECKPOINT_NAME, load_checkpoint
+from cutpaste.model.network import build_model
+from cutpaste.scoring.gaussian import GaussianDensity
+from cutpaste.train.loop import CHECKPOINT_FORMAT, CHECKPOINT_NAME, load_checkpoint
 
 CATEGORY = "synth_disc"
 

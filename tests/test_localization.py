@@ -13,14 +13,14 @@ from sklearn.covariance import LedoitWolf
 
 from cutpaste.cli import main
 from cutpaste.config import preset
-from cutpaste.dense import dense_embeddings, upsample_scores
-from cutpaste.density import GaussianDensity
 from cutpaste.detector import Detector
 from cutpaste.errors import ConfigError
-from cutpaste.gradcam import gradcam_maps
-from cutpaste.local_density import LocalDensity, ledoit_wolf, resolve_layout
-from cutpaste.model import CutPasteNet
-from cutpaste.patches import grid_patches, grid_size, random_crops
+from cutpaste.localization.gradcam import gradcam_maps
+from cutpaste.model.dense import dense_embeddings, upsample_scores
+from cutpaste.model.network import CutPasteNet
+from cutpaste.model.patches import grid_patches, grid_size, random_crops
+from cutpaste.scoring.gaussian import GaussianDensity
+from cutpaste.scoring.grid_gaussians import LocalDensity, ledoit_wolf, resolve_layout
 from cutpaste.workflow import evaluate_category, train_category
 from tests.conftest import write_tiny_category
 

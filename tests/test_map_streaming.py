@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cutpaste import evaluate as evaluate_module
 from cutpaste.data import list_samples
 from cutpaste.data.images import load_images, load_masks
 from cutpaste.data.layout import Sample
-from cutpaste.evaluate import MapBatch, evaluate_detector
-from cutpaste.localize import ReviewPicks, sample_heatmaps
-from cutpaste.pixel_metrics import pixel_metrics
+from cutpaste.evaluation import evaluate as evaluate_module
+from cutpaste.evaluation.evaluate import MapBatch, evaluate_detector
+from cutpaste.evaluation.pixel_metrics import pixel_metrics
+from cutpaste.localization.localize import ReviewPicks, sample_heatmaps
 from tests.conftest import write_tiny_category
 
 

@@ -8,10 +8,10 @@ import torch
 from cutpaste.config import preset
 from cutpaste.detector import Detector, fit_detector
 from cutpaste.errors import ConfigError
-from cutpaste.local_density import LocalDensity, fit_local, load_local
-from cutpaste.local_scores import image_and_grid_features
-from cutpaste.memory_bank import MemoryBank
-from cutpaste.model import build_model
+from cutpaste.model.network import build_model
+from cutpaste.scoring.feature_maps import image_and_grid_features
+from cutpaste.scoring.grid_gaussians import LocalDensity, fit_local, load_local
+from cutpaste.scoring.memory_bank import MemoryBank
 
 
 def _two_modes(n: int, generator: torch.Generator) -> torch.Tensor:

@@ -1,6 +1,6 @@
 import pytest
 
-from cutpaste.metrics import f1_max, image_metrics
+from cutpaste.evaluation.metrics import f1_max, image_metrics
 
 
 def test_perfect_and_hand_computed_cases():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cutpaste.pixel_metrics import aupro, pixel_metrics, pro_curve
+from cutpaste.evaluation.pixel_metrics import aupro, pixel_metrics, pro_curve
 
 
 def test_a_perfect_map_scores_one():
@@ -82,7 +82,7 @@ def test_bad_shapes_and_values_are_errors():
 
 
 def reference_aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
-    """The MVTec AD procedure written the plain way, independently of cutpaste.pixel_metrics: label each
+    """The MVTec AD procedure written the plain way, independently of cutpaste.evaluation.pixel_metrics: label each
     image's defect regions with a 3x3 structure (8-connectivity), sweep a threshold down through every
     distinct score, at each one take the FPR over normal pixels and the mean overlap of all regions,
     integrate PRO over FPR (trapezoids) up to ``fpr_limit`` with the curve interpolated there, normalise."""
@@ -137,7 +137,7 @@ def test_maps_are_compared_with_masks_at_the_masks_resolution(tmp_path):
 
     from cutpaste.data import list_samples
     from cutpaste.data.images import load_masks
-    from cutpaste.evaluate import pixel_metrics_at_mask_resolution
+    from cutpaste.evaluation.evaluate import pixel_metrics_at_mask_resolution
     from tests.conftest import write_tiny_category
 
     write_tiny_category(tmp_path, size=48)
@@ -147,7 +147,7 @@ def test_maps_are_compared_with_masks_at_the_masks_resolution(tmp_path):
     native = load_masks(samples, 48)
     upsampled = F.interpolate(maps[:, None], size=(48, 48), mode="bilinear", align_corners=False)[:, 0]
     expected = pixel_metrics(native, upsampled, [s.label for s in samples])
-    # Streamed image by image (cutpaste.pixel_stream): equal to the exact whole-split computation within 1e-3.
+    # Streamed image by image (cutpaste.evaluation.pixel_stream): the exact whole-split result within 1e-3.
     assert result.pixel_auroc == pytest.approx(expected.pixel_auroc, abs=1e-3)
     assert result.aupro == pytest.approx(expected.aupro, abs=1e-3)
     shrunk = pixel_metrics(load_masks(samples, 16), maps, [s.label for s in samples])

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cutpaste.pixel_metrics import pixel_metrics
-from cutpaste.pixel_stream import StreamingPixelMetrics, score_edges
+from cutpaste.evaluation.pixel_metrics import pixel_metrics
+from cutpaste.evaluation.pixel_stream import StreamingPixelMetrics, score_edges
 from tests.test_pixel_metrics import reference_aupro
 
 

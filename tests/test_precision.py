@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from cutpaste import precision
+from cutpaste.model import precision as precision
 
 
 def test_cpu_amp_follows_the_detected_instructions(monkeypatch):

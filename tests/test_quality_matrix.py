@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cutpaste.synthetic_anomalies import VOTING_KINDS
+from cutpaste.anomalies.kinds import VOTING_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -1,7 +1,7 @@
 import pyarrow.parquet as pq
 import pytest
 
-from cutpaste.report import RunRecord, summarise, to_markdown, write_results
+from cutpaste.evaluation.report import RunRecord, summarise, to_markdown, write_results
 
 
 def _records():

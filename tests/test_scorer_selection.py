@@ -5,20 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cutpaste.baselines import untrained_detector
+from cutpaste.anomalies.kinds import VOTING_KINDS
 from cutpaste.config import preset
 from cutpaste.data import list_samples, load_images
 from cutpaste.data.synth import generate_dataset
-from cutpaste.density import fold_parts
 from cutpaste.detector import Detector
-from cutpaste.scorer_selection import (
+from cutpaste.scoring.baselines import untrained_detector
+from cutpaste.scoring.gaussian import fold_parts
+from cutpaste.scoring.selection import (
     CANDIDATES,
     Candidate,
     Selection,
     _candidate_scores,
     select_image_score,
 )
-from cutpaste.synthetic_anomalies import VOTING_KINDS
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_auto_picks_the_best_candidate_on_validation_and_the_bundle_keeps_it(wea
 
 
 def test_float_and_non_square_training_images_are_taken_as_the_detector_sees_them(weave, small):
-    from cutpaste.model import build_model
+    from cutpaste.model.network import build_model
 
     model = build_model(small).eval()
     wide = torch.nn.functional.interpolate(weave.float() / 255, size=(64, 80), mode="bilinear")
@@ -67,7 +67,7 @@ def test_float_and_non_square_training_images_are_taken_as_the_detector_sees_the
 
 def test_selection_is_deterministic_under_the_seed(weave, small):
     torch.manual_seed(small.seed)
-    from cutpaste.model import build_model
+    from cutpaste.model.network import build_model
 
     model = build_model(small).eval()
     first = select_image_score(model, weave, small, category="synth_weave")
@@ -109,10 +109,10 @@ def test_combined_candidates_standardise_by_the_normal_scores():
 
 
 def test_ties_go_to_the_category_lookup(weave, small, monkeypatch):
-    import cutpaste.scorer_selection as selection
+    import cutpaste.scoring.selection as selection
 
     monkeypatch.setattr(selection, "roc_auc_score", lambda labels, scores: 0.5)
-    from cutpaste.model import build_model
+    from cutpaste.model.network import build_model
 
     model = build_model(small).eval()
     assert select_image_score(model, weave, small, category="bottle").chosen.name == "local"
@@ -169,8 +169,8 @@ def _rows_to_images(rows: torch.Tensor, per_image: torch.Tensor) -> set[int]:
 def test_no_image_is_scored_by_a_density_fitted_on_it_or_on_its_anomalys_base(weave, small, monkeypatch):
     """Anomalies are made here as exact copies of their base image, so an anomaly's features are its base's:
     a density fitted on a fold that holds the base would see the anomaly's own features in training."""
-    import cutpaste.scorer_selection as selection
-    from cutpaste.model import build_model
+    import cutpaste.scoring.selection as selection
+    from cutpaste.model.network import build_model
 
     bases_seen: list[torch.Tensor] = []
 

@@ -7,7 +7,7 @@ import torch
 
 from cutpaste.config import preset
 from cutpaste.errors import ConfigError
-from cutpaste.threshold import calibrate, threshold_quantile
+from cutpaste.scoring.threshold import calibrate, threshold_quantile
 
 
 def test_target_fpr_replaces_the_quantile():
@@ -51,7 +51,7 @@ def _realised_against_expected(monkeypatch, train_spread: float, runs: int = 20)
     the mean realised FPR, the mean expected one, and the share of runs whose realised FPR fell inside the
     stated 95 % interval."""
     import cutpaste.detector as detector
-    from cutpaste.model import build_model
+    from cutpaste.model.network import build_model
 
     config = preset("ci").override({"image_score": "global", "target_fpr": 0.05})
     model, realised, expected, inside = build_model(config), [], [], 0

@@ -14,16 +14,15 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from cutpaste.baselines import pixel_statistics_scores
-from cutpaste.blob_anomalies import BLOB_AREA, blob_masks
+from cutpaste.anomalies.blobs import BLOB_AREA, blob_masks
+from cutpaste.anomalies.kinds import ANOMALY_KINDS, REPORTED_KINDS, VOTING_KINDS, perlin_anomalies
+from cutpaste.anomalies.noise import perlin_noise
+from cutpaste.anomalies.strokes import stroke_anomalies
 from cutpaste.config import preset
 from cutpaste.data.layout import list_samples
 from cutpaste.data.synth import generate_dataset
 from cutpaste.errors import ConfigError, DataError
-from cutpaste.noise import perlin_noise
-from cutpaste.structural_anomalies import stroke_anomalies
-from cutpaste.synthetic_anomalies import ANOMALY_KINDS, REPORTED_KINDS, VOTING_KINDS, perlin_anomalies
-from cutpaste.validation import (
+from cutpaste.evaluation.validation import (
     DRAWS,
     ValidationSet,
     folder_validation,
@@ -34,6 +33,7 @@ from cutpaste.validation import (
     synthetic_validation,
     validate_config,
 )
+from cutpaste.scoring.baselines import pixel_statistics_scores
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cutpaste.config import TrainConfig, preset
 from cutpaste.errors import ConfigError
-from cutpaste.train import TrainHooks, train_model
+from cutpaste.train.loop import TrainHooks, train_model
 from infra.local.services import free_port
 
 pytestmark = pytest.mark.slow

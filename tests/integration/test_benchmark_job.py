@@ -18,9 +18,9 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from cutpaste.data.synth import generate_dataset
-from cutpaste.density import GaussianDensity
 from cutpaste.detector import Detector
 from cutpaste.integrity import sha256_file
+from cutpaste.scoring.gaussian import GaussianDensity
 from cutpaste.storage import upload
 from infra.local.s3 import moto_s3_server, s3_env
 from infra.local.services import VENV_BIN, mlflow_server, ray_head, submit_job

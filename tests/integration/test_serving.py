@@ -22,10 +22,10 @@ from cutpaste.config import preset
 from cutpaste.data.images import load_images
 from cutpaste.data.layout import list_samples
 from cutpaste.data.synth import generate_dataset
-from cutpaste.density import GaussianDensity
 from cutpaste.detector import BUNDLE_NAME, SUMMARY_NAME, Detector, embed_images
 from cutpaste.integrity import sha256_file
-from cutpaste.model import build_model
+from cutpaste.model.network import build_model
+from cutpaste.scoring.gaussian import GaussianDensity
 from infra.local.services import VENV_BIN, free_port, stop_process_group, wait_http
 from pipelines import tracking
 from pipelines.pyfunc_model import TAG_SHA256, log_detector_model

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cutpaste.batch_scoring import OUTPUT_SCHEMA, SCORES_DIR, content_digest
 from cutpaste.errors import ModelBundleError
+from cutpaste.serving.batch_scoring import OUTPUT_SCHEMA, SCORES_DIR, content_digest
 from pipelines import batch_model, batch_score
 
 

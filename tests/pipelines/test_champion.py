@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 
-from cutpaste.synthetic_anomalies import ANOMALY_KINDS, VOTING_KINDS
+from cutpaste.anomalies.kinds import ANOMALY_KINDS, VOTING_KINDS
 from pipelines.benchmark import choose_champions
 
 
@@ -78,7 +78,7 @@ def test_training_validation_reads_no_test_folder_and_is_one_set_across_seeds(tm
     from cutpaste.data import list_samples, load_images
     from cutpaste.data.synth import generate_dataset
     from cutpaste.detector import Detector
-    from cutpaste.validation import training_validation
+    from cutpaste.evaluation.validation import training_validation
     from cutpaste.workflow import train_category
 
     root = tmp_path / "data"

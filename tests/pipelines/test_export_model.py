@@ -18,7 +18,7 @@ import onnxruntime
 
 from cutpaste.detector import Detector
 from cutpaste.errors import ModelBundleError
-from cutpaste.export import export_model as export_model_file
+from cutpaste.serving.export import export_model as export_model_file
 from pipelines import export_model
 from pipelines.pyfunc_model import TAG_SHA256
 from tests.registered_model import register_champion, tiny_detector

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from cutpaste.density import GaussianDensity
-from cutpaste.evaluate import Evaluation
-from cutpaste.metrics import image_metrics
-from cutpaste.report import write_results
+from cutpaste.evaluation.evaluate import Evaluation
+from cutpaste.evaluation.metrics import image_metrics
+from cutpaste.evaluation.report import write_results
+from cutpaste.scoring.gaussian import GaussianDensity
 from pipelines import benchmark_results, descriptions
 
 

@@ -10,7 +10,7 @@ import torch
 from cutpaste.config import preset
 from cutpaste.data import list_samples, load_images
 from cutpaste.errors import ModelBundleError
-from cutpaste.train import CHECKPOINT_NAME, TrainHooks, train_model
+from cutpaste.train.loop import CHECKPOINT_NAME, TrainHooks, train_model
 from cutpaste.workflow import CHECKPOINT_DIR
 
 CONFIG = preset("ci").override(

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from cutpaste.atomic import atomic_write_text
 from cutpaste.data.layout import category_kind
-from cutpaste.paper import PAPER_IMAGE_AUROC, PAPER_PIXEL_AUROC
+from cutpaste.evaluation.paper import PAPER_IMAGE_AUROC, PAPER_PIXEL_AUROC
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
@@ -34,7 +34,7 @@ class RunRecord:
     aupro: float | None = None
     error: str = ""
     run_name: str = ""
-    # Validation AUROC without test labels (cutpaste.validation.training_validation): what choices read.
+    # Validation AUROC without test labels (cutpaste.evaluation.validation.training_validation): what choices read.
     val_auroc: float | None = None
     # SHA-256 of the validation anomalies it was read on: val_auroc compares only between equal digests.
     validation_digest: str = ""

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cutpaste.backbones import BACKBONES
 from cutpaste.errors import ConfigError
+from cutpaste.model.backbones import BACKBONES
 
 if TYPE_CHECKING:
     from cutpaste.config import TrainConfig

@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 
 from cutpaste.atomic import atomic_write_text
 from cutpaste.detector import Detector
-from cutpaste.evaluate import MapBatch
-from cutpaste.heatmaps import colour_bar, grid_figure, overlay_panel, save_png, stack, to_hwc
+from cutpaste.evaluation.evaluate import MapBatch
+from cutpaste.localization.heatmaps import colour_bar, grid_figure, overlay_panel, save_png, stack, to_hwc
 from cutpaste.workflow import evaluate_category
 
 # Panels per defect type in the category grid, and the grid's panel width in pixels.

@@ -1,6 +1,6 @@
 """The backbone registry: which torchvision networks CutPaste can use, their feature widths and weights.
 
-A module of its own so that both :mod:`cutpaste.config` (validating ``backbone``) and :mod:`cutpaste.model`
+A module of its own so that both :mod:`cutpaste.config` (validating ``backbone``) and :mod:`cutpaste.model.network`
 (building it) can read it without importing each other.
 """
 

@@ -2,14 +2,14 @@
 
 - :data:`VOTING_KINDS` decide: every default, every ``image_score=auto`` choice and every champion is
   read from them. They share no generator, shape family or area range with a training view
-  (:mod:`cutpaste.blob_anomalies` says how).
+  (:mod:`cutpaste.anomalies.blobs` says how).
 - :data:`REPORTED_KINDS` are scored and shown, never voted: ``perlin`` (a foreign texture in a Perlin
   region) shares CutPaste's area range and DRAEM's Perlin masks (a training view elsewhere), and
   ``stroke`` (a thin curved line) is a cousin of the scar the encoder trains on, so a configuration
   could win them by recognising its own training task.
 
-They live apart from :mod:`cutpaste.validation` because a detector uses them too, when it chooses its
-own image score (:mod:`cutpaste.scorer_selection`).
+They live apart from :mod:`cutpaste.evaluation.validation` because a detector uses them too, when it chooses its
+own image score (:mod:`cutpaste.scoring.selection`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 import torch
 
-from cutpaste.blob_anomalies import dent_anomalies, smudge_anomalies, speckle_anomalies, stain_anomalies
-from cutpaste.noise import noise_batch, perlin_masks
-from cutpaste.structural_anomalies import stroke_anomalies
+from cutpaste.anomalies.blobs import dent_anomalies, smudge_anomalies, speckle_anomalies, stain_anomalies
+from cutpaste.anomalies.noise import noise_batch, perlin_masks
+from cutpaste.anomalies.strokes import stroke_anomalies
 
 
 def foreign_textures(batch: int, size: int, generator: torch.Generator) -> torch.Tensor:

@@ -11,10 +11,10 @@ import torch
 from cutpaste.data.images import load_images, load_mask, load_masks, mask_resolution
 from cutpaste.data.layout import Sample
 from cutpaste.detector import Detector
-from cutpaste.metrics import ImageMetrics, image_metrics
-from cutpaste.pixel_metrics import PixelMetrics
-from cutpaste.pixel_stream import StreamingPixelMetrics, score_edges
-from cutpaste.threshold import false_positive_report
+from cutpaste.evaluation.metrics import ImageMetrics, image_metrics
+from cutpaste.evaluation.pixel_metrics import PixelMetrics
+from cutpaste.evaluation.pixel_stream import StreamingPixelMetrics, score_edges
+from cutpaste.scoring.threshold import false_positive_report
 
 # Test images scored per pass, and masks decoded ahead at the masks' resolution: what a pass holds does
 # not grow with the split (a 1024 px mask is 1 MB, its upsampled map 4 MB).

@@ -1,6 +1,6 @@
 """The anomalies validation *chooses* on: small smooth blobs that are dented, smudged, stained or speckled.
 
-Each shares nothing with what training makes (:mod:`cutpaste.augment`) or with DRAEM-style Perlin views:
+Each shares nothing with what training makes (:mod:`cutpaste.augment.ops`) or with DRAEM-style Perlin views:
 
 - shape: a star-shaped blob (a circle whose radius varies with a few low harmonics of the angle), not
   CutPaste's rectangle, the scar's thin rotated bar, nor a Perlin level set;

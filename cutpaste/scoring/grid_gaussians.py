@@ -19,7 +19,7 @@ from torch import Tensor
 
 from cutpaste.config import LOCAL_DENSITIES
 from cutpaste.errors import ConfigError
-from cutpaste.memory_bank import MemoryBank
+from cutpaste.scoring.memory_bank import MemoryBank
 
 Layout = Literal["per_location", "shared", "knn"]
 # MVTec objects photographed in a fixed pose; hazelnut, metal_nut and screw lie at random

@@ -3,7 +3,7 @@
 The graph takes ``images`` ``(B, H, W, 3)`` uint8 and returns ``score`` ``(B,)`` float64 and ``anomaly_map``
 ``(B, S, S)`` float32 at the model's input resolution ``S = image_size``: what :meth:`Detector.anomaly_maps`
 returns in its ``auto`` mode (``score`` is also what :meth:`Detector.score` returns). Everything between is
-in the graph: the resize to ``S`` (torch's antialiased bilinear, as :func:`cutpaste.model.as_float_images`;
+in the graph: the resize to ``S`` (torch's antialiased bilinear, as :func:`cutpaste.model.network.as_float_images`;
 an identity at ``S``), the ImageNet normalisation, the encoder and the detector's resolved scorer.
 
 The scorers are written here again as tensor operations on registered buffers, because the library's own
@@ -35,14 +35,14 @@ from torch import Tensor, nn
 
 from cutpaste import __version__
 from cutpaste.atomic import atomic_write_bytes
-from cutpaste.density import GaussianDensity
 from cutpaste.detector import Detector, _patch_image_scores, _pixel_maps
 from cutpaste.errors import ExportError
-from cutpaste.local_density import LocalDensity
-from cutpaste.local_scores import grid_to_maps, standardise
-from cutpaste.memory_bank import MemoryBank
-from cutpaste.model import CutPasteNet
-from cutpaste.patches import grid_size
+from cutpaste.model.network import CutPasteNet
+from cutpaste.model.patches import grid_size
+from cutpaste.scoring.feature_maps import grid_to_maps, standardise
+from cutpaste.scoring.gaussian import GaussianDensity
+from cutpaste.scoring.grid_gaussians import LocalDensity
+from cutpaste.scoring.memory_bank import MemoryBank
 
 OPSET = 18
 INPUT = "images"
@@ -211,7 +211,7 @@ class ScoringGraph(nn.Module):
         return standardise(global_scores, norm["global"]) + standardise(local, norm["local"])
 
     def _gradcam(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """:func:`cutpaste.gradcam.gradcam_maps` with the gradient of the squared distance written out."""
+        """:func:`cutpaste.localization.gradcam.gradcam_maps` with the gradient of the squared distance written out."""
         embedding, activation = self._embedding_and_activation(x)
         mean, precision = self.density.mean.float(), self.density.precision.float()
         normalised = F.normalize(embedding, dim=-1)

@@ -1,7 +1,7 @@
 """``cutpaste export``: a trained detector in a serving format (ONNX), checked before it is written.
 
 Light on purpose: the CLI builds its parser from here without importing torch, and the format's module
-(:mod:`cutpaste.export_onnx`) and its optional packages (the ``onnx`` extra) are imported only when a
+(:mod:`cutpaste.serving.onnx_graph`) and its optional packages (the ``onnx`` extra) are imported only when a
 model is exported, so the core install works without them. Every bad input is checked before the slow
 part (loading, tracing): the model directory, the format, where the file goes, the packages.
 """
@@ -69,7 +69,7 @@ def export_model(
     check_writable(out)
     require_packages(fmt)
     from cutpaste.ensemble import bundle_digest, load_detector
-    from cutpaste.export_onnx import export_onnx, scorer_name
+    from cutpaste.serving.onnx_graph import export_onnx, scorer_name
 
     detector = load_detector(model, expected_sha256=expected_sha256)
     sha256 = bundle_digest(model)

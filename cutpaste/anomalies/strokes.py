@@ -1,7 +1,7 @@
 """A thin stroke for validation: a crack, a scratch, a cut, a stray thread (the commonest texture defects).
 
-Thin and elongated like the scar the encoder trains on (:mod:`cutpaste.augment`), so it is reported but
-does not vote (:data:`cutpaste.synthetic_anomalies.REPORTED_KINDS`). Batched, seeded by the generator, on
+Thin and elongated like the scar the encoder trains on (:mod:`cutpaste.augment.ops`), so it is reported but
+does not vote (:data:`cutpaste.anomalies.kinds.REPORTED_KINDS`). Batched, seeded by the generator, on
 its device.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from cutpaste.noise import noise_batch, perlin_masks
+from cutpaste.anomalies.noise import noise_batch, perlin_masks
 
 
 def stroke_anomalies(

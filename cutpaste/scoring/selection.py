@@ -6,7 +6,7 @@ the aligned MVTec objects, the paper's global Gaussian or the k-NN memory bank o
 own typical patch (``feature_score=max-median``), on an object it loses. A lookup by category name
 cannot know a category it has not seen, so the detector decides from data, never from a test split: the
 training images are split into folds, and densities fitted without a fold score that fold's images and
-synthetic anomalies made from them (the kinds in :data:`cutpaste.synthetic_anomalies.VOTING_KINDS`, which
+synthetic anomalies made from them (the kinds in :data:`cutpaste.anomalies.kinds.VOTING_KINDS`, which
 copy no training view). The candidate with the highest mean AUROC over those kinds wins; the name lookup's
 choice (:func:`prior_choice`) wins ties, and wins outright when there are too few images to split. The
 encoder has trained on these images, which makes every candidate's normal scores a little lower alike;
@@ -21,12 +21,12 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import Tensor
 
+from cutpaste.anomalies.kinds import VOTING_KINDS
 from cutpaste.config import TrainConfig
-from cutpaste.density import GaussianDensity, fold_parts
-from cutpaste.local_density import ALIGNED_OBJECTS, resolve_layout
-from cutpaste.local_scores import fit_feature_scorer, grid_image_scores, image_and_grid_features, standardise
-from cutpaste.model import CutPasteNet, as_float_images
-from cutpaste.synthetic_anomalies import VOTING_KINDS
+from cutpaste.model.network import CutPasteNet, as_float_images
+from cutpaste.scoring.feature_maps import fit_feature_scorer, grid_image_scores, image_and_grid_features, standardise
+from cutpaste.scoring.gaussian import GaussianDensity, fold_parts
+from cutpaste.scoring.grid_gaussians import ALIGNED_OBJECTS, resolve_layout
 
 # Below this many training images the folds are too small to rank anything; the lookup decides.
 MIN_IMAGES = 10
@@ -128,7 +128,7 @@ def select_image_score(
     features: tuple[Tensor, Tensor] | None = None,
 ) -> Selection:
     """Cross-fitted validation of every candidate in :data:`CANDIDATES` on ``train_images``; ``features``
-    are their :func:`~cutpaste.local_scores.image_and_grid_features` where the caller has them."""
+    are their :func:`~cutpaste.scoring.feature_maps.image_and_grid_features` where the caller has them."""
     device = next(model.parameters()).device
     images = _as_uint8(train_images, config.image_size)
     n = images.shape[0]

@@ -1,7 +1,7 @@
 """Pixel AUROC and AUPRO at the masks' resolution, one image at a time, in memory that does not grow
 with the number of images.
 
-The exact computation (:mod:`cutpaste.pixel_metrics`) sorts every pixel of every upsampled map at
+The exact computation (:mod:`cutpaste.evaluation.pixel_metrics`) sorts every pixel of every upsampled map at
 once: about 150 bytes per mask pixel, 25 GB for an MVTec category with 1024 x 1024 masks. Here each
 model-resolution map is upsampled to its mask's size as it is consumed, and three fixed-size
 histograms over a fine grid of score bins are all that is kept: normal pixels, defect pixels, and
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from cutpaste.pixel_metrics import AUPRO_FPR_LIMIT, PixelMetrics, area_up_to
+from cutpaste.evaluation.pixel_metrics import AUPRO_FPR_LIMIT, PixelMetrics, area_up_to
 
 # Edges from each source: 2 x 2^14 bins hold ~3e-5 of the pixels each, far under the 1e-3 we promise.
 UNIFORM_EDGES = 1 << 14
@@ -112,7 +112,7 @@ class StreamingPixelMetrics:
         return np.r_[0.0, fpr], np.r_[0.0, tpr], np.r_[0.0, pro]
 
     def result(self) -> PixelMetrics:
-        """Both metrics as :func:`cutpaste.pixel_metrics.pixel_metrics` reports them, with the same notes."""
+        """Both metrics as :func:`cutpaste.evaluation.pixel_metrics.pixel_metrics` reports them, with the same notes."""
         empty = self.empty_masks
         note = f"{empty} defective image(s) have an all-zero mask (counted as normal pixels)" if empty else ""
         if float(self.defect.sum()) == 0:

@@ -7,7 +7,7 @@ Ranking configurations on the test split would tune to it. Instead a validation 
   ``bench/decide.py`` rotates the held-out fold with the seed, so over seeds every normal image is a
   validation normal once and a fold is scored by an encoder that never saw it;
 - anomalies made from each held-out image, :data:`DRAWS` of each kind, by generators that share nothing
-  with a training view (:data:`cutpaste.synthetic_anomalies.VOTING_KINDS`); ``val_auroc`` is read from
+  with a training view (:data:`cutpaste.anomalies.kinds.VOTING_KINDS`); ``val_auroc`` is read from
   those alone, the other kinds are reported beside it (``val_auroc_<kind>``);
 
 or from a labelled folder the user gives (``good/`` plus one folder per defect type). The anomalies'
@@ -27,15 +27,15 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from cutpaste.anomalies.kinds import ANOMALY_KINDS, VOTING_KINDS
 from cutpaste.config import TrainConfig
 from cutpaste.data.images import load_images
 from cutpaste.data.layout import IMAGE_SUFFIXES, Sample, list_samples
 from cutpaste.detector import Detector, fit_detector
 from cutpaste.ensemble import EnsembleDetector, build_ensemble
 from cutpaste.errors import ConfigError, DataError
-from cutpaste.metrics import image_metrics
-from cutpaste.synthetic_anomalies import ANOMALY_KINDS, VOTING_KINDS
-from cutpaste.train import TrainHooks, resolve_device, train_model
+from cutpaste.evaluation.metrics import image_metrics
+from cutpaste.train.loop import TrainHooks, resolve_device, train_model
 
 # Validation images are decoded at one size for every trial, so configurations with different
 # image sizes are ranked on the same pixels (each detector resizes to its own size).
@@ -232,7 +232,7 @@ def train_validated(
     """Trains one model and scores the validation set at every ``checkpoint_every`` step and at the end.
 
     The model is reached through the loop's ``wrap_model`` hook (returned unchanged), so training is
-    exactly what :func:`cutpaste.train.train_model` does without a hook.
+    exactly what :func:`cutpaste.train.loop.train_model` does without a hook.
     """
     holder: dict[str, torch.nn.Module] = {}
     history: list[dict[str, float]] = []

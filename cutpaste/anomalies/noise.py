@@ -1,6 +1,6 @@
 """Perlin gradient noise, batched on the generator's device: the shapes of synthetic anomalies.
 
-Used by the validation set's DRAEM-style anomalies (:mod:`cutpaste.synthetic_anomalies`).
+Used by the validation set's DRAEM-style anomalies (:mod:`cutpaste.anomalies.kinds`).
 """
 
 from __future__ import annotations

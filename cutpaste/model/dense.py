@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cutpaste.model import CutPasteNet, as_float_images
-from cutpaste.patches import grid_patches, grid_size
+from cutpaste.model.network import CutPasteNet, as_float_images
+from cutpaste.model.patches import grid_patches, grid_size
 
 
 @torch.no_grad()

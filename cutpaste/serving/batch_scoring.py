@@ -26,7 +26,7 @@ from PIL import Image
 
 from cutpaste.data.images import decode_image
 from cutpaste.errors import CutPasteError, ModelBundleError
-from cutpaste.heatmaps import colour_bar, grid_figure, overlay_panel, stack, to_hwc
+from cutpaste.localization.heatmaps import colour_bar, grid_figure, overlay_panel, stack, to_hwc
 
 NORMAL, ANOMALOUS, ERROR = "normal", "anomalous", "error"
 SCORES_DIR = "scores"  # under --output: the Parquet files, one set per submission

@@ -11,7 +11,7 @@ import torch
 
 from cutpaste.config import TrainConfig
 from cutpaste.detector import Detector, fit_detector
-from cutpaste.model import build_model
+from cutpaste.model.network import build_model
 
 
 def pixel_statistics(images: torch.Tensor) -> torch.Tensor:

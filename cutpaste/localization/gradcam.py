@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cutpaste.density import GaussianDensity
-from cutpaste.model import CutPasteNet, as_float_images
+from cutpaste.model.network import CutPasteNet, as_float_images
+from cutpaste.scoring.gaussian import GaussianDensity
 
 
 def target_layer(model: CutPasteNet) -> nn.Module:

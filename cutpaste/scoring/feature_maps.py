@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cutpaste.config import TrainConfig
-from cutpaste.dense import gaussian_kernel
-from cutpaste.local_density import Layout, LocalDensity, fit_local
-from cutpaste.memory_bank import MemoryBank
-from cutpaste.model import CutPasteNet, as_float_images
+from cutpaste.model.dense import gaussian_kernel
+from cutpaste.model.network import CutPasteNet, as_float_images
+from cutpaste.scoring.grid_gaussians import Layout, LocalDensity, fit_local
+from cutpaste.scoring.memory_bank import MemoryBank
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """One training step's views: pre-augmented images, then their CutPaste and Scar versions.
 
-Above :mod:`cutpaste.augment` (the batched geometry and jitter), which stays free of the variants' logic.
+Above :mod:`cutpaste.augment.ops` (the batched geometry and jitter), which stays free of the variants' logic.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from cutpaste import augment
+from cutpaste.augment import ops as augment
 from cutpaste.config import VARIANTS, AugmentConfig
 
 

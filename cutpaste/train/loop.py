@@ -19,14 +19,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cutpaste.atomic import atomic_torch_save, atomic_write_text
-from cutpaste.augment import REFERENCE_SIZE
+from cutpaste.augment.ops import REFERENCE_SIZE
+from cutpaste.augment.views import make_views
 from cutpaste.config import TrainConfig, flatten
 from cutpaste.errors import ConfigError, ModelBundleError
 from cutpaste.integrity import load_weights
-from cutpaste.model import CutPasteNet, build_model
-from cutpaste.patches import random_crops
-from cutpaste.precision import use_amp, use_channels_last
-from cutpaste.views import make_views
+from cutpaste.model.network import CutPasteNet, build_model
+from cutpaste.model.patches import random_crops
+from cutpaste.model.precision import use_amp, use_channels_last
 
 CHECKPOINT_FORMAT = 3  # 2, 3: configs without the deleted options (see detector.BUNDLE_FORMAT)
 CHECKPOINT_NAME = "last.pt"

@@ -1,0 +1,1 @@
+"""Synthetic anomalies for validation: the kinds that vote and those only reported."""

@@ -1,0 +1,1 @@
+"""Training views: batched CutPaste, scar and jitter on the training device."""

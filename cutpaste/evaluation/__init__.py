@@ -1,0 +1,1 @@
+"""Metrics, validation, the test evaluation and results tables."""

@@ -1,0 +1,1 @@
+"""Anomaly maps: GradCAM, feature-map and patch maps as pictures."""

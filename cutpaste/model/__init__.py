@@ -1,0 +1,1 @@
+"""The encoder and projection head, backbones, precision, patch geometry and dense patch encoding."""

@@ -1,0 +1,1 @@
+"""Scorers fitted on normal features, the image score's selection and the threshold."""

@@ -1,0 +1,1 @@
+"""Serving a trained detector: ONNX export and batch scoring's per-batch logic."""
