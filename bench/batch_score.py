@@ -45,9 +45,9 @@ LATENCY_S = 0.02
 
 
 def save_bundle(folder: Path, size: int) -> Path:
-    from cutpaste.config import preset
     from cutpaste.detector import Detector, embed_images
     from cutpaste.model.network import build_model
+    from cutpaste.presets import preset
     from cutpaste.scoring.gaussian import GaussianDensity
 
     config = preset("ci").override({"image_size": size})

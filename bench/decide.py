@@ -30,7 +30,7 @@ from decision_rule import MIN_SEEDS, decide
 from quality import _CACHE, _trained, load_images_tensor, training_key
 
 from cutpaste.atomic import atomic_write_text
-from cutpaste.config import TrainConfig, preset
+from cutpaste.config import TrainConfig
 from cutpaste.data import list_samples, load_images
 from cutpaste.data.layout import MissingMaskWarning
 from cutpaste.detector import fit_detector
@@ -44,6 +44,7 @@ from cutpaste.evaluation.validation import (
     synthetic_validation,
 )
 from cutpaste.model.network import build_model
+from cutpaste.presets import preset
 from cutpaste.scoring import selection as scorer_selection
 from cutpaste.scoring.baselines import pixel_statistics_scores, untrained_detector
 

@@ -31,10 +31,10 @@ import onnxruntime
 import torch
 
 from cutpaste.atomic import atomic_write_text
-from cutpaste.config import preset
 from cutpaste.data import list_samples, load_images
 from cutpaste.data.synth import generate_dataset
 from cutpaste.detector import Detector, fit_detector
+from cutpaste.presets import preset
 from cutpaste.serving.export import export_model
 from cutpaste.serving.onnx_graph import max_difference
 from cutpaste.train.loop import train_model

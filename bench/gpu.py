@@ -39,7 +39,7 @@ def throughput(amp: bool, steps: int) -> float:
     """img/s of the library's training loop at the paper preset (second half of ``2 * steps`` steps)."""
     from train_step import pipeline_round  # bench/train_step.py, next to this script
 
-    from cutpaste.config import preset
+    from cutpaste.presets import preset
 
     config = preset("paper").override({"amp": amp, "channels_last": amp})
     return pipeline_round(config, torch.device("cuda"), steps)
@@ -70,7 +70,7 @@ def shared(runs: int, steps: int) -> float:
 
 
 def projection(best_img_s_per_gpu: float, gpus: int = 8) -> dict:
-    from cutpaste.config import preset
+    from cutpaste.presets import preset
 
     config = preset("paper")
     images_per_run = config.steps * config.batch_size * config.num_classes

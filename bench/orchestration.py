@@ -26,8 +26,8 @@ from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from cutpaste.atomic import atomic_write_text
-from cutpaste.config import preset
 from cutpaste.data.synth import generate_dataset
+from cutpaste.presets import preset
 from cutpaste.workflow import evaluate_category, train_category
 from pipelines.benchmark import PREEMPTION_WATCHER_ENV, BenchmarkConfig, run_benchmark
 

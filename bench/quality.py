@@ -36,7 +36,7 @@ from quality_rows import PAPER_CHOICES, ROWS, Row  # bench/ scripts import their
 
 from cutpaste.atomic import atomic_write_text
 from cutpaste.cli import build_config
-from cutpaste.config import TrainConfig, parse_overrides, preset
+from cutpaste.config import TrainConfig, config_part
 from cutpaste.data import list_samples, load_images
 from cutpaste.data.synth import SYNTH_CATEGORIES, generate_dataset
 from cutpaste.detector import fit_detector
@@ -46,8 +46,9 @@ from cutpaste.evaluation.metrics import image_metrics
 from cutpaste.evaluation.paper import PAPER_IMAGE_AUROC, PAPER_PIXEL_AUROC
 from cutpaste.evaluation.validation import ANOMALY_KINDS, score_validation, split_train, synthetic_validation
 from cutpaste.model.network import build_model
+from cutpaste.presets import parse_overrides, preset
 from cutpaste.scoring.baselines import pixel_statistics_scores, untrained_detector
-from cutpaste.train.loop import train_model, training_fields
+from cutpaste.train.loop import train_model
 
 
 def row_config(row: Row, base: TrainConfig, explicit: dict[str, Any] | None = None) -> TrainConfig:
@@ -63,7 +64,7 @@ def row_config(row: Row, base: TrainConfig, explicit: dict[str, Any] | None = No
 
 def training_key(config: TrainConfig, category: str) -> str:
     """Rows whose configs differ only in how the density is fitted and scored share one trained model."""
-    return json.dumps([category, training_fields(config)], sort_keys=True, default=str)
+    return json.dumps([category, config_part(config, "training")], sort_keys=True, default=str)
 
 
 # Trained models by training_key: (model state, seconds it took, final accuracy).

@@ -51,9 +51,9 @@ def snapshot(out: Path, steps: int) -> None:
             common = ["--data", str(data), "--category", category]
             _cutpaste("train", *common, "--out", str(model), "--preset", "ci", "--steps", str(steps), *flags)
             _cutpaste("evaluate", "--model", str(model), *common, "--json", str(model / "evaluation.json"))
+            command = [sys.executable, "-m", "cutpaste.cli", "predict", "--model", str(model), "--json"]
             predicted = subprocess.run(
-                [sys.executable, "-m", "cutpaste.cli", "predict", "--model", str(model), "--json"]
-                + ["--heatmap", str(model / "heatmaps"), *map(str, test)],
+                [*command, "--heatmap", str(model / "heatmaps"), *map(str, test)],
                 check=True,
                 capture_output=True,
                 text=True,

@@ -25,13 +25,14 @@ from pathlib import Path
 import torch
 
 from cutpaste.atomic import atomic_write_text
-from cutpaste.config import TrainConfig, preset
+from cutpaste.config import TrainConfig
 from cutpaste.data import list_samples, load_images
 from cutpaste.data.synth import generate_dataset
 from cutpaste.detector import fit_detector
 from cutpaste.evaluation.evaluate import evaluate_detector
 from cutpaste.model.network import build_model
 from cutpaste.model.precision import cpu_has_native_bf16, use_amp, use_channels_last
+from cutpaste.presets import preset
 from cutpaste.scoring.baselines import untrained_detector
 from cutpaste.train.loop import TrainHooks, optimisation_step, resolve_device, train_model
 

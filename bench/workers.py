@@ -24,7 +24,8 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from cutpaste.atomic import atomic_write_text
-from cutpaste.config import TrainConfig, preset
+from cutpaste.config import TrainConfig
+from cutpaste.presets import preset
 from cutpaste.train.loop import TrainHooks, train_model
 
 

@@ -47,7 +47,7 @@ def _progress(args: argparse.Namespace) -> bool:
 
 def build_config(args: argparse.Namespace):
     """Preset (or --config file), then explicit flags, then --set overrides."""
-    from cutpaste.config import load_config, parse_overrides, preset
+    from cutpaste.presets import load_config, parse_overrides, preset
 
     config = load_config(args.config, base=preset(args.preset)) if args.config else preset(args.preset)
     changes = {

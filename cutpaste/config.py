@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any
 
 from cutpaste.errors import ConfigError
@@ -23,6 +21,20 @@ PATCH_SCORES = ("grid_max", "map_max")
 FEATURE_SCORES = ("max", "max-median")
 # The largest colour jitter (brightness, contrast, saturation and hue alike; hue cannot go past half a turn).
 MAX_JITTER = 0.5
+# The config's three parts. training: what decides the trained weights, the training key (a resumed run
+# and a cached model must match it exactly); scoring: how a trained encoder becomes a detector (features,
+# densities, image score, threshold), refitted without training again; execution: how a run is carried
+# out and reported. A field says its part where it is declared; an unmarked one is training, so a new
+# field is part of the key until someone shows that training ignores it.
+PARTS = ("training", "scoring", "execution")
+
+
+def _scoring(default: Any) -> Any:
+    return field(default=default, metadata={"part": "scoring"})
+
+
+def _execution(default: Any) -> Any:
+    return field(default=default, metadata={"part": "execution"})
 
 
 @dataclass(frozen=True)
@@ -70,7 +82,7 @@ class AugmentConfig:
 class TrainConfig:
     """Everything that decides what a training run produces (no paths, no credentials)."""
 
-    preset: str = "paper"
+    preset: str = _execution("paper")
     variant: str = "3way"
     backbone: str = "resnet18"
     # None: from scratch. "imagenet": torchvision's cached weights file. Anything else: a local path.
@@ -98,51 +110,51 @@ class TrainConfig:
     # out-of-fold training scores. Local scoring is an addition of ours, not the paper's protocol.
     # auto: the detector chooses among these (and the k-NN bank's variants) on validation made from its
     # own training images (cutpaste/scoring/selection.py), and records what it resolved to.
-    image_score: str = "global"
-    local_stage: int = 3
-    local_grid: int = 8
+    image_score: str = _scoring("global")
+    local_stage: int = _scoring(3)
+    local_grid: int = _scoring(8)
     # How many consecutive stages, ending at ``local_stage``, the feature maps stack: 2 adds the stage
     # below it (finer detail: a thin scratch, a pore), each pooled to the grid and concatenated, as
     # PatchCore's hypercolumn of two stages (ours; measured to help the k-NN bank on textures).
-    feature_stages: int = 1
+    feature_stages: int = _scoring(1)
     # Layout of those feature-map densities, as for local_density (knn included); auto by default,
     # since a missing part is only anomalous at the place where it belongs.
-    feature_density: str = "auto"
+    feature_density: str = _scoring("auto")
     # How a feature-map grid becomes an image score: its maximum, or its maximum minus its median
     # position (ours): a texture's own typical patch is normal, so an image whose every patch is far
     # from the bank (unusual lighting) is not flagged for that, only for the patch that stands out.
-    feature_score: str = "max"
+    feature_score: str = _scoring("max")
     # Ship the untrained twin (the same scoring on the run's random initial weights) instead of the trained
     # encoder where the twin scores higher on the detector's validation (same anomalies, same digest):
     # training must earn its place per category (ours; off in the paper preset, which is the paper's).
-    untrained_fallback: bool = False
-    checkpoint_every: int = 1000
-    log_every: int = 50
-    eval_batch_size: int = 64
+    untrained_fallback: bool = _scoring(False)
+    checkpoint_every: int = _execution(1000)
+    log_every: int = _execution(50)
+    eval_batch_size: int = _execution(64)
     # Decision threshold: this quantile of out-of-fold anomaly scores of the normal training images.
-    threshold_quantile: float = 0.99
+    threshold_quantile: float = _scoring(0.99)
     # The false-positive rate on normal images to calibrate for instead (0: use threshold_quantile);
     # the expected rate and its bootstrap interval are reported either way (cutpaste/scoring/threshold.py).
-    target_fpr: float = 0.0
+    target_fpr: float = _scoring(0.0)
     # Localization. 0: the image-level model (maps come from GradCAM). 32 or 64: a patch-level model
     # trained on random crops of this size, scored densely at every ``patch_stride`` px.
     patch_size: int = 0
-    patch_stride: int = 4
+    patch_stride: int = _scoring(4)
     # The patch model's density: one Gaussian shared by all grid positions (the paper's), one per
     # position (PaDiM style, an addition of ours), "knn" (a memory bank of training features, score the
     # distance to the nearest, as in PatchCore; ours, cutpaste/scoring/memory_bank.py), or "auto" (our grouping
     # of MVTec categories: per position for aligned objects, shared otherwise).
-    local_density: str = "shared"
+    local_density: str = _scoring("shared")
     # Patch model: the Gaussian that spreads a patch score over its receptive field, in px at 256 px
     # (scaled with image_size; 4 as we read the paper; 0: a quarter of the patch, our earlier default),
     # and the image score: the maximum of the raw patch-score grid (the paper's) or of the pixel map.
-    map_sigma: float = 4.0
-    patch_score: str = "grid_max"
+    map_sigma: float = _scoring(4.0)
+    patch_score: str = _scoring("grid_max")
     # Per-position Gaussians live in this many principal directions of the patch features, so that
     # 57 x 57 of them fit in memory (full 512-d covariances would take 3.4 GB).
-    local_dim: int = 64
+    local_dim: int = _scoring(64)
     # Patches per encoder forward when scoring densely.
-    patch_batch_size: int = 2048
+    patch_batch_size: int = _execution(2048)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     @property
@@ -300,117 +312,43 @@ def _as_int(value: Any) -> int:
     return int(value)
 
 
-def flatten(config: TrainConfig) -> dict[str, Any]:
-    """Dotted keys to plain values, the form MLflow params and results tables want."""
+def flatten(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys to plain values, the form MLflow params and results tables want; ``config`` may be a
+    saved dict (from a checkpoint or a bundle) that holds keys this version lacks."""
     out: dict[str, Any] = {}
 
     def walk(prefix: str, obj: Any) -> None:
-        for f in fields(obj):
-            value = getattr(obj, f.name)
-            if dataclasses.is_dataclass(value):
-                walk(f"{prefix}{f.name}.", value)
+        items = obj.items() if isinstance(obj, dict) else ((f.name, getattr(obj, f.name)) for f in fields(obj))
+        for name, value in items:
+            if dataclasses.is_dataclass(value) or isinstance(value, dict):
+                walk(f"{prefix}{name}.", value)
             else:
-                out[f"{prefix}{f.name}"] = value
+                out[f"{prefix}{name}"] = value
 
     walk("", config)
     return out
 
 
-PRESETS: dict[str, TrainConfig] = {
-    # The paper's protocol (Appendix A): 256 "epochs" x 256 steps, 96 images per 3-way step.
-    "paper": TrainConfig(),
-    # Sized for a 2-core CPU: a category trains in about two minutes at 64 px. Its non-paper choices are
-    # decided on 3 seeds x 4 real categories under the rule of docs/decisions.md (bench/decide.py):
-    # image_score=auto, feature_stages=2 and local_stage=2 won; the memory bank's per-image centring did
-    # not (deleted), nor did dropping the whole-image jitter (the paper's 0.1 stays); training beat its
-    # untrained twin on tire only, so the twin guard (untrained_fallback) decides per run.
-    "demo": TrainConfig(
-        preset="demo",
-        untrained_fallback=True,
-        image_size=64,
-        steps=250,
-        batch_size=16,
-        image_score="auto",
-        local_stage=2,
-        feature_stages=2,
-        checkpoint_every=50,
-        log_every=10,
-    ),
-    # The best detector this project trains in at most 10 minutes per category on a 2-core CPU. Decided on
-    # 3 seeds x 4 real categories (docs/decisions.md, where the preset as decided is `short-v1`):
-    # image_score=auto won (+0.034 [+0.009, +0.060]); layer1 stacked onto layer2 (+0.001) and layer2's map
-    # instead of layer3's (+0.003) did not, so the defaults (layer3 alone) stay; dropping the whole-image
-    # jitter was adopted on one seed and lost at demo's budget on three, so the paper's 0.1 is back;
-    # training beat its twin on 3 of 4 categories (not bottle), so the twin guard decides per run.
-    "short": TrainConfig(
-        preset="short",
-        untrained_fallback=True,
-        image_size=128,
-        steps=600,
-        batch_size=32,
-        image_score="auto",
-        checkpoint_every=100,
-        log_every=25,
-    ),
-    # The test suite's budget: about half a minute per category on a 2-core CPU.
-    "ci": TrainConfig(
-        preset="ci",
-        # fp32: the suite compares runs across processes and thread counts to 1e-5, and at 150 steps bf16
-        # training moved synth_disc's AUROC by up to 0.1 between seeds (tests/test_precision.py covers bf16).
-        amp=False,
-        channels_last=False,
-        image_size=64,
-        steps=150,
-        batch_size=8,
-        checkpoint_every=50,
-        log_every=10,
-        eval_batch_size=32,
-    ),
-}
+def field_parts() -> dict[str, str]:
+    """Every dotted config key and the part it belongs to (:data:`PARTS`)."""
+    out: dict[str, str] = {}
 
+    def walk(prefix: str, cls: Any) -> None:
+        for f in fields(cls):
+            if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+                walk(f"{prefix}{f.name}.", f.default_factory)
+            else:
+                out[f"{prefix}{f.name}"] = f.metadata.get("part", "training")
 
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``key=value`` strings (``--set``) as config changes: JSON values where they parse, a comma makes a list
-    (``augment.area_ratio=0.02,0.1``), anything else a string; the changes go through ``override``."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        value: Any
-        if "," in raw:
-            value = [json.loads(v) if _is_json(v) else v for v in raw.split(",")]
-        else:
-            value = json.loads(raw) if _is_json(raw) else raw
-        out[key.strip()] = value
+    walk("", TrainConfig)
     return out
 
 
-def _is_json(text: str) -> bool:
-    try:
-        json.loads(text)
-    except ValueError:
-        return False
-    return True
-
-
-def preset(name: str) -> TrainConfig:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
-
-
-def load_config(path: str | Path, *, base: TrainConfig | None = None) -> TrainConfig:
-    """Reads a JSON config file: a short difference from a preset (``{"preset": "demo", ...}``)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a JSON object at the top level")
-    start = preset(data["preset"]) if "preset" in data else (base or preset("paper"))
-    return start.override({k: v for k, v in data.items() if k != "preset"}, source=str(path))
+def config_part(config: TrainConfig | dict[str, Any], part: str) -> dict[str, Any]:
+    """The dotted fields of one part. ``config`` may be a saved dict (from a checkpoint or a bundle) that
+    holds keys this version lacks: those count as training, the safe side for a comparison."""
+    if part not in PARTS:
+        raise ConfigError(f"config part: unknown {part!r}; choose one of {', '.join(PARTS)}")
+    flat = flatten(config)
+    parts = field_parts()
+    return {k: v for k, v in flat.items() if parts.get(k, "training") == part}

@@ -28,7 +28,8 @@ from cutpaste.errors import ConfigError, DataError
 from cutpaste.evaluation.evaluate import Evaluation, MapBatch, evaluate_detector
 from cutpaste.evaluation.validation import training_validation
 from cutpaste.scoring.baselines import untrained_detector
-from cutpaste.train.loop import TrainHooks, TrainResult, resolve_device, train_model, write_history
+from cutpaste.train.checkpoint import write_history
+from cutpaste.train.loop import TrainHooks, TrainResult, resolve_device, train_model
 
 CHECKPOINT_DIR = "checkpoints"
 

@@ -9,8 +9,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from cutpaste.config import TrainConfig, load_config, parse_overrides, preset
+from cutpaste.config import TrainConfig
 from cutpaste.errors import CutPasteError
+from cutpaste.presets import load_config, parse_overrides, preset
 
 RUNS_DIR = Path("runs")  # relative to where the job starts: the repository, or the job's working dir
 

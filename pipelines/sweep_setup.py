@@ -7,8 +7,9 @@ import argparse
 import time
 from pathlib import Path
 
-from cutpaste.config import TrainConfig, preset
+from cutpaste.config import TrainConfig
 from cutpaste.errors import ConfigError, CutPasteError
+from cutpaste.presets import preset
 from pipelines.launcher import RUNS_DIR, absolute_data, base_config, resolve_categories, tracking_uri
 from pipelines.search_space import (
     METRICS,

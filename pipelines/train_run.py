@@ -27,7 +27,8 @@ from cutpaste.errors import ModelBundleError
 from cutpaste.localization.heatmaps import save_png
 from cutpaste.localization.localize import ReviewPicks, sample_heatmaps
 from cutpaste.storage import materialize
-from cutpaste.train.loop import CHECKPOINT_NAME, TrainHooks, load_checkpoint
+from cutpaste.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from cutpaste.train.loop import TrainHooks
 from cutpaste.workflow import CHECKPOINT_DIR, evaluate_category, train_category
 from pipelines import faults
 from pipelines.system_metrics import SystemSampler

@@ -9,9 +9,9 @@ import mlflow
 import torch
 from mlflow import MlflowClient
 
-from cutpaste.config import preset
 from cutpaste.detector import Detector, embed_images
 from cutpaste.model.network import build_model
+from cutpaste.presets import preset
 from cutpaste.scoring.gaussian import GaussianDensity
 from pipelines import tracking
 from pipelines.pyfunc_model import TAG_SHA256, log_detector_model

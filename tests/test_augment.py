@@ -8,8 +8,10 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
+import cutpaste.augment.colour as col
 import cutpaste.augment.ops as aug
-from cutpaste.augment.ops import color_jitter_batch, cutpaste_batch, scar_batch, translate_batch
+from cutpaste.augment.colour import color_jitter_batch
+from cutpaste.augment.ops import cutpaste_batch, scar_batch, translate_batch
 from cutpaste.augment.views import make_views
 from cutpaste.config import VARIANTS, AugmentConfig
 
@@ -135,7 +137,7 @@ def test_cutpaste_without_jitter_copies_a_rectangle_of_the_same_image():
 
 def test_paste_geometry_exact_for_known_patches():
     x = noise_images(2, 32)
-    no_jitter = aug._Jitter(torch.ones(2, 4), torch.arange(4).repeat(2, 1), (False,) * 4)
+    no_jitter = col.Jitter(torch.ones(2, 4), torch.arange(4).repeat(2, 1), (False,) * 4)
     t = torch.tensor
     # Sample 0: 6 x 4 rectangle, angle 0. Sample 1: the same rectangle rotated by 180 degrees.
     patch = aug._Patch(
@@ -169,7 +171,7 @@ def test_cutpaste_patch_contrast_uses_the_patch_mean_despite_padding():
         box_is_patch=True,
     )
     factors = t([[1.0, 0.4, 1.0, 0.0], [1.0, 1.7, 1.0, 0.0]])
-    contrast_only = aug._Jitter(factors, t([[1, 0, 2, 3]] * 2), (False, True, False, False))
+    contrast_only = col.Jitter(factors, t([[1, 0, 2, 3]] * 2), (False, True, False, False))
     out = x.clone()
     masks = aug._paste(x, out, patch, contrast_only, masks=True)
     assert masks.flatten(1).sum(1).tolist() == [35, 35]
@@ -221,20 +223,20 @@ def test_zero_jitter_is_identity():
     x = smooth_images()
     out = color_jitter_batch(x, brightness=0, contrast=0, saturation=0, hue=0, generator=gen())
     assert torch.equal(out, x)
-    params = aug._draw_jitter(4, (0.0, 0.0, 0.0, 0.0), gen(), x)
-    assert torch.equal(aug._jitter(x.clone().flatten(2), params).view_as(x), x)
+    params = col.draw_jitter(4, (0.0, 0.0, 0.0, 0.0), gen(), x)
+    assert torch.equal(col.apply_jitter(x.clone().flatten(2), params).view_as(x), x)
 
 
 @pytest.mark.parametrize("shift", [0.5, 0.1, -0.3])
 def test_hue_round_trip(shift):
     x = smooth_images().flatten(2)
     s = torch.full((x.shape[0],), shift)
-    back = aug._adjust_hue(aug._adjust_hue(x, s), -s)
+    back = col._adjust_hue(col._adjust_hue(x, s), -s)
     torch.testing.assert_close(back, x, atol=2e-6, rtol=0)
-    twice = aug._adjust_hue(aug._adjust_hue(x, torch.full_like(s, 0.5)), torch.full_like(s, 0.5))
+    twice = col._adjust_hue(col._adjust_hue(x, torch.full_like(s, 0.5)), torch.full_like(s, 0.5))
     torch.testing.assert_close(twice, x, atol=2e-6, rtol=0)
     grey = torch.full((2, 3, 5), 0.25)
-    assert torch.equal(aug._adjust_hue(grey, s[:2]), grey)
+    assert torch.equal(col._adjust_hue(grey, s[:2]), grey)
 
 
 OPS = {0: TF.adjust_brightness, 1: TF.adjust_contrast, 2: TF.adjust_saturation, 3: TF.adjust_hue}
@@ -247,16 +249,16 @@ def test_single_op_matches_torchvision(op):
     factors[:, op] = torch.linspace(0.5, 1.5, 6) if op < 3 else torch.linspace(-0.5, 0.5, 6)
     order = torch.tensor([op] + [k for k in range(4) if k != op]).repeat(6, 1)
     enabled = tuple(k == op for k in range(4))
-    got = aug._jitter(x.clone().flatten(2), aug._Jitter(factors, order, enabled)).view_as(x)
+    got = col.apply_jitter(x.clone().flatten(2), col.Jitter(factors, order, enabled)).view_as(x)
     expected = torch.stack([OPS[op](x[i], factors[i, op].item()) for i in range(6)])
     torch.testing.assert_close(got, expected, atol=3e-6, rtol=0)
 
 
 def test_random_order_matches_torchvision_sequence():
     x = smooth_images(8)
-    params = aug._draw_jitter(8, (0.4, 0.4, 0.4, 0.3), gen(), x)
+    params = col.draw_jitter(8, (0.4, 0.4, 0.4, 0.3), gen(), x)
     assert len({tuple(o) for o in params.order.tolist()}) > 1, "each sample draws its own order"
-    got = aug._jitter(x.clone().flatten(2), params).view_as(x)
+    got = col.apply_jitter(x.clone().flatten(2), params).view_as(x)
     expected = []
     for i in range(8):
         y = x[i]
@@ -269,12 +271,13 @@ def test_random_order_matches_torchvision_sequence():
 def test_accelerator_path_matches_cpu_path(monkeypatch):
     """The where-based selection used on GPUs gives the CPU (indexing, chunked) result."""
     x = noise_images(6, 96)
-    params = aug._draw_jitter(6, (0.4, 0.4, 0.4, 0.3), gen(), x)
+    params = col.draw_jitter(6, (0.4, 0.4, 0.4, 0.3), gen(), x)
     weight = (torch.rand(6, 96 * 96, generator=gen(2)) < 0.7).float()
-    cpu = aug._jitter(x.clone().flatten(2), params, weight)
+    cpu = col.apply_jitter(x.clone().flatten(2), params, weight)
     views = {v: make_views(x, variant=v, config=AugmentConfig(), generator=gen())[0] for v in ("3way", "union")}
-    monkeypatch.setattr(aug, "_on_cpu", lambda t: False)
-    other = aug._jitter(x.clone().flatten(2), params, weight)
+    monkeypatch.setattr(col, "runs_on_cpu", lambda t: False)
+    monkeypatch.setattr(aug, "runs_on_cpu", lambda t: False)
+    other = col.apply_jitter(x.clone().flatten(2), params, weight)
     torch.testing.assert_close(other, cpu, atol=1e-6, rtol=0)
     for variant, expected in views.items():
         got, _ = make_views(x, variant=variant, config=AugmentConfig(), generator=gen())
@@ -285,10 +288,10 @@ def test_patch_contrast_uses_the_patch_mean():
     x = noise_images(2, 16).flatten(2)
     weight = torch.zeros(2, 256)
     weight[:, :40] = 1
-    params = aug._Jitter(
+    params = col.Jitter(
         torch.tensor([[1.0, 0.5, 1.0, 0.0]] * 2), torch.tensor([[1, 0, 2, 3]] * 2), (False, True, False, False)
     )
-    got = aug._jitter(x.clone(), params, weight)
+    got = col.apply_jitter(x.clone(), params, weight)
     expected = TF.adjust_contrast(x[:, :, :40].reshape(2, 3, 5, 8), 0.5).reshape(2, 3, 40)
     torch.testing.assert_close(got[:, :, :40], expected, atol=3e-6, rtol=0)
 

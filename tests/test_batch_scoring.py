@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cutpaste.config import preset
 from cutpaste.data.images import load_image
 from cutpaste.detector import Detector, embed_images
 from cutpaste.model.network import build_model
+from cutpaste.presets import preset
 from cutpaste.scoring.gaussian import GaussianDensity
 from cutpaste.serving.batch_scoring import (
     OUTPUT_SCHEMA,

@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from cutpaste.config import PRESETS, TrainConfig, flatten, load_config, preset
+from cutpaste.config import PARTS, TrainConfig, config_part, field_parts, flatten
 from cutpaste.errors import ConfigError
+from cutpaste.presets import PRESETS, load_config, preset
 
 
 def test_paper_preset_matches_the_paper():
@@ -138,3 +139,23 @@ def test_image_score_auto_falls_back_to_the_category_group_with_few_images():
     carpet = untrained_detector(small, images, category="carpet")
     assert carpet.config.image_score == "global" and carpet.feature_local is None
     assert "image_score_selection" not in carpet.meta
+
+
+def test_the_config_is_in_three_parts_and_training_is_the_key():
+    """Every field is in exactly one part; scoring and execution changes leave the training key alone,
+    a training change (augmentation included) does not; a saved key this version lacks counts as training."""
+    config = preset("ci")
+    parts = {name: config_part(config, name) for name in PARTS}
+    assert sum(len(p) for p in parts.values()) == len(flatten(config)) == len(field_parts())
+    assert {**parts["training"], **parts["scoring"], **parts["execution"]} == flatten(config)
+    assert "steps" in parts["training"] and "augment.pre_jitter" in parts["training"]
+    assert "image_score" in parts["scoring"] and "checkpoint_every" in parts["execution"]
+    key = parts["training"]
+    for change in ({"image_score": "local"}, {"target_fpr": 0.05}, {"log_every": 3}, {"preset": "x"}):
+        assert config_part(config.override(change), "training") == key, change
+    for change in ({"steps": 7}, {"augment.pre_jitter": 0.0}, {"seed": 4}):
+        assert config_part(config.override(change), "training") != key, change
+    saved = {**config.to_dict(), "feature_centring": True}
+    assert config_part(saved, "training") == {**key, "feature_centring": True}
+    with pytest.raises(ConfigError, match="config part: unknown 'weights'"):
+        config_part(config, "weights")

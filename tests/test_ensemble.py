@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from cutpaste.cli import main
-from cutpaste.config import preset
 from cutpaste.data.images import load_images
 from cutpaste.data.layout import list_samples
 from cutpaste.data.synth import generate_dataset
@@ -21,6 +20,7 @@ from cutpaste.detector import Detector, embed_images
 from cutpaste.ensemble import ENSEMBLE_MANIFEST, RULES, EnsembleDetector, build_ensemble, load_detector
 from cutpaste.errors import ConfigError, ModelBundleError
 from cutpaste.model.network import build_model
+from cutpaste.presets import preset
 from cutpaste.scoring.gaussian import GaussianDensity, out_of_fold_scores
 from cutpaste.workflow import evaluate_category, train_category
 

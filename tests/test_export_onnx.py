@@ -19,7 +19,6 @@ pytest.importorskip("onnxscript")
 
 from cutpaste import detector as detector_module  # noqa: E402
 from cutpaste.cli import main  # noqa: E402
-from cutpaste.config import preset  # noqa: E402
 from cutpaste.data.images import load_images  # noqa: E402
 from cutpaste.data.layout import list_samples  # noqa: E402
 from cutpaste.data.synth import generate_dataset  # noqa: E402
@@ -28,6 +27,7 @@ from cutpaste.ensemble import build_ensemble  # noqa: E402
 from cutpaste.errors import ExportError  # noqa: E402
 from cutpaste.integrity import sha256_file  # noqa: E402
 from cutpaste.model.network import build_model  # noqa: E402
+from cutpaste.presets import preset  # noqa: E402
 from cutpaste.serving.export import ExportResult, export_model  # noqa: E402
 from cutpaste.serving.onnx_graph import RTOL, build_onnx, check_against_torch, max_difference, probe_images  # noqa: E402
 from cutpaste.train.loop import train_model  # noqa: E402

@@ -13,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-from cutpaste.config import preset
 from cutpaste.data.images import load_images
 from cutpaste.data.layout import list_samples
 from cutpaste.data.synth import generate_dataset
@@ -22,8 +21,9 @@ from cutpaste.ensemble import ENSEMBLE_MANIFEST, build_ensemble, bundle_digest, 
 from cutpaste.errors import ModelBundleError
 from cutpaste.integrity import UnverifiedBundleWarning, load_weights, sha256_file
 from cutpaste.model.network import build_model
+from cutpaste.presets import preset
 from cutpaste.scoring.gaussian import GaussianDensity
-from cutpaste.train.loop import CHECKPOINT_FORMAT, CHECKPOINT_NAME, load_checkpoint
+from cutpaste.train.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, load_checkpoint
 
 CATEGORY = "synth_disc"
 

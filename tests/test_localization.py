@@ -12,13 +12,13 @@ from PIL import Image
 from sklearn.covariance import LedoitWolf
 
 from cutpaste.cli import main
-from cutpaste.config import preset
 from cutpaste.detector import Detector
 from cutpaste.errors import ConfigError
 from cutpaste.localization.gradcam import gradcam_maps
 from cutpaste.model.dense import dense_embeddings, upsample_scores
 from cutpaste.model.network import CutPasteNet
 from cutpaste.model.patches import grid_patches, grid_size, random_crops
+from cutpaste.presets import preset
 from cutpaste.scoring.gaussian import GaussianDensity
 from cutpaste.scoring.grid_gaussians import LocalDensity, ledoit_wolf, resolve_layout
 from cutpaste.workflow import evaluate_category, train_category

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cutpaste.config import preset
 from cutpaste.detector import Detector, fit_detector
 from cutpaste.errors import ConfigError
 from cutpaste.model.network import build_model
+from cutpaste.presets import preset
 from cutpaste.scoring.feature_maps import image_and_grid_features
 from cutpaste.scoring.grid_gaussians import LocalDensity, fit_local, load_local
 from cutpaste.scoring.memory_bank import MemoryBank

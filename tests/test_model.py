@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from cutpaste.config import preset
 from cutpaste.errors import ConfigError
 from cutpaste.model.backbones import BACKBONES
 from cutpaste.model.network import CutPasteNet, build_model, pretrained_weights_path
+from cutpaste.presets import preset
 
 
 @pytest.mark.parametrize("variant,classes", [("3way", 3), ("normal", 2), ("union", 2)])

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from cutpaste.anomalies.kinds import VOTING_KINDS
-from cutpaste.config import preset
 from cutpaste.data import list_samples, load_images
 from cutpaste.data.synth import generate_dataset
 from cutpaste.detector import Detector
+from cutpaste.presets import preset
 from cutpaste.scoring.baselines import untrained_detector
 from cutpaste.scoring.gaussian import fold_parts
 from cutpaste.scoring.selection import (

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cutpaste.config import preset
 from cutpaste.errors import ConfigError
+from cutpaste.presets import preset
 from cutpaste.scoring.threshold import calibrate, threshold_quantile
 
 

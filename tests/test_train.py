@@ -1,11 +1,12 @@
 import pytest
 import torch
 
-from cutpaste.config import preset
 from cutpaste.data import list_samples, load_images
 from cutpaste.errors import ConfigError, ModelBundleError
 from cutpaste.model.precision import cpu_has_native_bf16
-from cutpaste.train.loop import CHECKPOINT_NAME, TrainHooks, train_model
+from cutpaste.presets import preset
+from cutpaste.train.checkpoint import CHECKPOINT_NAME
+from cutpaste.train.loop import TrainHooks, train_model
 
 CONFIG = preset("ci").override(
     {"image_size": 32, "steps": 6, "batch_size": 4, "checkpoint_every": 3, "log_every": 3, "head_width": 64}

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cutpaste.config import preset
 from cutpaste.data import list_samples, load_images
 from cutpaste.data.synth import generate_dataset
 from cutpaste.detector import Detector
 from cutpaste.model.network import build_model
+from cutpaste.presets import preset
 from cutpaste.workflow import no_worse_than_untrained, train_category
 
 

@@ -18,7 +18,6 @@ from cutpaste.anomalies.blobs import BLOB_AREA, blob_masks
 from cutpaste.anomalies.kinds import ANOMALY_KINDS, REPORTED_KINDS, VOTING_KINDS, perlin_anomalies
 from cutpaste.anomalies.noise import perlin_noise
 from cutpaste.anomalies.strokes import stroke_anomalies
-from cutpaste.config import preset
 from cutpaste.data.layout import list_samples
 from cutpaste.data.synth import generate_dataset
 from cutpaste.errors import ConfigError, DataError
@@ -33,6 +32,7 @@ from cutpaste.evaluation.validation import (
     synthetic_validation,
     validate_config,
 )
+from cutpaste.presets import preset
 from cutpaste.scoring.baselines import pixel_statistics_scores
 
 

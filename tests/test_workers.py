@@ -13,8 +13,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from cutpaste.config import TrainConfig, preset
+from cutpaste.config import TrainConfig
 from cutpaste.errors import ConfigError
+from cutpaste.presets import preset
 from cutpaste.train.loop import TrainHooks, train_model
 from infra.local.services import free_port
 

@@ -1,6 +1,7 @@
 """One training step's views: pre-augmented images, then their CutPaste and Scar versions.
 
-Above :mod:`cutpaste.augment.ops` (the batched geometry and jitter), which stays free of the variants' logic.
+Above :mod:`cutpaste.augment.ops` and :mod:`cutpaste.augment.colour` (the batched geometry and jitter),
+which stay free of the variants' logic.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import torch
 from torch import Tensor
 
 from cutpaste.augment import ops as augment
+from cutpaste.augment.colour import apply_jitter, draw_jitter
 from cutpaste.config import VARIANTS, AugmentConfig
 
 
@@ -31,7 +33,7 @@ def make_views(
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown CutPaste variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    augment._check_images(images, generator)
+    augment.check_images(images, generator)
     batch, channels, height, width = images.shape
     kinds = 3 if variant == "3way" else 2
     views = torch.empty((kinds * batch, channels, height, width), dtype=images.dtype, device=images.device)
@@ -40,7 +42,7 @@ def make_views(
     x = views[:batch]
     scale = height / augment.REFERENCE_SIZE if pixel_scale is None else pixel_scale
     augment.translate_batch(images, max_shift=config.pre_translate * scale, generator=generator, out=x)
-    augment._jitter(x.view(batch, channels, -1), augment._draw_jitter(batch, (config.pre_jitter,) * 4, generator, x))
+    apply_jitter(x.view(batch, channels, -1), draw_jitter(batch, (config.pre_jitter,) * 4, generator, x))
     for k in range(1, kinds):
         views[k * batch : (k + 1) * batch] = x
     patches = []
@@ -51,8 +53,8 @@ def make_views(
             augment._scar_geometry(x, config.scar_width, config.scar_length, config.scar_rotation, generator, scale)
         )
     if variant == "union":  # each sample keeps its CutPaste or its scar with probability 1/2
-        patches = [augment._select(augment._rand(generator, x, batch) < 0.5, *patches)]
+        patches = [augment._select(augment.uniform(generator, x, batch) < 0.5, *patches)]
     for k, patch in enumerate(patches, start=1):
-        params = augment._draw_jitter(batch, (config.patch_jitter,) * 4, generator, x)
+        params = draw_jitter(batch, (config.patch_jitter,) * 4, generator, x)
         augment._paste(x, views[k * batch : (k + 1) * batch], patch, params)
     return views, torch.arange(kinds, device=x.device).repeat_interleave(batch)

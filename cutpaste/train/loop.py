@@ -6,55 +6,25 @@ One loop serves the CLI, the benchmarks and Ray Train: callers plug in through :
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from cutpaste.atomic import atomic_torch_save, atomic_write_text
+from cutpaste.atomic import atomic_torch_save
 from cutpaste.augment.ops import REFERENCE_SIZE
 from cutpaste.augment.views import make_views
-from cutpaste.config import TrainConfig, flatten
-from cutpaste.errors import ConfigError, ModelBundleError
-from cutpaste.integrity import load_weights
+from cutpaste.config import TrainConfig
+from cutpaste.errors import ConfigError
 from cutpaste.model.network import CutPasteNet, build_model
 from cutpaste.model.patches import random_crops
 from cutpaste.model.precision import use_amp, use_channels_last
-
-CHECKPOINT_FORMAT = 3  # 2, 3: configs without the deleted options (see detector.BUNDLE_FORMAT)
-CHECKPOINT_NAME = "last.pt"
-# Fields that change how a run reports, not what it computes: a resumed run may differ in these.
-_NON_TRAINING_FIELDS = frozenset(
-    {
-        "checkpoint_every",
-        "log_every",
-        "eval_batch_size",
-        "preset",
-        "threshold_quantile",
-        "target_fpr",
-        "patch_stride",
-        "local_density",
-        "local_dim",
-        "patch_batch_size",
-        # How the density is fitted and scored; training does not depend on them.
-        "image_score",
-        "local_stage",
-        "feature_stages",
-        "local_grid",
-        "feature_density",
-        "feature_score",
-        "map_sigma",
-        "patch_score",
-        "untrained_fallback",
-    }
-)
+from cutpaste.train.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, check_same_run, load_checkpoint
 
 
 @dataclass
@@ -93,50 +63,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: CUDA was requested but no GPU is visible")
     return device
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A training checkpoint, read as data only (checkpoints travel through shared storage too)."""
-    state = load_weights(path, kind="checkpoint")
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise ModelBundleError(f"checkpoint {path} has format {found!r}, this version reads {CHECKPOINT_FORMAT}")
-    return state
-
-
-def training_fields(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
-    """The dotted config fields that decide the trained weights (not how they are scored or reported)."""
-    flat = flatten(config) if isinstance(config, TrainConfig) else _flat(config)
-    return {k: v for k, v in flat.items() if k.split(".")[0] not in _NON_TRAINING_FIELDS}
-
-
-def _check_same_run(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
-    mine = training_fields(config)
-    # A checkpoint written before a field existed ran with that field's default.
-    theirs = training_fields({**flatten(TrainConfig()), **_flat(saved)})
-    differ = sorted(k for k in mine.keys() | theirs.keys() if _norm(mine.get(k)) != _norm(theirs.get(k)))
-    if differ:
-        detail = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in differ[:5])
-        raise ConfigError(
-            f"checkpoint {path} belongs to a run with another config ({detail}); "
-            "use a new output directory or start over with --restart"
-        )
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """:func:`cutpaste.config.flatten` for a config saved as a dict: one from a checkpoint may hold keys this
-    version's TrainConfig lacks, so it cannot become a TrainConfig first."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _norm(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -279,7 +205,7 @@ def _resume(run: _Run) -> None:
     if path is None or not path.exists():
         return
     state = load_checkpoint(path)
-    _check_same_run(state["config"], run.config, path)
+    check_same_run(state["config"], run.config, path)
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -409,7 +335,3 @@ def _save_checkpoint(run: _Run, step: int) -> None:
         written = run.checkpoint
     if run.hooks.on_checkpoint:
         run.hooks.on_checkpoint(step, written)
-
-
-def write_history(history: list[dict[str, float]], path: Path) -> None:
-    atomic_write_text("".join(json.dumps(r) + "\n" for r in history), path)

@@ -18,13 +18,13 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from cutpaste.config import preset
 from cutpaste.data.images import load_images
 from cutpaste.data.layout import list_samples
 from cutpaste.data.synth import generate_dataset
 from cutpaste.detector import BUNDLE_NAME, SUMMARY_NAME, Detector, embed_images
 from cutpaste.integrity import sha256_file
 from cutpaste.model.network import build_model
+from cutpaste.presets import preset
 from cutpaste.scoring.gaussian import GaussianDensity
 from infra.local.services import VENV_BIN, free_port, stop_process_group, wait_http
 from pipelines import tracking

@@ -74,11 +74,11 @@ def test_champions_compare_validation_only_on_one_digest():
 
 @pytest.mark.slow
 def test_training_validation_reads_no_test_folder_and_is_one_set_across_seeds(tmp_path):
-    from cutpaste.config import preset
     from cutpaste.data import list_samples, load_images
     from cutpaste.data.synth import generate_dataset
     from cutpaste.detector import Detector
     from cutpaste.evaluation.validation import training_validation
+    from cutpaste.presets import preset
     from cutpaste.workflow import train_category
 
     root = tmp_path / "data"

@@ -7,7 +7,7 @@ import logging
 
 import pandas as pd
 
-from cutpaste.config import preset
+from cutpaste.presets import preset
 from cutpaste.storage.inventory import category_inventory
 from pipelines import descriptions
 from pipelines.console import KNOWN_HARMLESS, TableWriter, live_status_table, quiet_known_warnings, status_table

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from cutpaste.config import flatten, preset
+from cutpaste.config import flatten
+from cutpaste.presets import preset
 from pipelines.benchmark import BenchmarkConfig
 from pipelines.benchmark_plan import benchmark_params, plan_runs, run_params
 from pipelines.benchmark_results import add_phases

@@ -7,10 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cutpaste.config import preset
 from cutpaste.data import list_samples, load_images
 from cutpaste.errors import ModelBundleError
-from cutpaste.train.loop import CHECKPOINT_NAME, TrainHooks, train_model
+from cutpaste.presets import preset
+from cutpaste.train.checkpoint import CHECKPOINT_NAME
+from cutpaste.train.loop import TrainHooks, train_model
 from cutpaste.workflow import CHECKPOINT_DIR
 
 CONFIG = preset("ci").override(

@@ -13,7 +13,7 @@ import boto3
 import pytest
 
 from cutpaste.detector import Detector
-from cutpaste.train.loop import load_checkpoint
+from cutpaste.train.checkpoint import load_checkpoint
 from tests.reliability.bench_thread import STEPS, BenchmarkThread
 from tests.reliability.s3_proxy import CuttableProxy
 

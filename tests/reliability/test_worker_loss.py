@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cutpaste.config import load_config
 from cutpaste.detector import Detector
+from cutpaste.presets import load_config
 from cutpaste.workflow import train_category
 from infra.local.services import ray_worker_pids
 from tests.reliability.bench_thread import BenchmarkThread, registered_checkpoints

@@ -13,10 +13,10 @@ import ray
 import torch
 from mlflow import MlflowClient
 
-from cutpaste.config import load_config
 from cutpaste.data.synth import generate_dataset
 from cutpaste.ensemble import EnsembleDetector, load_detector
 from cutpaste.evaluation.validation import validate_config
+from cutpaste.presets import load_config
 from pipelines import full_benchmark, tune_sweep
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
