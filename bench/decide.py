@@ -33,7 +33,6 @@ from cutpaste.atomic import atomic_write_text
 from cutpaste.config import TrainConfig
 from cutpaste.data import list_samples, load_images
 from cutpaste.data.layout import MissingMaskWarning
-from cutpaste.detector import fit_detector
 from cutpaste.evaluation.evaluate import evaluate_detector
 from cutpaste.evaluation.metrics import image_metrics
 from cutpaste.evaluation.validation import (
@@ -43,6 +42,7 @@ from cutpaste.evaluation.validation import (
     split_train,
     synthetic_validation,
 )
+from cutpaste.fit import fit_detector
 from cutpaste.model.network import build_model
 from cutpaste.presets import preset
 from cutpaste.scoring import selection as scorer_selection

@@ -33,7 +33,8 @@ import torch
 from cutpaste.atomic import atomic_write_text
 from cutpaste.data import list_samples, load_images
 from cutpaste.data.synth import generate_dataset
-from cutpaste.detector import Detector, fit_detector
+from cutpaste.detector import Detector
+from cutpaste.fit import fit_detector
 from cutpaste.presets import preset
 from cutpaste.serving.export import export_model
 from cutpaste.serving.onnx_graph import max_difference

@@ -39,12 +39,12 @@ from cutpaste.cli import build_config
 from cutpaste.config import TrainConfig, config_part
 from cutpaste.data import list_samples, load_images
 from cutpaste.data.synth import SYNTH_CATEGORIES, generate_dataset
-from cutpaste.detector import fit_detector
 from cutpaste.errors import CutPasteError
 from cutpaste.evaluation.evaluate import evaluate_detector
 from cutpaste.evaluation.metrics import image_metrics
 from cutpaste.evaluation.paper import PAPER_IMAGE_AUROC, PAPER_PIXEL_AUROC
 from cutpaste.evaluation.validation import ANOMALY_KINDS, score_validation, split_train, synthetic_validation
+from cutpaste.fit import fit_detector
 from cutpaste.model.network import build_model
 from cutpaste.presets import parse_overrides, preset
 from cutpaste.scoring.baselines import pixel_statistics_scores, untrained_detector

@@ -28,8 +28,8 @@ from cutpaste.atomic import atomic_write_text
 from cutpaste.config import TrainConfig
 from cutpaste.data import list_samples, load_images
 from cutpaste.data.synth import generate_dataset
-from cutpaste.detector import fit_detector
 from cutpaste.evaluation.evaluate import evaluate_detector
+from cutpaste.fit import fit_detector
 from cutpaste.model.network import build_model
 from cutpaste.model.precision import cpu_has_native_bf16, use_amp, use_channels_last
 from cutpaste.presets import preset

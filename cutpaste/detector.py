@@ -8,7 +8,6 @@ bundle as data (tensors and plain values; see :mod:`cutpaste.integrity`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,24 +22,23 @@ from cutpaste.integrity import file_digests, load_weights, verify_file, verify_f
 from cutpaste.localization.gradcam import gradcam_maps
 from cutpaste.model.dense import dense_embeddings, upsample_scores
 from cutpaste.model.network import CutPasteNet, as_float_images, build_model
-from cutpaste.model.patches import grid_size
+from cutpaste.scoring.choice import Scoring
 from cutpaste.scoring.feature_maps import (
-    fit_feature_scorer,
     grid_image_scores,
     grid_to_maps,
     image_and_grid_features,
     standardise,
 )
-from cutpaste.scoring.gaussian import GaussianDensity, fold_parts, out_of_fold_scores
-from cutpaste.scoring.grid_gaussians import LocalDensity, fit_local, load_local, resolve_layout
+from cutpaste.scoring.gaussian import GaussianDensity
+from cutpaste.scoring.grid_gaussians import LocalDensity
 from cutpaste.scoring.memory_bank import MemoryBank
-from cutpaste.scoring.selection import can_select, prior_choice, select_image_score
-from cutpaste.scoring.threshold import calibrate, threshold_quantile
+from cutpaste.scoring.registry import load_scorer, scorer_state
 
 # 2: the config without the options deleted after the decisions (optimizer, warmup_steps, embedding,
-# blend views); 3: without the memory bank's per-image centring (feature_centring). A bundle of another
-# format is refused by name, never converted.
-BUNDLE_FORMAT = 3
+# blend views); 3: without the memory bank's per-image centring (feature_centring); 4: the resolved
+# scoring beside the config (which keeps image_score=auto), every scorer saved with its registered kind.
+# A bundle of another format is refused by name, never converted.
+BUNDLE_FORMAT = 4
 BUNDLE_NAME = "detector.pt"
 MAP_MODES = ("auto", "dense", "local", "gradcam")
 SUMMARY_NAME = "detector.json"
@@ -76,6 +74,12 @@ class Detector:
     # The image-level model's Gaussians over a stage's feature-map positions (image_score local or
     # combined, cutpaste/scoring/feature_maps.py); None when it scores with the global Gaussian alone.
     feature_local: LocalDensity | MemoryBank | None = None
+    # What the image score resolved to (image_score=auto chooses at fit); the config is never rewritten.
+    scoring: Scoring | None = None
+
+    def __post_init__(self) -> None:
+        if self.scoring is None:
+            self.scoring = Scoring.of_config(self.config)
 
     @property
     def device(self) -> torch.device:
@@ -89,7 +93,12 @@ class Detector:
     def reports_global_density(self) -> bool:
         """True when the score is the Mahalanobis distance of the image embedding (the paper's), also where
         ``image_score=auto`` chose it and kept feature-map densities for the anomaly maps."""
-        return not self.is_patch_model and (self.feature_local is None or self.config.image_score == "global")
+        return not self.is_patch_model and (self.feature_local is None or self.resolved.image_score == "global")
+
+    @property
+    def resolved(self) -> Scoring:
+        assert self.scoring is not None  # set by __post_init__
+        return self.scoring
 
     @property
     def map_range(self) -> tuple[float, float]:
@@ -149,7 +158,7 @@ class Detector:
         """``(B, 3, H, W)`` uint8 or float in [0, 1], any H, W -> ``(B,)`` float64 anomaly scores.
 
         The patch-level model scores an image by the maximum of its anomaly map; the image-level model
-        by its global Gaussian, its feature-map grid's maximum, or both (``config.image_score``)."""
+        by its global Gaussian, its feature-map grid's maximum, or both (:attr:`scoring`)."""
         if self.is_patch_model:
             return self.anomaly_maps(images, "dense")[0]
         if self.reports_global_density:
@@ -166,10 +175,10 @@ class Detector:
         return self.density.score(embeddings), local
 
     def _combine(self, global_scores: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        if self.config.image_score == "global":  # auto chose the global score; the grid gives the maps
+        if self.resolved.image_score == "global":  # auto chose the global score; the grid gives the maps
             return global_scores.double()
-        local = grid_image_scores(grid, self.config.feature_score)
-        if self.config.image_score == "local":
+        local = grid_image_scores(grid, self.resolved.feature_score)
+        if self.resolved.image_score == "local":
             return local
         norm = self.meta["score_norm"]
         return standardise(global_scores, norm["global"]) + standardise(local, norm["local"])
@@ -187,15 +196,16 @@ class Detector:
             "config": self.config.to_dict(),
             "category": self.category,
             "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
-            "density": self.density.state_dict(),
+            "scoring": self.resolved.to_dict(),
+            "density": scorer_state("gaussian", self.density),
             "threshold": self.threshold,
             "meta": self.meta,
-            "local": None if self.local is None else self.local.state_dict(),
-            "feature_local": None if self.feature_local is None else self.feature_local.state_dict(),
+            "local": _grid_state(self.local),
+            "feature_local": _grid_state(self.feature_local),
         }
         path = directory / BUNDLE_NAME
         atomic_torch_save(bundle, path)
-        summary = {k: bundle[k] for k in ("format", "version", "config", "category", "threshold", "meta")}
+        summary = {k: bundle[k] for k in ("format", "version", "config", "scoring", "category", "threshold", "meta")}
         summary["files"] = file_digests(directory, [BUNDLE_NAME])  # what a load checks before reading
         summary["density"] = self.density.summary()
         for name, local in (("local_density", self.local), ("feature_local_density", self.feature_local)):
@@ -232,9 +242,10 @@ class Detector:
             # The weights are in the bundle: never look for pretrained files when loading.
             model = build_model(config.override({"pretrained": None}))
             model.load_state_dict(bundle["model"])
-            density = GaussianDensity.from_state_dict(bundle["density"])
-            local = load_local(bundle["local"]) if bundle.get("local") else None
-            feature_local = load_local(bundle["feature_local"]) if bundle.get("feature_local") else None
+            scoring = Scoring.from_dict(bundle["scoring"], source=str(path))
+            density = load_scorer(bundle["density"])
+            local = load_scorer(bundle["local"]) if bundle.get("local") else None
+            feature_local = load_scorer(bundle["feature_local"]) if bundle.get("feature_local") else None
         except (KeyError, RuntimeError, TypeError) as exc:
             raise ModelBundleError(f"{path} does not match this version's model: {exc}") from None
         model.eval().to(device)
@@ -247,6 +258,7 @@ class Detector:
             meta=dict(bundle.get("meta", {})),
             local=local,
             feature_local=feature_local,
+            scoring=scoring,
         )
 
 
@@ -278,68 +290,6 @@ def verify_bundle(path: Path, expected_sha256: str | None = None) -> None:
         warn_unverified(path, SUMMARY_NAME)
 
 
-def fit_detector(
-    model: CutPasteNet,
-    train_images: torch.Tensor,
-    config: TrainConfig,
-    *,
-    category: str = "",
-    meta: dict[str, Any] | None = None,
-) -> Detector:
-    """Fits the density on the normal training images and calibrates the threshold without test data.
-
-    The threshold is the ``threshold_quantile`` (or ``1 - target_fpr``) quantile of out-of-fold scores
-    of the training images, so about that share of normal images is flagged at test time; ``meta``
-    records those scores (``oof_scores``, what an ensemble standardises a member with) and the
-    calibration with its expected false-positive rate and bootstrap interval (``calibration``).
-    """
-    features = None
-    if config.image_score == "auto":
-        config, meta, features = _resolve_auto_score(model, train_images, config, category, meta)
-    if config.patch_size:
-        return _fit_patch_detector(model, train_images, config, category=category, meta=meta)
-    if config.image_score != "global" or features is not None:  # a chosen global score keeps feature maps
-        return _fit_local_image_detector(model, train_images, config, category=category, meta=meta, features=features)
-    features = embed_images(model, train_images, batch_size=config.eval_batch_size, size=config.image_size)
-    density = GaussianDensity.fit(features)
-    oof = out_of_fold_scores(features, seed=config.seed)
-    meta, threshold = _calibrated(meta, oof, config)
-    return Detector(
-        model=model.eval(),
-        density=density,
-        threshold=threshold,
-        config=config,
-        category=category,
-        meta=meta,
-    )
-
-
-def _resolve_auto_score(
-    model: CutPasteNet, train_images: torch.Tensor, config: TrainConfig, category: str, meta: dict[str, Any] | None
-) -> tuple[TrainConfig, dict[str, Any], tuple[torch.Tensor, torch.Tensor] | None]:
-    """``image_score=auto`` made concrete: chosen on validation from the training images where they are
-    enough (:mod:`cutpaste.scoring.selection`, recorded in ``meta["image_score_selection"]``), else by the
-    category-name lookup; the detector's config keeps the choice, so a loaded bundle scores the same way.
-    After a selection, the training images' features it computed are returned for the fit to reuse (and
-    when the global score wins, the best feature-map candidate still gives the anomaly maps)."""
-    if not can_select(config, train_images.shape[0]):
-        return config.override({"image_score": prior_choice(config, category)}), meta or {}, None
-    features = image_and_grid_features(model, train_images, config)
-    selection = select_image_score(model, train_images, config, category=category, features=features)
-    meta = dict(meta or {})
-    meta["image_score_selection"] = selection.to_dict()
-    return config.override(selection.overrides()), meta, features
-
-
-def _calibrated(meta: dict[str, Any] | None, oof: torch.Tensor, config: TrainConfig) -> tuple[dict[str, Any], float]:
-    """``meta`` with the out-of-fold scores of the reported score and their calibration; the threshold."""
-    calibration = calibrate(oof, threshold_quantile(config), seed=config.seed)
-    meta = dict(meta or {})
-    meta["oof_scores"] = [float(v) for v in oof.tolist()]
-    meta["calibration"] = calibration.to_dict()
-    return meta, calibration.threshold
-
-
 def _patch_features(model: CutPasteNet, images: torch.Tensor, config: TrainConfig) -> torch.Tensor:
     """``(N, G * G, D)`` patch features on the grid the config describes."""
     return dense_embeddings(
@@ -369,106 +319,5 @@ def _patch_image_scores(grid_scores: torch.Tensor, maps: torch.Tensor, config: T
     return source.flatten(1).amax(1).double()
 
 
-def _fit_patch_detector(
-    model: CutPasteNet,
-    train_images: torch.Tensor,
-    config: TrainConfig,
-    *,
-    category: str,
-    meta: dict[str, Any] | None,
-    folds: int = 5,
-) -> Detector:
-    """Fits the grid densities on every training patch; the image threshold is the quantile of map
-    maxima of training images scored by densities fitted without them (k-fold, as for the image model)."""
-    device = next(model.parameters()).device
-    grid = grid_size(config.image_size, config.patch_size, config.patch_stride)
-    features = _patch_features(model, train_images, config)
-    layout = resolve_layout(config.local_density, category)
-
-    def fit(subset: torch.Tensor) -> LocalDensity | MemoryBank:
-        return fit_local(subset.to(device), layout=layout, grid=grid, dim=config.local_dim, seed=config.seed)
-
-    scores = _out_of_fold_local_scores(features, fit, device=device, seed=config.seed, folds=folds)
-    scores = scores.view(-1, grid, grid)
-    held_out_max = _patch_image_scores(scores, _pixel_maps(scores, config), config)
-    meta, threshold = _calibrated(meta, held_out_max, config)
-    meta["map_low"] = float(scores.median())
-    meta["local_layout"] = layout
-    return Detector(
-        model=model.eval(),
-        # An image-level Gaussian of the mean patch feature: summary statistics for tracking.
-        density=GaussianDensity.fit(features.mean(1)),
-        threshold=threshold,
-        config=config,
-        category=category,
-        meta=meta,
-        local=fit(features),
-    )
-
-
-def _out_of_fold_local_scores(
-    features: torch.Tensor,
-    fit: Callable[[torch.Tensor], LocalDensity | MemoryBank],
-    *,
-    device: torch.device,
-    seed: int,
-    folds: int = 5,
-) -> torch.Tensor:
-    """``(N, L, D)`` position features -> ``(N, L)`` scores of each image's positions under densities
-    fitted without that image (k-fold): the unbiased normal scores a threshold is calibrated on."""
-    n = features.shape[0]
-    out = torch.empty(features.shape[:2])
-    for part in fold_parts(n, folds=folds, seed=seed):
-        keep = torch.ones(n, dtype=torch.bool)
-        keep[part] = False
-        out[part] = fit(features[keep]).score(features[part].to(device)).float().cpu()
-    return out
-
-
-def _fit_local_image_detector(
-    model: CutPasteNet,
-    train_images: torch.Tensor,
-    config: TrainConfig,
-    *,
-    category: str,
-    meta: dict[str, Any] | None,
-    folds: int = 5,
-    features: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> Detector:
-    """The image model with feature-map Gaussians: the global Gaussian as usual, the grid Gaussians on
-    the same forward pass (or ``features``, that pass's output already computed), and out-of-fold scores
-    of both to standardise them (``combined``) and to calibrate the threshold of the score reported."""
-    device = next(model.parameters()).device
-    embeddings, grid_features = features or image_and_grid_features(model, train_images, config)
-    layout = resolve_layout(config.feature_density, category)
-
-    def fit(subset: torch.Tensor) -> LocalDensity | MemoryBank:
-        return fit_feature_scorer(subset.to(device), layout, config)
-
-    scores = _out_of_fold_local_scores(grid_features, fit, device=device, seed=config.seed, folds=folds)
-    local_oof = grid_image_scores(scores, config.feature_score)
-    global_oof = out_of_fold_scores(embeddings, seed=config.seed)
-    norm = {
-        "global": [float(global_oof.mean()), float(global_oof.std())],
-        "local": [float(local_oof.mean()), float(local_oof.std())],
-    }
-    if config.image_score == "global":  # chosen by image_score=auto: the feature maps serve the anomaly maps
-        calibration = global_oof
-    elif config.image_score == "local":
-        calibration = local_oof
-    else:
-        calibration = standardise(global_oof, norm["global"]) + standardise(local_oof, norm["local"])
-    meta, threshold = _calibrated(meta, calibration, config)
-    meta["score_norm"] = norm
-    meta["map_low"] = float(scores.median())
-    meta["map_threshold"] = float(torch.quantile(local_oof, threshold_quantile(config)))
-    meta["local_layout"] = layout
-    return Detector(
-        model=model.eval(),
-        density=GaussianDensity.fit(embeddings),
-        threshold=threshold,
-        config=config,
-        category=category,
-        meta=meta,
-        feature_local=fit(grid_features),
-    )
+def _grid_state(scorer: LocalDensity | MemoryBank | None) -> dict[str, Any] | None:
+    return None if scorer is None else scorer_state(scorer.layout, scorer)

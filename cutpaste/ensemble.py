@@ -34,7 +34,7 @@ from cutpaste.config import TrainConfig
 from cutpaste.detector import BUNDLE_NAME, SUMMARY_NAME, Detector
 from cutpaste.errors import ConfigError, ModelBundleError
 from cutpaste.integrity import file_digests, load_weights, sha256_file, verify_file, verify_files, warn_unverified
-from cutpaste.scoring.gaussian import out_of_fold_scores
+from cutpaste.scoring.folds import out_of_fold_scores
 from cutpaste.scoring.threshold import calibrate
 from cutpaste.scoring.threshold import threshold_quantile as _threshold_quantile
 
@@ -269,7 +269,7 @@ def _score_kind(detector: Detector) -> str:
     if detector.is_patch_model:
         return "a patch model scored by its map"
     if not detector.reports_global_density:
-        return f"image_score {detector.config.image_score}"
+        return f"image_score {detector.resolved.image_score}"
     return "global Gaussian"
 
 

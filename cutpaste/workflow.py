@@ -23,10 +23,11 @@ import torch
 from cutpaste.config import TrainConfig
 from cutpaste.data.images import load_images
 from cutpaste.data.layout import list_samples
-from cutpaste.detector import BUNDLE_NAME, Detector, fit_detector
+from cutpaste.detector import BUNDLE_NAME, Detector
 from cutpaste.errors import ConfigError, DataError
 from cutpaste.evaluation.evaluate import Evaluation, MapBatch, evaluate_detector
 from cutpaste.evaluation.validation import training_validation
+from cutpaste.fit import fit_detector
 from cutpaste.scoring.baselines import untrained_detector
 from cutpaste.train.checkpoint import write_history
 from cutpaste.train.loop import TrainHooks, TrainResult, resolve_device, train_model

@@ -25,6 +25,7 @@ from cutpaste.detector import BUNDLE_NAME, verify_bundle
 from cutpaste.evaluation.report import RunRecord, summarise, to_markdown, write_results
 from cutpaste.integrity import load_weights
 from cutpaste.scoring.gaussian import GaussianDensity
+from cutpaste.scoring.registry import load_scorer
 from pipelines import descriptions, faults, figures, tracking
 from pipelines.benchmark_config import TAG_MODEL_URI, TAG_VALIDATION_DIGEST, BenchmarkConfig, Session
 from pipelines.benchmark_retries import with_tracking_retries
@@ -48,7 +49,8 @@ def log_finished_run(
     # The bundle came back through checkpoint storage: checked against its digest record, read as data.
     verify_bundle(files / BUNDLE_NAME)
     bundle = load_weights(files / BUNDLE_NAME, kind="bundle")
-    density = GaussianDensity.from_state_dict(bundle["density"])
+    density = load_scorer(bundle["density"])
+    assert isinstance(density, GaussianDensity)  # a bundle's image-level density is always the Gaussian
     final = final_metrics(evaluation, bundle, density, phases)
     log = tracking.MetricBuffer(bench.mlflow_uri, run_id)
     log.log(final, step=int(bundle["meta"].get("steps", 0)))
@@ -138,8 +140,8 @@ def _validation_metrics(meta: dict[str, Any]) -> dict[str, float]:
 
 def scoring_tags(bundle: dict[str, Any]) -> dict[str, str]:
     """How the detector scores images, and for ``image_score=auto`` which candidate it chose."""
-    config = bundle["config"]
-    tags = {"cutpaste.image_score": f"{config.get('image_score')} ({config.get('feature_density')})"}
+    scoring = bundle.get("scoring") or bundle["config"]  # what the score resolved to (auto's choice)
+    tags = {"cutpaste.image_score": f"{scoring.get('image_score')} ({scoring.get('feature_density')})"}
     selection = bundle["meta"].get("image_score_selection")
     if selection:
         tags["cutpaste.auto_choice"] = selection["chosen"]

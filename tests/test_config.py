@@ -124,6 +124,7 @@ def test_image_score_auto_falls_back_to_the_category_group_with_few_images():
     import torch
 
     from cutpaste.scoring.baselines import untrained_detector
+    from cutpaste.scoring.choice import Scoring
     from cutpaste.scoring.selection import MIN_IMAGES, prior_choice
 
     short = preset("short")
@@ -135,9 +136,10 @@ def test_image_score_auto_falls_back_to_the_category_group_with_few_images():
     images = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     small = short.override({"image_size": 64, "local_grid": 4})
     bottle = untrained_detector(small, images, category="bottle")
-    assert bottle.config.image_score == "local" and bottle.feature_local is not None, "the bundle keeps the choice"
+    assert bottle.resolved == Scoring("local", "auto", "max", chosen_by="lookup") and bottle.feature_local is not None
+    assert bottle.config.image_score == "auto", "the config stays as asked"
     carpet = untrained_detector(small, images, category="carpet")
-    assert carpet.config.image_score == "global" and carpet.feature_local is None
+    assert carpet.resolved.image_score == "global" and carpet.feature_local is None
     assert "image_score_selection" not in carpet.meta
 
 

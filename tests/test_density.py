@@ -3,7 +3,8 @@ import pytest
 import torch
 from sklearn.covariance import LedoitWolf
 
-from cutpaste.scoring.gaussian import GaussianDensity, out_of_fold_scores
+from cutpaste.scoring.folds import out_of_fold_scores
+from cutpaste.scoring.gaussian import GaussianDensity
 
 
 def test_mahalanobis_matches_a_direct_numpy_computation():

@@ -21,7 +21,8 @@ from cutpaste.ensemble import ENSEMBLE_MANIFEST, RULES, EnsembleDetector, build_
 from cutpaste.errors import ConfigError, ModelBundleError
 from cutpaste.model.network import build_model
 from cutpaste.presets import preset
-from cutpaste.scoring.gaussian import GaussianDensity, out_of_fold_scores
+from cutpaste.scoring.folds import out_of_fold_scores
+from cutpaste.scoring.gaussian import GaussianDensity
 from cutpaste.workflow import evaluate_category, train_category
 
 CATEGORY = "synth_disc"

@@ -17,17 +17,19 @@ onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from cutpaste import detector as detector_module  # noqa: E402
+from cutpaste import fit as fit_module  # noqa: E402
 from cutpaste.cli import main  # noqa: E402
 from cutpaste.data.images import load_images  # noqa: E402
 from cutpaste.data.layout import list_samples  # noqa: E402
 from cutpaste.data.synth import generate_dataset  # noqa: E402
-from cutpaste.detector import BUNDLE_NAME, Detector, fit_detector  # noqa: E402
+from cutpaste.detector import BUNDLE_NAME, Detector  # noqa: E402
 from cutpaste.ensemble import build_ensemble  # noqa: E402
 from cutpaste.errors import ExportError  # noqa: E402
+from cutpaste.fit import fit_detector  # noqa: E402
 from cutpaste.integrity import sha256_file  # noqa: E402
 from cutpaste.model.network import build_model  # noqa: E402
 from cutpaste.presets import preset  # noqa: E402
+from cutpaste.scoring.choice import Scoring  # noqa: E402
 from cutpaste.serving.export import ExportResult, export_model  # noqa: E402
 from cutpaste.serving.onnx_graph import RTOL, build_onnx, check_against_torch, max_difference, probe_images  # noqa: E402
 from cutpaste.train.loop import train_model  # noqa: E402
@@ -85,7 +87,8 @@ def _fit(trained: Trained, changes: dict) -> Detector:
     model.eval()
     if changes.get("image_score") == "global" and "feature_density" in changes:
         # What image_score=auto leaves when the global score wins: feature-map scorers kept for the maps.
-        return detector_module._fit_local_image_detector(model, trained.train, config, category=CATEGORY, meta={})
+        scoring = Scoring.of_config(config)
+        return fit_module._fit_local_image_detector(model, trained.train, config, scoring, category=CATEGORY, meta={})
     return fit_detector(model, trained.train, config, category=CATEGORY)
 
 

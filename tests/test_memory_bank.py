@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cutpaste.detector import Detector, fit_detector
+from cutpaste.detector import Detector
 from cutpaste.errors import ConfigError
+from cutpaste.fit import fit_detector
 from cutpaste.model.network import build_model
 from cutpaste.presets import preset
 from cutpaste.scoring.feature_maps import image_and_grid_features

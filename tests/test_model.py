@@ -49,7 +49,7 @@ def test_pretrained_from_a_local_file(tmp_path, monkeypatch):
 def test_an_image_scores_the_same_whatever_the_memory_layout_it_arrives_in():
     # An HWC array permuted to CHW is channels-last in memory; a served batch (B, H, W, 3) permuted is too,
     # with another batch stride. Convolution picks kernels by layout, so scoring first makes it one layout.
-    from cutpaste.detector import fit_detector
+    from cutpaste.fit import fit_detector
 
     scoring = {"image_score": "combined", "feature_density": "knn", "feature_score": "max-median", "local_grid": 4}
     config = preset("short").override({**scoring, "image_size": 64})

@@ -12,9 +12,9 @@ import pytest
 
 from cutpaste.data import list_samples, load_images
 from cutpaste.data.synth import generate_dataset
-from cutpaste.detector import fit_detector
 from cutpaste.evaluation.evaluate import evaluate_detector
 from cutpaste.evaluation.metrics import image_metrics
+from cutpaste.fit import fit_detector
 from cutpaste.presets import preset
 from cutpaste.scoring.baselines import pixel_statistics_scores, untrained_detector
 from cutpaste.train.loop import train_model

@@ -11,7 +11,8 @@ from cutpaste.data.synth import generate_dataset
 from cutpaste.detector import Detector
 from cutpaste.presets import preset
 from cutpaste.scoring.baselines import untrained_detector
-from cutpaste.scoring.gaussian import fold_parts
+from cutpaste.scoring.choice import Scoring
+from cutpaste.scoring.folds import fold_parts
 from cutpaste.scoring.selection import (
     CANDIDATES,
     Candidate,
@@ -45,13 +46,15 @@ def test_auto_picks_the_best_candidate_on_validation_and_the_bundle_keeps_it(wea
     assert record["val_auroc"][record["chosen"]] == best
     chosen = next(c for c in CANDIDATES if c.name == record["chosen"])
     maps_from = next(c for c in CANDIDATES if c.name == record["maps_from"])
-    assert detector.config.image_score == chosen.image_score and maps_from.image_score != "global"
+    assert detector.config.image_score == "auto", "the config stays as asked; the choice is recorded beside it"
+    assert detector.resolved.image_score == chosen.image_score and maps_from.image_score != "global"
+    assert detector.resolved.chosen_by == "validation"
     assert detector.feature_local is not None, "the anomaly maps come from a feature map whatever scores images"
     if maps_from.feature_density == "knn":
-        assert detector.config.feature_density == "knn"
-    assert detector.config.feature_score == maps_from.feature_score
+        assert detector.resolved.feature_density == "knn"
+    assert detector.resolved.feature_score == maps_from.feature_score
     loaded = Detector.load(detector.save(tmp_path / "bundle").parent)
-    assert loaded.config.image_score == detector.config.image_score
+    assert loaded.config == detector.config and loaded.resolved == detector.resolved
     assert loaded.meta["image_score_selection"] == record
     torch.testing.assert_close(loaded.score(weave[:4]), detector.score(weave[:4]))
 
@@ -82,14 +85,16 @@ def _selection(name: str, auroc: dict[str, float] | None = None) -> Selection:
     return Selection(chosen=chosen, auroc=auroc or {}, per_kind={}, kinds=[], normals=0, anomalies=0)
 
 
-def test_only_the_bank_candidates_change_the_configured_density():
-    def overrides(name: str) -> dict[str, str]:
-        return _selection(name).overrides()
+def test_the_chosen_scoring_keeps_the_configured_layout_unless_the_candidate_names_the_bank(small):
+    def scoring(name: str, config=small) -> Scoring:
+        return _selection(name).scoring(config)
 
-    assert overrides("local") == {"image_score": "local"}, "a configured per_location or shared layout is kept"
-    assert overrides("global") == {"image_score": "global"}
-    relative = {"image_score": "local", "feature_density": "knn", "feature_score": "max-median"}
-    assert overrides("knn-relative") == relative
+    per_location = small.override({"feature_density": "per_location"})
+    assert scoring("local", per_location) == Scoring("local", "per_location", "max", "validation")
+    assert scoring("global").image_score == "global"
+    assert scoring("knn-relative", per_location) == Scoring("local", "knn", "max-median", "validation")
+    # The candidate's own grid score, not the config's: what was validated is what ships.
+    assert scoring("local", small.override({"feature_score": "max-median"})).feature_score == "max"
 
 
 def test_combined_candidates_standardise_by_the_normal_scores():
@@ -123,13 +128,13 @@ def test_a_global_choice_keeps_the_best_feature_map_for_the_anomaly_maps(weave, 
     auroc = {"global": 0.9, "knn-relative": 0.85, "local": 0.7}
     selection = _selection("global", auroc)
     assert selection.maps_from.name == "knn-relative" and selection.to_dict()["maps_from"] == "knn-relative"
-    assert selection.overrides() == {"image_score": "global", "feature_density": "knn", "feature_score": "max-median"}
+    assert selection.scoring(small) == Scoring("global", "knn", "max-median", "validation")
 
-    import cutpaste.detector as detector_module
+    import cutpaste.fit as fit_module
 
-    monkeypatch.setattr(detector_module, "select_image_score", lambda *a, **k: selection)
+    monkeypatch.setattr(fit_module, "select_image_score", lambda *a, **k: selection)
     detector = untrained_detector(small, weave, category="synth_weave")
-    assert detector.config.image_score == "global" and detector.feature_local is not None
+    assert detector.resolved.image_score == "global" and detector.feature_local is not None
     torch.testing.assert_close(detector.score(weave[:4]), detector.density.score(detector.embed(weave[:4])))
     scores, maps = detector.anomaly_maps(weave[:4])
     torch.testing.assert_close(scores, detector.score(weave[:4]))

@@ -31,10 +31,11 @@ from cutpaste.anomalies.kinds import ANOMALY_KINDS, VOTING_KINDS
 from cutpaste.config import TrainConfig
 from cutpaste.data.images import load_images
 from cutpaste.data.layout import IMAGE_SUFFIXES, Sample, list_samples
-from cutpaste.detector import Detector, fit_detector
+from cutpaste.detector import Detector
 from cutpaste.ensemble import EnsembleDetector, build_ensemble
 from cutpaste.errors import ConfigError, DataError
 from cutpaste.evaluation.metrics import image_metrics
+from cutpaste.fit import fit_detector
 from cutpaste.train.loop import TrainHooks, resolve_device, train_model
 
 # Validation images are decoded at one size for every trial, so configurations with different

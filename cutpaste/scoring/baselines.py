@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from cutpaste.config import TrainConfig
-from cutpaste.detector import Detector, fit_detector
+from cutpaste.detector import Detector
+from cutpaste.fit import fit_detector
 from cutpaste.model.network import build_model
 
 

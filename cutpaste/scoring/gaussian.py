@@ -78,26 +78,3 @@ class GaussianDensity:
             "gde_trace": float(self.covariance.trace()),
             "gde_dim": float(self.dim),
         }
-
-
-def fold_parts(n: int, *, folds: int = 5, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Indices of each held-out fold of ``n`` samples: a seeded permutation cut into ``folds`` parts (at
-    least 2, and at least 2 samples each where ``n`` allows). Every out-of-fold computation of a detector
-    uses these, so its scores for one image come from densities fitted without the same other images."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return torch.tensor_split(order, max(2, min(folds, n // 2)))
-
-
-def out_of_fold_scores(features: torch.Tensor, *, folds: int = 5, seed: int = 0) -> torch.Tensor:
-    """Scores of each normal sample under a density fitted without it (k-fold).
-
-    In-sample Mahalanobis distances are biased low; a threshold picked from them would flag too many
-    normal images at test time. ``(N, D)`` -> ``(N,)``.
-    """
-    n = features.shape[0]
-    scores = torch.empty(n, dtype=torch.float64)
-    for part in fold_parts(n, folds=folds, seed=seed):
-        keep = torch.ones(n, dtype=torch.bool)
-        keep[part] = False
-        scores[part] = GaussianDensity.fit(features[keep]).score(features[part])
-    return scores

@@ -24,9 +24,12 @@ from torch import Tensor
 from cutpaste.anomalies.kinds import VOTING_KINDS
 from cutpaste.config import TrainConfig
 from cutpaste.model.network import CutPasteNet, as_float_images
+from cutpaste.scoring.choice import Scoring
 from cutpaste.scoring.feature_maps import fit_feature_scorer, grid_image_scores, image_and_grid_features, standardise
-from cutpaste.scoring.gaussian import GaussianDensity, fold_parts
+from cutpaste.scoring.folds import out_of_fold
+from cutpaste.scoring.gaussian import GaussianDensity
 from cutpaste.scoring.grid_gaussians import ALIGNED_OBJECTS, resolve_layout
+from cutpaste.scoring.registry import Scorer
 
 # Below this many training images the folds are too small to rank anything; the lookup decides.
 MIN_IMAGES = 10
@@ -36,8 +39,8 @@ MAX_ANOMALY_BASES = 128
 
 @dataclass(frozen=True)
 class Candidate:
-    """One way to score an image: the config fields it sets, and the name tables and logs show.
-    ``feature_density="auto"`` keeps the config's own setting."""
+    """One way to score an image: its image score and feature-map scorer, and the name tables and logs
+    show. ``feature_density="auto"`` keeps the config's own setting."""
 
     name: str
     image_score: str
@@ -95,15 +98,12 @@ class Selection:
         with_maps = [c for c in CANDIDATES if c.image_score != "global" and c.name in self.auroc]
         return max(with_maps, key=lambda c: self.auroc[c.name], default=self.chosen)
 
-    def overrides(self) -> dict[str, str]:
-        """Config changes: the image score, and the memory bank where the map's candidate names it (the
-        others keep the config's ``feature_density``)."""
-        out = {"image_score": self.chosen.image_score}
-        if self.maps_from.feature_density == "knn":
-            out["feature_density"] = "knn"
-        if self.maps_from.feature_score != "max":
-            out["feature_score"] = self.maps_from.feature_score
-        return out
+    def scoring(self, config: TrainConfig) -> Scoring:
+        """What the detector scores with: the chosen image score, and the feature-map scorer of the map's
+        candidate (``feature_density="auto"`` keeps the config's own layout)."""
+        maps = self.maps_from
+        density = config.feature_density if maps.feature_density == "auto" else maps.feature_density
+        return Scoring(self.chosen.image_score, density, maps.feature_score, chosen_by="validation")
 
     def to_dict(self) -> dict:
         return {
@@ -176,22 +176,17 @@ def _cross_fitted_scores(
     without its base image's fold): the global Gaussian's ``(N, 1)``, and every position's ``(N, G * G)``
     for the configured feature-map layout (``auto``) and the memory bank (``knn``), reduced per candidate."""
     (embeddings, grid), (a_embeddings, a_grid) = train, anomalies
-    n = len(embeddings)
     layouts = {"auto": resolve_layout(config.feature_density, category), "knn": "knn"}
-    width = {"global": 1} | {key: config.local_grid**2 for key in layouts}
-    normal = {key: torch.empty(n, w, dtype=torch.float64) for key, w in width.items()}
-    anomalous = {key: torch.empty(len(anomaly_base), w, dtype=torch.float64) for key, w in width.items()}
-    for part in fold_parts(n, folds=folds, seed=config.seed):  # the folds of the detector's calibration
-        keep = torch.ones(n, dtype=torch.bool)
-        keep[part] = False
-        held = torch.isin(anomaly_base, part)
-        density = GaussianDensity.fit(embeddings[keep])
-        normal["global"][part] = density.score(embeddings[part]).double()[:, None]
-        anomalous["global"][held] = density.score(a_embeddings[held]).double()[:, None]
-        for key, layout in layouts.items():
-            scorer = fit_feature_scorer(grid[keep].to(device), layout, config)
-            normal[key][part] = scorer.score(grid[part].to(device)).flatten(1).double().cpu()
-            anomalous[key][held] = scorer.score(a_grid[held].to(device)).flatten(1).double().cpu()
+    common = {"folds": folds, "seed": config.seed, "anomaly_base": anomaly_base}  # the detector's folds
+    normal, anomalous = out_of_fold(lambda x: GaussianDensity.fit(x), embeddings, anomalies=a_embeddings, **common)
+    normal, anomalous = {"global": normal.double()[:, None]}, {"global": anomalous.double()[:, None]}
+    for key, layout in layouts.items():
+
+        def fit(x: Tensor, layout: str = layout) -> Scorer:
+            return fit_feature_scorer(x.to(device), layout, config)
+
+        n, a = out_of_fold(fit, grid, anomalies=a_grid, device=device, **common)
+        normal[key], anomalous[key] = n.flatten(1).double(), a.flatten(1).double()
     return normal, anomalous
 
 

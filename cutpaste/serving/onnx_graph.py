@@ -127,8 +127,9 @@ def scorer_name(detector: Any) -> str:
         return f"patch model ({detector.meta.get('local_layout', cfg.local_density)}, {cfg.patch_score})"
     if detector.feature_local is None:
         return "image score global (pooled embedding), GradCAM maps"
-    layout = detector.meta.get("local_layout", cfg.feature_density)
-    return f"image score {cfg.image_score}, feature maps {layout}, {cfg.feature_score}"
+    scoring = detector.resolved
+    layout = detector.meta.get("local_layout", scoring.feature_density)
+    return f"image score {scoring.image_score}, feature maps {layout}, {scoring.feature_score}"
 
 
 def _grid_scorer(scorer: object, name: str) -> nn.Module:
@@ -150,7 +151,7 @@ class ScoringGraph(nn.Module):
             raise ExportError(f"{name}: only a single detector can be exported to ONNX (export an ensemble's members)")
         cfg = detector.config
         self.model: CutPasteNet = detector.model
-        self.size, self.config, self.meta = cfg.image_size, cfg, detector.meta
+        self.size, self.config, self.meta, self.scoring = cfg.image_size, cfg, detector.meta, detector.resolved
         self.density = _GlobalGaussian(detector.density)
         if detector.is_patch_model:
             self.mode = "dense"
@@ -198,14 +199,14 @@ class ScoringGraph(nn.Module):
         return self._combine(global_scores, grid), grid_to_maps(grid, self.size)
 
     def _combine(self, global_scores: Tensor, grid: Tensor) -> Tensor:
-        cfg = self.config
-        if cfg.image_score == "global":
+        scoring = self.scoring
+        if scoring.image_score == "global":
             return global_scores
         flat = grid.flatten(1).double()
         local = flat.amax(1)
-        if cfg.feature_score == "max-median":  # torch's median of an even count is the lower middle value
+        if scoring.feature_score == "max-median":  # torch's median of an even count is the lower middle value
             local = local - flat.sort(1).values[:, (flat.shape[1] - 1) // 2]
-        if cfg.image_score == "local":
+        if scoring.image_score == "local":
             return local
         norm = self.meta["score_norm"]
         return standardise(global_scores, norm["global"]) + standardise(local, norm["local"])

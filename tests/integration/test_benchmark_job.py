@@ -21,6 +21,7 @@ from cutpaste.data.synth import generate_dataset
 from cutpaste.detector import Detector
 from cutpaste.integrity import sha256_file
 from cutpaste.scoring.gaussian import GaussianDensity
+from cutpaste.scoring.selection import CANDIDATES
 from cutpaste.storage import upload
 from infra.local.s3 import moto_s3_server, s3_env
 from infra.local.services import VENV_BIN, mlflow_server, ray_head, submit_job
@@ -113,7 +114,7 @@ def test_benchmark_job_end_to_end(stack):
         assert 0.0 <= child.data.metrics["image_auroc"] <= 1.0
         chosen = child.data.tags["cutpaste.auto_choice"]
         candidates = {k.removeprefix("auto_val_auroc_"): v for k, v in child.data.metrics.items() if "auto_val" in k}
-        assert candidates[chosen] == max(candidates.values()) and len(candidates) >= 4
+        assert candidates[chosen] == max(candidates.values()) and set(candidates) == {c.name for c in CANDIDATES}
         assert child.data.params["steps"] == "30" and child.data.params["augment.area_ratio"] == "(0.02, 0.15)"
         assert len(client.get_metric_history(child.info.run_id, "loss")) >= 2
         density_file = client.download_artifacts(child.info.run_id, "density/density.pt", str(stack["work"]))
