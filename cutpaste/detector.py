@@ -18,7 +18,7 @@ from cutpaste import __version__
 from cutpaste.atomic import atomic_torch_save, atomic_write_text
 from cutpaste.config import TrainConfig
 from cutpaste.errors import ConfigError, ModelBundleError
-from cutpaste.integrity import file_digests, load_weights, verify_file, verify_files, warn_unverified
+from cutpaste.integrity import file_digests, load_weights, verify_file, verify_files
 from cutpaste.localization.gradcam import gradcam_maps
 from cutpaste.model.dense import dense_embeddings, upsample_scores
 from cutpaste.model.network import CutPasteNet, as_float_images, build_model
@@ -263,7 +263,8 @@ class Detector:
 
 
 def recorded_digests(path: Path) -> dict[str, str] | None:
-    """The ``files`` record of the ``detector.json`` next to ``path``; None for bundles that predate it."""
+    """The ``files`` record of the ``detector.json`` next to ``path``; None where there is none (every bundle
+    is saved with one: a missing record means a partial copy or an edited summary)."""
     summary = path.parent / SUMMARY_NAME
     if not summary.is_file():
         return None
@@ -287,7 +288,10 @@ def verify_bundle(path: Path, expected_sha256: str | None = None) -> None:
     if record is not None:
         verify_files(path.parent, record, recorded_in=str(path.parent / SUMMARY_NAME))
     elif not expected_sha256:
-        warn_unverified(path, SUMMARY_NAME)
+        raise ModelBundleError(
+            f"{path.parent / SUMMARY_NAME} records no SHA-256 for {path.name}: refused (copy the whole model "
+            "directory, or pin the digest you trust with --sha256)"
+        )
 
 
 def _patch_features(model: CutPasteNet, images: torch.Tensor, config: TrainConfig) -> torch.Tensor:

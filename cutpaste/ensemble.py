@@ -31,9 +31,9 @@ import torch
 from cutpaste import __version__
 from cutpaste.atomic import atomic_write_text
 from cutpaste.config import TrainConfig
-from cutpaste.detector import BUNDLE_NAME, SUMMARY_NAME, Detector
+from cutpaste.detector import BUNDLE_NAME, Detector
 from cutpaste.errors import ConfigError, ModelBundleError
-from cutpaste.integrity import file_digests, load_weights, sha256_file, verify_file, verify_files, warn_unverified
+from cutpaste.integrity import file_digests, sha256_file, verify_file, verify_files
 from cutpaste.scoring.folds import out_of_fold_scores
 from cutpaste.scoring.threshold import calibrate
 from cutpaste.scoring.threshold import threshold_quantile as _threshold_quantile
@@ -186,15 +186,12 @@ class EnsembleDetector:
             found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
             raise ModelBundleError(f"{path} has ensemble format {found!r}; this version reads {ENSEMBLE_FORMAT}")
         record = manifest.get("files")
-        if record is None:
-            warn_unverified(path, ENSEMBLE_MANIFEST)
-        elif not isinstance(record, dict) or not all(isinstance(v, str) for v in record.values()):
-            raise ModelBundleError(f"{path}: 'files' must map member files to SHA-256 digests")
-        else:
-            unrecorded = [n for n in manifest.get("members", []) if f"{n}/{BUNDLE_NAME}" not in record]
-            if unrecorded:
-                raise ModelBundleError(f"{path} records no SHA-256 for members {unrecorded}: refused")
-            verify_files(directory, record, recorded_in=str(path))
+        if not isinstance(record, dict) or not all(isinstance(v, str) for v in record.values()):
+            raise ModelBundleError(f"{path}: 'files' must map every member's file to its SHA-256: refused")
+        unrecorded = [n for n in manifest.get("members", []) if f"{n}/{BUNDLE_NAME}" not in record]
+        if unrecorded:
+            raise ModelBundleError(f"{path} records no SHA-256 for members {unrecorded}: refused")
+        verify_files(directory, record, recorded_in=str(path))
         try:
             members = [Detector.load(directory / name, device=device) for name in manifest["members"]]
             return cls(
@@ -312,28 +309,3 @@ def bundle_digest(path: str | Path) -> str:
     if not path.is_file():
         raise ModelBundleError(f"no {BUNDLE_NAME} or {ENSEMBLE_MANIFEST} at {path.parent}")
     return sha256_file(path)
-
-
-def record_digests(path: str | Path) -> list[Path]:
-    """Records the SHA-256 of bundles written before cutpaste recorded digests (members, then the ensemble
-    manifest); a record that exists is never rewritten, so a changed file stays refused. Each bundle must
-    read as data first. Returns the records written."""
-    path = Path(path)
-    written: list[Path] = []
-    manifest_path = path / ENSEMBLE_MANIFEST
-    bundles = sorted(path.glob(f"member-*/{BUNDLE_NAME}")) if manifest_path.is_file() else [path / BUNDLE_NAME]
-    for bundle in bundles:
-        summary = bundle.parent / SUMMARY_NAME
-        record = json.loads(summary.read_text()) if summary.is_file() else {}
-        if "files" not in record:
-            load_weights(bundle, kind="bundle")
-            record["files"] = file_digests(bundle.parent, [BUNDLE_NAME])
-            atomic_write_text(json.dumps(record, indent=2, sort_keys=True, default=str), summary)
-            written.append(summary)
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        if "files" not in manifest:
-            manifest["files"] = file_digests(path, [f"{name}/{BUNDLE_NAME}" for name in manifest["members"]])
-            atomic_write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str), manifest_path)
-            written.append(manifest_path)
-    return written

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import pickle
 import re
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,6 @@ from cutpaste.errors import ModelBundleError
 _CHUNK = 1 << 20
 # What torch's weights-only unpickler names when a file asks for a callable or class it does not allow.
 _UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
-
-
-class UnverifiedBundleWarning(UserWarning):
-    """A bundle written before digests were recorded: it loads (as data only), but nothing vouches for it."""
 
 
 def sha256_file(path: str | Path) -> str:
@@ -84,12 +79,3 @@ def verify_files(directory: Path, record: Mapping[str, str], *, recorded_in: str
         if not path.is_file():
             raise ModelBundleError(f"{recorded_in} records {name} but {path} does not exist")
         verify_file(path, expected, recorded_in=recorded_in)
-
-
-def warn_unverified(path: Path, record_name: str) -> None:
-    warnings.warn(
-        f"{path}: no SHA-256 recorded in {record_name} (written before cutpaste recorded digests); it loads as "
-        f"data only, but nothing checks it has not changed. Record one with `cutpaste verify {path.parent} --record`",
-        UnverifiedBundleWarning,
-        stacklevel=3,
-    )

@@ -19,7 +19,7 @@ from cutpaste.data.synth import generate_dataset
 from cutpaste.detector import BUNDLE_NAME, SUMMARY_NAME, Detector, embed_images
 from cutpaste.ensemble import ENSEMBLE_MANIFEST, build_ensemble, bundle_digest, load_detector
 from cutpaste.errors import ModelBundleError
-from cutpaste.integrity import UnverifiedBundleWarning, load_weights, sha256_file
+from cutpaste.integrity import load_weights, sha256_file
 from cutpaste.model.network import build_model
 from cutpaste.presets import preset
 from cutpaste.scoring.gaussian import GaussianDensity
@@ -117,13 +117,13 @@ def test_a_record_may_not_point_outside_the_bundle(saved):
         Detector.load(saved)
 
 
-def test_bundles_from_before_digests_still_load_with_a_warning(saved):
+def test_a_bundle_without_its_digest_record_is_refused_unless_the_caller_pins_one(saved):
     record = json.loads((saved / SUMMARY_NAME).read_text())
     del record["files"]
     (saved / SUMMARY_NAME).write_text(json.dumps(record))
-    with pytest.warns(UnverifiedBundleWarning, match="cutpaste verify"):
-        detector = Detector.load(saved)
-    assert detector.category == CATEGORY
+    with pytest.raises(ModelBundleError, match=f"records no SHA-256 for {BUNDLE_NAME}: refused"):
+        Detector.load(saved)
+    assert Detector.load(saved, expected_sha256=sha256_file(saved / BUNDLE_NAME)).category == CATEGORY
 
 
 def test_a_payload_in_an_ensemble_member_never_runs(tmp_path, train_images):
@@ -159,15 +159,11 @@ def test_a_payload_in_a_training_checkpoint_never_runs(tmp_path):
     assert not marker.exists()
 
 
-def test_cli_verify_records_digests_for_an_old_bundle_and_predict_pins_one(saved, tmp_path, capsys):
+def test_cli_verify_prints_the_digest_and_predict_pins_one(saved, tmp_path, capsys):
     from cutpaste.cli import main
 
-    record = json.loads((saved / SUMMARY_NAME).read_text())
-    del record["files"]
-    (saved / SUMMARY_NAME).write_text(json.dumps(record))
-    assert main(["verify", str(saved), "--record"]) == 0
+    assert main(["verify", str(saved)]) == 0
     assert sha256_file(saved / BUNDLE_NAME) in capsys.readouterr().out
-    assert json.loads((saved / SUMMARY_NAME).read_text())["files"] == {BUNDLE_NAME: sha256_file(saved / BUNDLE_NAME)}
     image = tmp_path / "image.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
     assert main(["predict", "--model", str(saved), "--sha256", bundle_digest(saved), str(image)]) == 0
