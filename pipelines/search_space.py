@@ -1,7 +1,12 @@
 """What a Tune sweep searches: typed ranges and choices, validated before any trial starts.
 
-A :class:`SearchSpace` is read from JSON (``--space FILE``) or taken from :data:`SPACES`; every key is a
-field below, an unknown key or a bad range is one :class:`SearchSpaceError` naming the key. A field with
+A :class:`SearchSpace` is read from JSON (``--space FILE``) or taken from :data:`SPACES`. Its keys are the
+config's own fields (:func:`config_key`: a dotted key such as ``augment.pre_jitter``, or its last part
+when that names one field; ``X_min``/``X_max`` search the two ends of a range field such as
+``augment.area_ratio``), plus the ensemble's size and rule. The fields below are the default space's
+dimensions; any other config field may be searched by choices (``{"map_sigma": [2, 4]}``). Values are
+checked by the config itself (each one applied to the base config), so the space never repeats the
+config's rules; an unknown key or a bad value is one :class:`SearchSpaceError` naming the key. A key with
 one value (a choice of one, or a range with ``low == high``) is held fixed; an empty choice leaves the
 base config's value. :func:`trial_overrides` turns one sampled point into config overrides plus the
 ensemble settings.
@@ -15,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from cutpaste.config import FEATURE_SCORES, IMAGE_SCORES, LOCAL_DENSITIES, MAX_JITTER, VARIANTS
+from cutpaste.config import VARIANTS, TrainConfig, field_parts
 from cutpaste.ensemble import RULES
 from cutpaste.errors import ConfigError
 
@@ -40,7 +45,8 @@ class FloatRange:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Ranges for the CutPaste augmentation, the optimiser, the model and the ensemble."""
+    """The default dimensions (the CutPaste augmentation's ranges, the optimiser, the head, the ensemble)
+    and any other config field by its key (``extra``)."""
 
     variant: tuple[str, ...] = VARIANTS
     # The lower and the upper end of each augmentation range are searched separately.
@@ -53,26 +59,18 @@ class SearchSpace:
     scar_length_min: FloatRange = FloatRange(5.0, 15.0)
     scar_length_max: FloatRange = FloatRange(20.0, 40.0)
     patch_jitter: FloatRange = FloatRange(0.0, 0.3)
-    # The whole image's colour jitter before the views are made, as choices: [0, 0.1] (the short preset
-    # trains without it, demo and paper with 0.1). Empty: the base config's value.
-    pre_jitter: tuple[float, ...] = ()
     learning_rate: FloatRange = FloatRange(0.003, 0.1, log=True)
-    # Empty: the base config's value.
-    steps: tuple[int, ...] = ()
     head_depth: tuple[int, ...] = (1, 2, 3)
-    image_size: tuple[int, ...] = ()
     ensemble_size: tuple[int, ...] = (1,)
     ensemble_rule: tuple[str, ...] = ("mean",)
-    # How the detector scores (no retraining is implied, but each trial trains its own model). Empty:
-    # the base config's value; e.g. ["global", "combined"] and ["auto", "knn"].
-    image_score: tuple[str, ...] = ()
-    feature_density: tuple[str, ...] = ()
-    # The k-NN bank's image score: ["max", "max-median"] (TrainConfig.feature_score).
-    feature_score: tuple[str, ...] = ()
-    # Stages stacked into the feature maps: [1, 2] (TrainConfig.feature_stages).
-    feature_stages: tuple[int, ...] = ()
+    # Any other config field, by its key: choices, e.g. {"steps": (100, 200)}, {"augment.pre_jitter": (0, 0.1)},
+    # {"image_score": ("global", "auto")}, {"feature_stages": (1, 2)}. Absent: the base config's value.
+    extra: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
-    def validate(self) -> SearchSpace:
+    def validate(self, base: TrainConfig | None = None) -> SearchSpace:
+        """The space's own rules (ranges ordered, a range's two ends apart, an ensemble to build), then
+        every value the config would take, checked by the config (``base``, the paper's by default)."""
+
         def fail(key: str, why: str) -> None:
             raise SearchSpaceError(f"search space: {key}: {why}")
 
@@ -83,46 +81,28 @@ class SearchSpace:
                     fail(f.name, f"min {value.low} is larger than max {value.high}")
                 if value.log and value.low <= 0:
                     fail(f.name, f"a log range needs a positive min, got {value.low}")
-        for name in ("area_ratio_min", "area_ratio_max"):
-            r = getattr(self, name)
-            if not (r.low > 0 and r.high < 1):
-                fail(name, f"area ratios must lie inside (0, 1), got [{r.low}, {r.high}]")
-        for name in ("aspect_ratio", "scar_width", "scar_length", "area_ratio"):
+        for name in _PAIRS:
             lo, hi = getattr(self, f"{name}_min"), getattr(self, f"{name}_max")
-            if lo.low <= 0:
-                fail(f"{name}_min", f"must be positive, got {lo.low}")
             if lo.high > hi.low:
                 fail(
                     f"{name}_min",
                     f"its max {lo.high} exceeds {name}_max's min {hi.low}, so a trial could draw min > max",
                 )
-        if self.aspect_ratio_min.high > 1 or self.aspect_ratio_max.low < 1:
-            fail("aspect_ratio_min", "aspect ranges must keep 1 between aspect_ratio_min and aspect_ratio_max")
-        if not (self.patch_jitter.low >= 0 and self.patch_jitter.high <= MAX_JITTER):
-            low, high = self.patch_jitter.low, self.patch_jitter.high
-            fail("patch_jitter", f"must lie in [0, {MAX_JITTER}], got [{low}, {high}]")
-        for v in self.pre_jitter:
-            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= MAX_JITTER:
-                fail("pre_jitter", f"values must be numbers in [0, {MAX_JITTER}], got {v!r}")
-        if self.learning_rate.low <= 0:
-            fail("learning_rate", f"must be > 0, got {self.learning_rate.low}")
         if not self.variant:
             fail("variant", "choose at least one variant")
-        checks = (("steps", 1), ("image_size", 32), ("head_depth", 0), ("ensemble_size", 1), ("feature_stages", 1))
-        for name, least in checks:
-            for v in getattr(self, name):
-                if not isinstance(v, int) or v < least:
-                    fail(name, f"values must be integers >= {least}, got {v!r}")
+        for v in self.ensemble_size:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                fail("ensemble_size", f"values must be integers >= 1, got {v!r}")
         if not self.ensemble_size:
             fail("ensemble_size", "choose at least one size")
         if not self.ensemble_rule:
             fail("ensemble_rule", "choose at least one rule")
-        choices = {"variant": VARIANTS, "ensemble_rule": RULES}
-        choices |= {"image_score": IMAGE_SCORES, "feature_density": LOCAL_DENSITIES, "feature_score": FEATURE_SCORES}
-        for name, known in choices.items():
-            for v in getattr(self, name):
-                if v not in known:
-                    fail(name, f"unknown {v!r}; choose from {', '.join(known)}")
+        for v in self.ensemble_rule:
+            if v not in RULES:
+                fail("ensemble_rule", f"unknown {v!r}; choose from {', '.join(RULES)}")
+        for key in self.extra:
+            config_key(key)
+        _check_by_config(self, base or TrainConfig())
         return self
 
     @classmethod
@@ -131,9 +111,12 @@ class SearchSpace:
         also be ``{"low": .., "high": .., "log": true}`` or one number (held fixed)."""
         known = {f.name: f for f in fields(cls)}
         updates: dict[str, Any] = {}
+        extra: dict[str, tuple[Any, ...]] = {}
         for key, value in data.items():
-            if key not in known:
-                raise SearchSpaceError(f"{source}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+            if key not in known or key == "extra":
+                config_key(key, source=source)  # names the key when it is no config field either
+                extra[key] = tuple(value) if isinstance(value, list | tuple) else (value,)
+                continue
             default = known[key].default if known[key].default is not dataclasses.MISSING else None
             try:
                 if isinstance(default, FloatRange):
@@ -143,7 +126,7 @@ class SearchSpace:
                     updates[key] = tuple(values)
             except (TypeError, ValueError) as exc:
                 raise SearchSpaceError(f"{source}: {key}: cannot use {value!r} ({exc})") from None
-        return dataclasses.replace(cls(), **updates).validate()
+        return dataclasses.replace(cls(), **updates, extra=extra).validate()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -198,19 +181,61 @@ def dimensions(space: SearchSpace) -> tuple[dict[str, Any], dict[str, Any]]:
     """(searched, fixed): searched maps a key to its range or choices, fixed to its single value."""
     searched: dict[str, Any] = {}
     fixed: dict[str, Any] = {}
-    for f in fields(space):
-        value = getattr(space, f.name)
+    values = {f.name: getattr(space, f.name) for f in fields(space) if f.name != "extra"} | space.extra
+    for name, value in values.items():
         if isinstance(value, FloatRange):
-            (fixed if value.fixed else searched)[f.name] = value.low if value.fixed else value
+            (fixed if value.fixed else searched)[name] = value.low if value.fixed else value
         elif len(value) == 1:
-            fixed[f.name] = value[0]
+            fixed[name] = value[0]
         elif value:
-            searched[f.name] = value
+            searched[name] = value
     return searched, fixed
 
 
-_PAIRS = {"area_ratio": "augment.area_ratio", "aspect_ratio": "augment.aspect_ratio"}
-_PAIRS |= {"scar_width": "augment.scar_width", "scar_length": "augment.scar_length"}
+# The range fields whose two ends the default space searches separately (as X_min and X_max).
+_PAIRS = ("area_ratio", "aspect_ratio", "scar_width", "scar_length")
+_SPACE_ONLY = ("ensemble_size", "ensemble_rule")
+
+
+def config_key(name: str, *, source: str = "search space") -> str:
+    """The config's dotted key a space key names: itself, or the one field whose last part it is; a
+    ``_min``/``_max`` suffix names an end of a range field."""
+    keys = field_parts()
+    base = name.removesuffix("_min").removesuffix("_max") if name.endswith(("_min", "_max")) else name
+    for candidate in (name, base):
+        if candidate in keys:
+            return candidate
+        matches = [k for k in keys if k.rsplit(".", 1)[-1] == candidate]
+        if len(matches) == 1:
+            return matches[0]
+    known = sorted({k.rsplit(".", 1)[-1] for k in keys} | {f.name for f in fields(SearchSpace)} - {"extra"})
+    raise SearchSpaceError(f"{source}: unknown key {name!r}; known keys: {', '.join(known)}")
+
+
+def _check_by_config(space: SearchSpace, base: TrainConfig) -> None:
+    """Every value a trial can take, applied alone to ``base``: the config's own check names what is wrong."""
+    searched, fixed = dimensions(space)
+    for name, value in {**searched, **fixed}.items():
+        if name in _SPACE_ONLY:
+            continue
+        ends = (
+            (value.low, value.high)
+            if isinstance(value, FloatRange)
+            else value
+            if isinstance(value, tuple)
+            else (value,)
+        )
+        for v in ends:
+            key = config_key(name)
+            if name.endswith(("_min", "_max")):
+                lo, hi = getattr(base.augment, key.rsplit(".", 1)[-1])
+                v = (v, max(float(v), hi)) if name.endswith("_min") else (min(float(v), lo), v)
+            try:
+                base.override({key: v}, source="search space")
+            except ConfigError as exc:
+                message = str(exc).removeprefix("search space: ").replace("augment: ", "augment.")
+                message = message.removeprefix(f"{name}: ") if key == name else message
+                raise SearchSpaceError(f"search space: {name}: {message}") from None
 
 
 @dataclass(frozen=True)
@@ -225,16 +250,17 @@ class TrialPoint:
 def trial_overrides(params: dict[str, Any]) -> TrialPoint:
     """Sampled + fixed dimensions -> overrides for :meth:`cutpaste.config.TrainConfig.override`."""
     overrides: dict[str, Any] = {}
-    for name, key in _PAIRS.items():
-        if f"{name}_min" in params and f"{name}_max" in params:
-            overrides[key] = [float(params[f"{name}_min"]), float(params[f"{name}_max"])]
-    for name in ("patch_jitter", "pre_jitter"):
-        if name in params:
-            overrides[f"augment.{name}"] = float(params[name])
-    scoring = ("image_score", "feature_density", "feature_score", "feature_stages")
-    for key in ("variant", "learning_rate", "steps", "head_depth", "image_size", *scoring):
-        if key in params:
-            overrides[key] = params[key]
+    for name, value in params.items():
+        if name in _SPACE_ONLY:
+            continue
+        if name.endswith("_max"):
+            continue  # taken with its _min
+        if name.endswith("_min"):
+            upper = params.get(name.removesuffix("_min") + "_max")
+            if upper is not None:
+                overrides[config_key(name)] = [float(value), float(upper)]
+            continue
+        overrides[config_key(name)] = value
     return TrialPoint(
         overrides=overrides,
         ensemble_size=int(params.get("ensemble_size", 1)),

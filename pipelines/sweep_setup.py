@@ -55,13 +55,13 @@ def resolve(args: argparse.Namespace) -> tuple[SearchSpace, TrainConfig, TrainCo
     """Checks every flag, then resolves them: (space, base config, its preset, categories, tracking URI,
     sweep directory). A bad space, config or validation folder fails here, before any trial starts."""
     check_flags(args)
+    base = base_config(args)
     if args.space in SPACES:
-        space = SPACES[args.space].validate()
+        space = SPACES[args.space].validate(base)
     elif Path(args.space).suffix == ".json" or Path(args.space).exists():
-        space = load_space(args.space)
+        space = load_space(args.space).validate(base)
     else:
         raise SearchSpaceError(f"--space {args.space!r}: neither a JSON file nor one of {', '.join(SPACES)}")
-    base = base_config(args)
     base_preset = preset(base.preset)
     # Every point of the space must make a valid config: check the corners before any trial starts.
     check_corners(space, base)

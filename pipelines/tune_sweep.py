@@ -126,7 +126,7 @@ def sweep_category(
 def _max_iterations(space: SearchSpace, base: TrainConfig) -> int:
     """The most reports one trial can make (every ensemble member reports at each checkpoint and once more
     at its end, plus two): ASHA's ``max_t``, so no trial is cut for reaching it."""
-    steps = max((*space.steps, base.steps))
+    steps = max((*space.extra.get("steps", ()), base.steps))
     evals_per_member = math.ceil(steps / base.checkpoint_every) + 1
     return evals_per_member * max(space.ensemble_size) + 2
 
@@ -299,7 +299,8 @@ def _sweep_params(
     args: argparse.Namespace, space: SearchSpace, base: TrainConfig, categories: list[str]
 ) -> dict[str, Any]:
     """The parent run's params: enough to run the same sweep again (space, base config, search flags)."""
-    params = {f"space.{k}": json.dumps(v) for k, v in space.to_dict().items()}
+    dims = {k: v for k, v in space.to_dict().items() if k != "extra"} | space.extra
+    params = {f"space.{k}": json.dumps(v) for k, v in dims.items()}
     params |= {f"base.{k}": v for k, v in flatten(base).items()}
     params |= {"sweep.search": args.search, "sweep.scheduler": args.scheduler, "sweep.metric": args.metric}
     params |= {"sweep.num_samples": args.num_samples, "sweep.categories": ",".join(categories)}

@@ -71,7 +71,7 @@ def test_add_phases_gives_runs_without_a_board_entry_an_empty_one():
     ],
 )
 def test_max_iterations_covers_the_longest_trial(steps, ensemble_size, expected):
-    space = SearchSpace(steps=steps, ensemble_size=ensemble_size).validate()
+    space = SearchSpace(extra={"steps": steps} if steps else {}, ensemble_size=ensemble_size).validate()
     assert _max_iterations(space, preset("demo")) == expected
 
 
@@ -125,7 +125,7 @@ def test_rank_trials_without_a_finished_trial_names_the_errors():
 
 
 def test_sweep_params_hold_the_space_base_config_and_flags():
-    space = SearchSpace(steps=(100, 200)).validate()
+    space = SearchSpace(extra={"steps": (100, 200)}).validate()
     base = preset("demo")
     args = argparse.Namespace(search="grid", scheduler="fifo", metric="val_aupr", num_samples=4)
     params = _sweep_params(args, space, base, ["bottle", "screw"])
@@ -133,7 +133,8 @@ def test_sweep_params_hold_the_space_base_config_and_flags():
     assert params["base.steps"] == 250 and params["base.preset"] == "demo"
     assert (params["sweep.search"], params["sweep.scheduler"], params["sweep.metric"]) == ("grid", "fifo", "val_aupr")
     assert (params["sweep.num_samples"], params["sweep.categories"]) == (4, "bottle,screw")
-    assert {k for k in params if k.startswith("space.")} == {f"space.{k}" for k in space.to_dict()}
+    dimensions = (set(space.to_dict()) - {"extra"}) | set(space.extra)
+    assert {k for k in params if k.startswith("space.")} == {f"space.{k}" for k in dimensions}
 
 
 def _session(board, buffers, **bench_changes):

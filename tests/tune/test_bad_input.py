@@ -10,7 +10,7 @@ import ray
 from PIL import Image
 
 from cutpaste.data.synth import generate_dataset
-from pipelines.search_space import SearchSpace, SearchSpaceError
+from pipelines.search_space import SearchSpace, SearchSpaceError, trial_overrides
 from pipelines.tune_sweep import main
 
 
@@ -33,8 +33,8 @@ def _space(tmp_path: Path, content: dict) -> str:
     ("space", "message"),
     [
         ({"learning_rate": [0.1, 0.01]}, "learning_rate: min 0.1 is larger than max 0.01"),
-        ({"area_ratio_max": [0.2, 1.5]}, "area_ratio_max: area ratios must lie inside (0, 1)"),
-        ({"area_ratio_min": [-0.1, 0.02]}, "area_ratio_min: area ratios must lie inside (0, 1)"),
+        ({"area_ratio_max": [0.2, 1.5]}, "area_ratio_max: augment.area_ratio: must lie inside (0, 1)"),
+        ({"area_ratio_min": [-0.1, 0.02]}, "area_ratio_min: augment.area_ratio: values must be positive"),
         ({"area_ratio_min": [0.01, 0.2], "area_ratio_max": [0.1, 0.3]}, "area_ratio_min: its max 0.2 exceeds"),
         ({"scar_width_min": [9, 8]}, "scar_width_min: min 9.0 is larger than max 8.0"),
         ({"variant": ["5way"]}, "variant: unknown '5way'"),
@@ -42,11 +42,12 @@ def _space(tmp_path: Path, content: dict) -> str:
         ({"feature_density": ["nearest"]}, "feature_density: unknown 'nearest'"),
         ({"image_score": ["patch"]}, "image_score: unknown 'patch'"),
         ({"feature_score": ["mean"]}, "feature_score: unknown 'mean'"),
-        ({"feature_stages": [0, 2]}, "feature_stages: values must be integers >= 1"),
+        ({"feature_stages": [0, 2]}, "feature_stages: stack 1..local_stage (3) stages, got 0"),
         ({"ensemble_size": [0]}, "ensemble_size: values must be integers >= 1"),
-        ({"patch_jitter": [0.1, 0.9]}, "patch_jitter: must lie in [0, 0.5]"),
-        ({"pre_jitter": [0.0, 0.9]}, "pre_jitter: values must be numbers in [0, 0.5], got 0.9"),
-        ({"pre_jitter": ["none"]}, "pre_jitter: values must be numbers"),
+        ({"patch_jitter": [0.1, 0.9]}, "patch_jitter: augment.patch_jitter: must lie in [0, 0.5], got 0.9"),
+        ({"pre_jitter": [0.0, 0.9]}, "pre_jitter: augment.pre_jitter: must lie in [0, 0.5], got 0.9"),
+        ({"pre_jitter": ["none"]}, "pre_jitter: augment.pre_jitter: cannot use 'none'"),
+        ({"map_sigma": [2, -1]}, "search space: map_sigma: must be >= 0 px, got -1.0"),
         ({"lerning_rate": [0.1, 0.2]}, "unknown key 'lerning_rate'"),
     ],
 )
@@ -77,5 +78,12 @@ def test_unknown_metric_zero_trials_and_a_validation_folder_without_anomalies(da
 
 def test_the_default_spaces_are_valid():
     SearchSpace().validate()
+    # Any config field is searchable by its key; its values are checked by the config.
+    space = SearchSpace.from_dict({"map_sigma": [2, 4], "augment.scar_rotation": 30})
+    assert space.extra == {"map_sigma": (2, 4), "augment.scar_rotation": (30,)}
+    point = trial_overrides(
+        {"map_sigma": 4, "augment.scar_rotation": 30, "area_ratio_min": 0.01, "area_ratio_max": 0.1}
+    )
+    assert point.overrides == {"map_sigma": 4, "augment.scar_rotation": 30, "augment.area_ratio": [0.01, 0.1]}
     with pytest.raises(SearchSpaceError, match="aspect_ratio_min"):
         SearchSpace.from_dict({"aspect_ratio_min": [0.5, 1.5], "aspect_ratio_max": [2.0, 3.0]})
