@@ -11,8 +11,9 @@ from cutpaste.fit import fit_detector
 from cutpaste.model.network import build_model
 from cutpaste.presets import preset
 from cutpaste.scoring.feature_maps import image_and_grid_features
-from cutpaste.scoring.grid_gaussians import LocalDensity, fit_local, load_local
+from cutpaste.scoring.grid_gaussians import LocalDensity
 from cutpaste.scoring.memory_bank import MemoryBank
+from cutpaste.scoring.registry import fit_scorer, load_scorer, scorer_state
 
 
 def _two_modes(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -42,7 +43,7 @@ def test_the_bank_flags_what_lies_between_two_normal_modes_where_a_gaussian_does
     generator = torch.Generator().manual_seed(0)
     train, normal = _two_modes(40, generator), _two_modes(1, generator)
     between = torch.zeros(1, 4, 8)  # the midpoint of the two kinds: never seen, inside their ellipsoid
-    bank = fit_local(train, layout="knn", grid=2, dim=8, seed=0)
+    bank = fit_scorer("knn", train, grid=2, dim=8, seed=0)
     assert isinstance(bank, MemoryBank)
     assert bank.score(between).min() > 20 * bank.score(normal).max()
     gaussian = LocalDensity.fit(train, layout="shared", grid=2)
@@ -55,7 +56,7 @@ def test_the_bank_is_capped_by_a_seeded_subset_and_round_trips():
     b = MemoryBank.fit(features, grid=4, max_size=50, seed=3)
     assert a.bank.shape == (50, 4) and torch.equal(a.bank, b.bank)
     assert not torch.equal(a.bank, MemoryBank.fit(features, grid=4, max_size=50, seed=4).bank)
-    again = load_local(a.state_dict())
+    again = load_scorer(scorer_state("knn", a))
     assert isinstance(again, MemoryBank) and torch.equal(again.score(features), a.score(features))
     assert a.summary()["local_bank_size"] == 50.0
     with pytest.raises(ValueError, match="positions"):
@@ -99,7 +100,7 @@ def test_a_bad_layout_names_the_field():
 def test_a_bank_scores_a_feature_by_its_nearest_training_features_and_keeps_them_through_save():
     generator = torch.Generator().manual_seed(0)
     train, query = torch.randn(6, 9, 5, generator=generator), torch.randn(3, 9, 5, generator=generator)
-    bank = fit_local(train, layout="knn", grid=3, dim=4, seed=0)
+    bank = fit_scorer("knn", train, grid=3, dim=4, seed=0)
     flat = train.reshape(-1, 5)
     expected = torch.cdist(query.reshape(-1, 5), flat).min(1).values.view(3, 9)
     torch.testing.assert_close(bank.score(query), expected, rtol=1e-5, atol=1e-5)
@@ -108,7 +109,7 @@ def test_a_bank_scores_a_feature_by_its_nearest_training_features_and_keeps_them
     bumped[:, 4] += 5
     assert bool((bank.score(bumped)[:, 4] > bank.score(query)[:, 4]).all())
     torch.testing.assert_close(bank.score(bumped)[:, :4], bank.score(query)[:, :4])
-    again = load_local(bank.state_dict())
+    again = load_scorer(scorer_state("knn", bank))
     assert isinstance(again, MemoryBank) and set(bank.state_dict()) == {"layout", "grid", "bank", "k"}
     torch.testing.assert_close(again.score(query), bank.score(query))
 

@@ -18,8 +18,8 @@ from torch import Tensor
 from cutpaste.config import TrainConfig
 from cutpaste.model.dense import gaussian_kernel
 from cutpaste.model.network import CutPasteNet, as_float_images
-from cutpaste.scoring.grid_gaussians import Layout, LocalDensity, fit_local
-from cutpaste.scoring.memory_bank import MemoryBank
+from cutpaste.scoring.grid_gaussians import Layout
+from cutpaste.scoring.registry import Scorer, fit_scorer
 
 
 @torch.no_grad()
@@ -43,16 +43,10 @@ def image_and_grid_features(
     return torch.cat(embeddings), torch.cat(grids)
 
 
-def fit_feature_scorer(features: Tensor, layout: Layout, config: TrainConfig) -> LocalDensity | MemoryBank:
+def fit_feature_scorer(features: Tensor, layout: Layout, config: TrainConfig) -> Scorer:
     """The scorer of ``(N, G * G, C)`` feature-map grids that ``config`` asks for, in ``layout``: the detector
     and the scorer selection fit it alike."""
-    return fit_local(
-        features,
-        layout=layout,
-        grid=config.local_grid,
-        dim=config.local_dim,
-        seed=config.seed,
-    )
+    return fit_scorer(layout, features, grid=config.local_grid, dim=config.local_dim, seed=config.seed)
 
 
 def grid_to_maps(grid_scores: Tensor, image_size: int) -> Tensor:

@@ -19,7 +19,6 @@ from torch import Tensor
 
 from cutpaste.config import LOCAL_DENSITIES
 from cutpaste.errors import ConfigError
-from cutpaste.scoring.memory_bank import MemoryBank
 
 Layout = Literal["per_location", "shared", "knn"]
 # MVTec objects photographed in a fixed pose; hazelnut, metal_nut and screw lie at random
@@ -144,20 +143,6 @@ class LocalDensity:
             "local_dim": float(self.mean.shape[-1]),
             "local_shrinkage_mean": float(self.shrinkage.float().mean()),
         }
-
-
-def fit_local(features: Tensor, *, layout: Layout, grid: int, dim: int, seed: int) -> LocalDensity | MemoryBank:
-    """The grid scorer a layout names: Gaussians (per position or shared) or a k-NN memory bank."""
-    if layout == "knn":
-        return MemoryBank.fit(features, grid=grid, seed=seed)
-    return LocalDensity.fit(features, layout=layout, grid=grid, dim=dim, seed=seed)
-
-
-def load_local(state: dict) -> LocalDensity | MemoryBank:
-    """A grid scorer from its ``state_dict``."""
-    if state.get("layout") == "knn":
-        return MemoryBank.from_state_dict(state)
-    return LocalDensity.from_state_dict(state)
 
 
 def _inverse(covariance: Tensor) -> Tensor:
