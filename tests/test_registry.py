@@ -15,6 +15,7 @@ def test_each_kind_fits_scores_and_round_trips(kind):
     generator = torch.Generator().manual_seed(0)
     grid = SCORERS[kind].grid
     shape = (12, 4, 6) if grid else (12, 6)
+
     # Normal features lie close around one direction (the Gaussians compare directions), anomalies spread wide.
     def around(spread: float, n: int) -> torch.Tensor:
         return 1.0 + spread * torch.randn(n, *shape[1:], generator=generator)
