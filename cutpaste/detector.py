@@ -36,7 +36,8 @@ from cutpaste.scoring.registry import load_scorer, scorer_state
 
 # 2: the config without the options deleted after the decisions (optimizer, warmup_steps, embedding,
 # blend views); 3: without the memory bank's per-image centring (feature_centring); 4: the resolved
-# scoring beside the config (which keeps image_score=auto), every scorer saved with its registered kind.
+# scoring beside the config (which keeps image_score=auto), one grid scorer (patch or feature map), every
+# scorer saved with its registered kind.
 # A bundle of another format is refused by name, never converted.
 BUNDLE_FORMAT = 4
 BUNDLE_NAME = "detector.pt"
@@ -69,11 +70,10 @@ class Detector:
     config: TrainConfig
     category: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
-    # The patch-level model's per-grid-position densities; None for the image-level model.
-    local: LocalDensity | MemoryBank | None = None
-    # The image-level model's Gaussians over a stage's feature-map positions (image_score local or
-    # combined, cutpaste/scoring/feature_maps.py); None when it scores with the global Gaussian alone.
-    feature_local: LocalDensity | MemoryBank | None = None
+    # The scorer of a grid of positions: the patch model's patch features (config.patch_size > 0), or the
+    # image model's stage feature maps (cutpaste/scoring/feature_maps.py); None where the image model
+    # scores with the global Gaussian alone and draws GradCAM maps.
+    grid: LocalDensity | MemoryBank | None = None
     # What the image score resolved to (image_score=auto chooses at fit); the config is never rewritten.
     scoring: Scoring | None = None
 
@@ -87,13 +87,13 @@ class Detector:
 
     @property
     def is_patch_model(self) -> bool:
-        return self.local is not None
+        return bool(self.config.patch_size)
 
     @property
     def reports_global_density(self) -> bool:
         """True when the score is the Mahalanobis distance of the image embedding (the paper's), also where
         ``image_score=auto`` chose it and kept feature-map densities for the anomaly maps."""
-        return not self.is_patch_model and (self.feature_local is None or self.resolved.image_score == "global")
+        return not self.is_patch_model and (self.grid is None or self.resolved.image_score == "global")
 
     @property
     def resolved(self) -> Scoring:
@@ -111,14 +111,14 @@ class Detector:
 
     def grid_scores(self, images: torch.Tensor) -> torch.Tensor:
         """Patch-level model: ``(B, 3, H, W)`` -> ``(B, G, G)`` Mahalanobis distance of every patch."""
-        if self.local is None:
+        if not self.is_patch_model or self.grid is None:
             raise ConfigError("this detector has no patch-level model (train with --patch-size 32 or 64)")
-        cfg, grid = self.config, self.local.grid
+        cfg, scorer, grid = self.config, self.grid, self.grid.grid
         out = []
         # Chunks bound the feature memory: 32 images x 3249 patches x 512 floats is 213 MB.
         for chunk in images.split(32):
             features = _patch_features(self.model, chunk, cfg)
-            out.append(self.local.score(features.to(self.device)).view(-1, grid, grid).cpu())
+            out.append(scorer.score(features.to(self.device)).view(-1, grid, grid).cpu())
         return torch.cat(out)
 
     def anomaly_maps(self, images: torch.Tensor, mode: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,8 +137,8 @@ class Detector:
             return _patch_image_scores(grid, maps, self.config), maps
         if self.is_patch_model:
             raise ConfigError(f"map mode {mode}: needs the image-level model; this bundle holds a patch model")
-        if mode == "local" or (mode == "auto" and self.feature_local is not None):
-            if self.feature_local is None:
+        if mode == "local" or (mode == "auto" and self.grid is not None):
+            if self.grid is None:
                 raise ConfigError("map mode local: this detector scores globally (train with --set image_score=local)")
             global_scores, grid = self._image_scores(images)
             return self._combine(global_scores, grid), grid_to_maps(grid, self.config.image_size)
@@ -167,11 +167,11 @@ class Detector:
 
     def _image_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Global scores ``(B,)`` and feature-map grid scores ``(B, G, G)`` from one forward pass."""
-        if self.feature_local is None:
-            raise ConfigError("this detector has no feature-map Gaussians")
+        if self.grid is None or self.is_patch_model:
+            raise ConfigError("this detector has no feature-map scorer")
         embeddings, grid_features = image_and_grid_features(self.model, images, self.config)
         grid = self.config.local_grid
-        local = self.feature_local.score(grid_features.to(self.device)).view(-1, grid, grid).cpu()
+        local = self.grid.score(grid_features.to(self.device)).view(-1, grid, grid).cpu()
         return self.density.score(embeddings), local
 
     def _combine(self, global_scores: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -200,17 +200,15 @@ class Detector:
             "density": scorer_state("gaussian", self.density),
             "threshold": self.threshold,
             "meta": self.meta,
-            "local": _grid_state(self.local),
-            "feature_local": _grid_state(self.feature_local),
+            "grid": _grid_state(self.grid),
         }
         path = directory / BUNDLE_NAME
         atomic_torch_save(bundle, path)
         summary = {k: bundle[k] for k in ("format", "version", "config", "scoring", "category", "threshold", "meta")}
         summary["files"] = file_digests(directory, [BUNDLE_NAME])  # what a load checks before reading
         summary["density"] = self.density.summary()
-        for name, local in (("local_density", self.local), ("feature_local_density", self.feature_local)):
-            if local is not None:
-                summary[name] = local.summary()
+        if self.grid is not None:
+            summary["grid_scorer"] = self.grid.summary()
         atomic_write_text(json.dumps(summary, indent=2, sort_keys=True, default=str), directory / SUMMARY_NAME)
         return path
 
@@ -244,8 +242,7 @@ class Detector:
             model.load_state_dict(bundle["model"])
             scoring = Scoring.from_dict(bundle["scoring"], source=str(path))
             density = load_scorer(bundle["density"])
-            local = load_scorer(bundle["local"]) if bundle.get("local") else None
-            feature_local = load_scorer(bundle["feature_local"]) if bundle.get("feature_local") else None
+            grid = load_scorer(bundle["grid"]) if bundle["grid"] is not None else None
         except (KeyError, RuntimeError, TypeError) as exc:
             raise ModelBundleError(f"{path} does not match this version's model: {exc}") from None
         model.eval().to(device)
@@ -256,8 +253,7 @@ class Detector:
             config=config,
             category=str(bundle.get("category", "")),
             meta=dict(bundle.get("meta", {})),
-            local=local,
-            feature_local=feature_local,
+            grid=grid,  # type: ignore[arg-type]
             scoring=scoring,
         )
 

@@ -118,7 +118,7 @@ def _fit_patch_detector(
         config=config,
         category=category,
         meta=meta,
-        local=fit(features),
+        grid=fit(features),
     )
 
 
@@ -168,6 +168,6 @@ def _fit_local_image_detector(
         config=config,
         category=category,
         meta=meta,
-        feature_local=fit(grid_features),
+        grid=fit(grid_features),
         scoring=scoring,
     )

@@ -255,7 +255,7 @@ def _map_kind(detector: Any) -> str:
     """What the review figure's maps are, as the detector draws them by default."""
     if detector.is_patch_model:
         return "patch-model"
-    return "feature-map Gaussian" if detector.feature_local is not None else "GradCAM"
+    return "feature-map scorer" if detector.grid is not None else "GradCAM"
 
 
 def build_trainer(

@@ -179,7 +179,7 @@ class _FutureScorer:
 
 def test_a_scorer_that_cannot_be_exported_is_a_one_line_error_and_no_file(trained, tmp_path, capsys):
     detector = _fit(trained, SCORERS["knn"])
-    detector.feature_local = _FutureScorer()  # type: ignore[assignment]
+    detector.grid = _FutureScorer()  # type: ignore[assignment]
     out = tmp_path / "model.onnx"
     out.write_bytes(b"the previous export")
     with pytest.raises(ExportError, match="grid scorer 'normalising_flow' cannot be exported") as caught:

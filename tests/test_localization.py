@@ -151,7 +151,7 @@ def patch_run(tmp_path_factory) -> tuple[Path, Path, Detector]:
 @pytest.mark.slow
 def test_patch_detector_round_trips_and_reports_pixel_metrics(patch_run):
     data, model_dir, detector = patch_run
-    assert detector.is_patch_model and detector.local.layout == "shared"  # unknown category: shared
+    assert detector.is_patch_model and detector.grid.layout == "shared"  # unknown category: shared
     loaded = Detector.load(model_dir)
     images = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
     torch.testing.assert_close(loaded.score(images), detector.score(images))

@@ -71,11 +71,11 @@ def test_a_detector_scored_by_a_memory_bank_saves_and_loads(tmp_path):
     )
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     detector = fit_detector(build_model(config).eval(), images, config, category="widget")
-    assert isinstance(detector.feature_local, MemoryBank)
+    assert isinstance(detector.grid, MemoryBank)
     assert detector.meta["local_layout"] == "knn"
     detector.save(tmp_path)
     loaded = Detector.load(tmp_path)
-    assert isinstance(loaded.feature_local, MemoryBank)
+    assert isinstance(loaded.grid, MemoryBank)
     assert torch.allclose(loaded.score(images), detector.score(images))
 
 
@@ -129,7 +129,7 @@ def test_two_stacked_stages_give_each_position_both_stages_pooled_to_the_grid(tm
     assert stacked.shape == (6, 16, layer1.shape[-1] + layer2.shape[-1])
     torch.testing.assert_close(stacked, torch.cat([layer1, layer2], dim=-1))
     detector = fit_detector(model, images, two, category="widget")
-    assert detector.feature_local.bank.shape[-1] == stacked.shape[-1]
+    assert detector.grid.bank.shape[-1] == stacked.shape[-1]
     detector.save(tmp_path)
     loaded = Detector.load(tmp_path)
     assert loaded.config.feature_stages == 2

@@ -125,7 +125,7 @@ def scorer_name(detector: Any) -> str:
     cfg = detector.config
     if detector.is_patch_model:
         return f"patch model ({detector.meta.get('local_layout', cfg.local_density)}, {cfg.patch_score})"
-    if detector.feature_local is None:
+    if detector.grid is None:
         return "image score global (pooled embedding), GradCAM maps"
     scoring = detector.resolved
     layout = detector.meta.get("local_layout", scoring.feature_density)
@@ -156,10 +156,10 @@ class ScoringGraph(nn.Module):
         if detector.is_patch_model:
             self.mode = "dense"
             self.grid = grid_size(cfg.image_size, cfg.patch_size, cfg.patch_stride)
-            self.local = _grid_scorer(detector.local, name)
-        elif detector.feature_local is not None:
+            self.local = _grid_scorer(detector.grid, name)
+        elif detector.grid is not None:
             self.mode = "local"
-            self.local = _grid_scorer(detector.feature_local, name)
+            self.local = _grid_scorer(detector.grid, name)
         else:
             self.mode = "gradcam"
             self._check_gradcam(name)
