@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from cutpaste.cli import main
-from cutpaste.detector import BUNDLE_NAME, Detector
+from cutpaste.detector import BUNDLE_NAME, SUMMARY_NAME, Detector
+from cutpaste.integrity import file_digests
 
 FAST = ["--preset", "ci", "--steps", "4", "--size", "32", "--batch-size", "4", "--no-progress", "--device", "cpu"]
 
@@ -117,6 +118,10 @@ def test_existing_detector_survives_a_failed_run(trained, tiny_root, capsys):
     assert (trained / BUNDLE_NAME).read_bytes() == before
 
 
+def _record_digest(directory) -> None:
+    (directory / SUMMARY_NAME).write_text(json.dumps({"files": file_digests(directory, [BUNDLE_NAME])}))
+
+
 def test_half_written_and_foreign_model_dirs(trained, tiny_root, tmp_path, capsys):
     unfinished = tmp_path / "unfinished"
     (unfinished / "checkpoints").mkdir(parents=True)
@@ -126,12 +131,16 @@ def test_half_written_and_foreign_model_dirs(trained, tiny_root, tmp_path, capsy
     truncated.mkdir()
     (truncated / BUNDLE_NAME).write_bytes((trained / BUNDLE_NAME).read_bytes()[:1000])
     assert main(["evaluate", "--model", str(truncated), "--data", str(tiny_root)]) == 2
+    assert f"records no SHA-256 for {BUNDLE_NAME}: refused" in capsys.readouterr().err, "no digest record: refused"
+    _record_digest(truncated)  # the record vouches for the file: what is refused now is the file itself
+    assert main(["evaluate", "--model", str(truncated), "--data", str(tiny_root)]) == 2
     assert "half written" in capsys.readouterr().err
     bundle = torch.load(trained / BUNDLE_NAME, weights_only=False)
     bundle["format"] = 99
     future = tmp_path / "future"
     future.mkdir()
     torch.save(bundle, future / BUNDLE_NAME)
+    _record_digest(future)
     assert main(["evaluate", "--model", str(future), "--data", str(tiny_root)]) == 2
     assert "bundle format 99" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(tmp_path / "none"), "--data", str(tiny_root)]) == 2
