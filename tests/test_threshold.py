@@ -50,15 +50,15 @@ def _realised_against_expected(monkeypatch, train_spread: float, runs: int = 20)
     FPR 5 %) on 200 training embeddings, then its threshold on 20,000 fresh normal embeddings, ``runs`` times:
     the mean realised FPR, the mean expected one, and the share of runs whose realised FPR fell inside the
     stated 95 % interval."""
-    import cutpaste.detector as detector
+    import cutpaste.fit as fit
     from cutpaste.model.network import build_model
 
     config = preset("ci").override({"image_score": "global", "target_fpr": 0.05})
     model, realised, expected, inside = build_model(config), [], [], 0
     for seed in range(runs):
         train = _embeddings(200, train_spread, seed)
-        monkeypatch.setattr(detector, "embed_images", lambda *args, train=train, **kwargs: train)
-        fitted = detector.fit_detector(model, torch.zeros(200, 3, 8, 8, dtype=torch.uint8), config)
+        monkeypatch.setattr(fit, "embed_images", lambda *args, train=train, **kwargs: train)
+        fitted = fit.fit_detector(model, torch.zeros(200, 3, 8, 8, dtype=torch.uint8), config)
         fresh = fitted.density.score(_embeddings(20000, 1.0, 1000 + seed))
         rate, calibration = float((fresh >= fitted.threshold).double().mean()), fitted.meta["calibration"]
         realised.append(rate)

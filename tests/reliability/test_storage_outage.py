@@ -57,6 +57,8 @@ def test_an_endpoint_cut_mid_upload_and_back_loses_nothing(stack, tmp_path):
     finals = [k for k in stored if k.endswith("/detector.pt")]
     assert len(finals) == 1
     client.download_file(stack.bucket, finals[0], str(tmp_path / "detector.pt"))
+    summary = finals[0].replace("detector.pt", "detector.json")  # its digest record travels beside it
+    client.download_file(stack.bucket, summary, str(tmp_path / "detector.json"))
     assert Detector.load(tmp_path / "detector.pt").meta["steps"] == STEPS
     log = client.get_object(Bucket=stack.bucket, Key=finals[0].replace("detector.pt", "train_log.jsonl"))["Body"]
     steps = [json.loads(line)["step"] for line in log.read().decode().splitlines()]
