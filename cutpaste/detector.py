@@ -75,7 +75,8 @@ class Detector:
     # scores with the global Gaussian alone and draws GradCAM maps.
     grid: LocalDensity | MemoryBank | None = None
     # What the image score resolved to (image_score=auto chooses at fit); the config is never rewritten.
-    scoring: Scoring | None = None
+    # Left out, it is what the config names outright (set in __post_init__).
+    scoring: Scoring = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.scoring is None:
@@ -93,12 +94,7 @@ class Detector:
     def reports_global_density(self) -> bool:
         """True when the score is the Mahalanobis distance of the image embedding (the paper's), also where
         ``image_score=auto`` chose it and kept feature-map densities for the anomaly maps."""
-        return not self.is_patch_model and (self.grid is None or self.resolved.image_score == "global")
-
-    @property
-    def resolved(self) -> Scoring:
-        assert self.scoring is not None  # set by __post_init__
-        return self.scoring
+        return not self.is_patch_model and (self.grid is None or self.scoring.image_score == "global")
 
     @property
     def map_range(self) -> tuple[float, float]:
@@ -175,10 +171,10 @@ class Detector:
         return self.density.score(embeddings), local
 
     def _combine(self, global_scores: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        if self.resolved.image_score == "global":  # auto chose the global score; the grid gives the maps
+        if self.scoring.image_score == "global":  # auto chose the global score; the grid gives the maps
             return global_scores.double()
-        local = grid_image_scores(grid, self.resolved.feature_score)
-        if self.resolved.image_score == "local":
+        local = grid_image_scores(grid, self.scoring.feature_score)
+        if self.scoring.image_score == "local":
             return local
         norm = self.meta["score_norm"]
         return standardise(global_scores, norm["global"]) + standardise(local, norm["local"])
@@ -196,7 +192,7 @@ class Detector:
             "config": self.config.to_dict(),
             "category": self.category,
             "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
-            "scoring": self.resolved.to_dict(),
+            "scoring": self.scoring.to_dict(),
             "density": scorer_state("gaussian", self.density),
             "threshold": self.threshold,
             "meta": self.meta,

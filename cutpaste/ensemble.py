@@ -266,7 +266,7 @@ def _score_kind(detector: Detector) -> str:
     if detector.is_patch_model:
         return "a patch model scored by its map"
     if not detector.reports_global_density:
-        return f"image_score {detector.resolved.image_score}"
+        return f"image_score {detector.scoring.image_score}"
     return "global Gaussian"
 
 

@@ -225,8 +225,8 @@ def _check_by_config(space: SearchSpace, base: TrainConfig) -> None:
             if isinstance(value, tuple)
             else (value,)
         )
+        key = config_key(name)
         for v in ends:
-            key = config_key(name)
             if name.endswith(("_min", "_max")):
                 lo, hi = getattr(base.augment, key.rsplit(".", 1)[-1])
                 v = (v, max(float(v), hi)) if name.endswith("_min") else (min(float(v), lo), v)

@@ -136,10 +136,10 @@ def test_image_score_auto_falls_back_to_the_category_group_with_few_images():
     images = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     small = short.override({"image_size": 64, "local_grid": 4})
     bottle = untrained_detector(small, images, category="bottle")
-    assert bottle.resolved == Scoring("local", "auto", "max", chosen_by="lookup") and bottle.grid is not None
+    assert bottle.scoring == Scoring("local", "auto", "max", chosen_by="lookup") and bottle.grid is not None
     assert bottle.config.image_score == "auto", "the config stays as asked"
     carpet = untrained_detector(small, images, category="carpet")
-    assert carpet.resolved.image_score == "global" and carpet.grid is None
+    assert carpet.scoring.image_score == "global" and carpet.grid is None
     assert "image_score_selection" not in carpet.meta
 
 

@@ -47,14 +47,14 @@ def test_auto_picks_the_best_candidate_on_validation_and_the_bundle_keeps_it(wea
     chosen = next(c for c in CANDIDATES if c.name == record["chosen"])
     maps_from = next(c for c in CANDIDATES if c.name == record["maps_from"])
     assert detector.config.image_score == "auto", "the config stays as asked; the choice is recorded beside it"
-    assert detector.resolved.image_score == chosen.image_score and maps_from.image_score != "global"
-    assert detector.resolved.chosen_by == "validation"
+    assert detector.scoring.image_score == chosen.image_score and maps_from.image_score != "global"
+    assert detector.scoring.chosen_by == "validation"
     assert detector.grid is not None, "the anomaly maps come from a feature map whatever scores images"
     if maps_from.feature_density == "knn":
-        assert detector.resolved.feature_density == "knn"
-    assert detector.resolved.feature_score == maps_from.feature_score
+        assert detector.scoring.feature_density == "knn"
+    assert detector.scoring.feature_score == maps_from.feature_score
     loaded = Detector.load(detector.save(tmp_path / "bundle").parent)
-    assert loaded.config == detector.config and loaded.resolved == detector.resolved
+    assert loaded.config == detector.config and loaded.scoring == detector.scoring
     assert loaded.meta["image_score_selection"] == record
     torch.testing.assert_close(loaded.score(weave[:4]), detector.score(weave[:4]))
 
@@ -134,7 +134,7 @@ def test_a_global_choice_keeps_the_best_feature_map_for_the_anomaly_maps(weave, 
 
     monkeypatch.setattr(fit_module, "select_image_score", lambda *a, **k: selection)
     detector = untrained_detector(small, weave, category="synth_weave")
-    assert detector.resolved.image_score == "global" and detector.grid is not None
+    assert detector.scoring.image_score == "global" and detector.grid is not None
     torch.testing.assert_close(detector.score(weave[:4]), detector.density.score(detector.embed(weave[:4])))
     scores, maps = detector.anomaly_maps(weave[:4])
     torch.testing.assert_close(scores, detector.score(weave[:4]))

@@ -127,7 +127,7 @@ def scorer_name(detector: Any) -> str:
         return f"patch model ({detector.meta.get('local_layout', cfg.local_density)}, {cfg.patch_score})"
     if detector.grid is None:
         return "image score global (pooled embedding), GradCAM maps"
-    scoring = detector.resolved
+    scoring = detector.scoring
     layout = detector.meta.get("local_layout", scoring.feature_density)
     return f"image score {scoring.image_score}, feature maps {layout}, {scoring.feature_score}"
 
@@ -151,7 +151,7 @@ class ScoringGraph(nn.Module):
             raise ExportError(f"{name}: only a single detector can be exported to ONNX (export an ensemble's members)")
         cfg = detector.config
         self.model: CutPasteNet = detector.model
-        self.size, self.config, self.meta, self.scoring = cfg.image_size, cfg, detector.meta, detector.resolved
+        self.size, self.config, self.meta, self.scoring = cfg.image_size, cfg, detector.meta, detector.scoring
         self.density = _GlobalGaussian(detector.density)
         if detector.is_patch_model:
             self.mode = "dense"
