@@ -1,7 +1,7 @@
 """The ONNX export against the PyTorch detector on the CPU: img/s at batch 1 and 32, file size, agreement.
 
     .venv/bin/python bench/export.py                      # writes bench/results/export.json
-    .venv/bin/python bench/export.py --size 128 --repeats 7 --scorers global knn-global
+    .venv/bin/python bench/export.py --size 128 --repeats 7 --scorers global knn-relative
 
 One process, the same images for both: a synthetic category is written, an encoder is trained for a few
 steps at the ``ci`` preset (the point is the runtime, not the detector), each scorer is fitted on it and
@@ -43,11 +43,11 @@ from cutpaste.train.loop import train_model
 RESULTS = Path(__file__).resolve().parent / "results" / "export.json"
 CATEGORY = "synth_disc"
 # Scorers a detector resolves to (config changes); the default set: the paper's score with GradCAM maps,
-# and the standardised sum with a k-NN memory bank (the heaviest graph).
+# the feature-map Gaussians, the k-NN memory bank (the heaviest image-model graph), and the patch model.
 SCORERS = {
     "global": {},
     "local": {"image_score": "local", "feature_density": "per_location"},
-    "knn-global": {"image_score": "combined", "feature_density": "knn"},
+    "knn-relative": {"image_score": "local", "feature_density": "knn", "feature_score": "max-median"},
     "patch-knn": {"patch_size": 32, "patch_stride": 8, "local_density": "knn"},
 }
 
@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per batch size and runtime")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads of both runtimes")
-    parser.add_argument("--scorers", nargs="+", default=["global", "knn-global"], choices=list(SCORERS))
+    parser.add_argument("--scorers", nargs="+", default=["global", "knn-relative"], choices=list(SCORERS))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

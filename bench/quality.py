@@ -6,7 +6,7 @@
 Rows (``--rows``, default all): ``pixel-stats`` (global colour statistics), ``untrained`` (the paper's
 image model with random weights, same density), ``paper-image`` (the paper's image model: 3-way
 CutPaste, SGD, pooled embedding, one Gaussian), ``patch`` (the paper's patch model, image score the
-maximum of its map), one row per option on top of ``paper-image`` (``local``, ``combined``, ``auto``
+maximum of its map), one row per option on top of ``paper-image`` (``local``, ``auto``
 (the ``demo`` preset), ``auto-one-stage``, ``auto-no-pre-jitter``), and ``short`` / ``short-untrained``
 (the ``short`` preset, trained and with random weights) with the ``short-*`` scoring variants of the
 same model. Defaults are decided by ``bench/decide.py`` on several seeds, not here (docs/decisions.md).
@@ -187,8 +187,9 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
-    """One table per category, rows in matrix order, then the mean over categories per row."""
-    order = list(ROWS)
+    """One table per category, rows in matrix order, then the mean over categories per row. Rows whose
+    option has since been deleted (git history has it) keep their results and follow the others."""
+    order = list(ROWS) + sorted({r["row"] for r in rows} - set(ROWS))
     lines = []
     categories = sorted({r["category"] for r in rows})
     header = (
@@ -230,7 +231,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 def config_summary(config: TrainConfig) -> str:
     kind = f"patch {config.patch_size}/{config.patch_stride}" if config.patch_size else config.image_score
-    if config.image_score in ("local", "combined", "auto") and not config.patch_size:
+    if config.image_score in ("local", "auto") and not config.patch_size:
         layers = "+".join(str(i) for i in config.feature_map_stages)
         kind += f" ({config.feature_density}, layer{layers} grid {config.local_grid})"
     return (

@@ -38,7 +38,6 @@ ROWS: dict[str, Row] = {
         {"patch_size": 32, "patch_stride": 8, "local_density": "shared"},
     ),
     "local": Row("paper-image + feature-map Gaussians, image score their maximum", {"image_score": "local"}),
-    "combined": Row("paper-image + global and feature-map scores, standardised sum", {"image_score": "combined"}),
     "auto": Row("paper-image, image score chosen on validation from the training images", {"image_score": "auto"}),
     "auto-one-stage": Row(
         "auto with layer2's feature map alone (no layer1 stacked)", {"image_score": "auto", "feature_stages": 1}
@@ -50,30 +49,15 @@ ROWS: dict[str, Row] = {
     "short": Row("the short preset (chosen on validation)", {}, short=True),
     "short-global": Row("the short preset's training, the paper's global score", {"image_score": "global"}, short=True),
     "short-local": Row("the short preset's training, feature-map score alone", {"image_score": "local"}, short=True),
-    "short-combined": Row(
-        "the short preset's training, global + feature-map Gaussians, standardised sum",
-        {"image_score": "combined"},
-        short=True,
-    ),
     "short-untrained": Row("the short preset's scoring with random weights", {}, train=False, short=True),
     "short-knn": Row(
         "the short preset's training, feature-map k-NN memory bank, image score its maximum",
         {"image_score": "local", "feature_density": "knn"},
         short=True,
     ),
-    "short-knn-combined": Row(
-        "the short preset's training, global Gaussian + feature-map k-NN, standardised sum",
-        {"image_score": "combined", "feature_density": "knn"},
-        short=True,
-    ),
     "short-knn-relative": Row(
         "the short preset's training, feature-map k-NN, image score its maximum less its median",
         {"image_score": "local", "feature_density": "knn", "feature_score": "max-median"},
-        short=True,
-    ),
-    "short-knn-relative-combined": Row(
-        "the short preset's training, global Gaussian + feature-map k-NN (maximum less median), standardised sum",
-        {"image_score": "combined", "feature_density": "knn", "feature_score": "max-median"},
         short=True,
     ),
     "short-knn-untrained": Row(

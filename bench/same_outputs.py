@@ -28,7 +28,6 @@ CATEGORIES = ("synth_disc", "synth_weave")
 SCORERS: dict[str, list[str]] = {
     "global": ["--image-score", "global"],
     "local": ["--image-score", "local"],
-    "combined": ["--image-score", "combined"],
     "knn-relative": ["--image-score", "local", "--set", "feature_density=knn", "--set", "feature_score=max-median"],
     "auto": ["--image-score", "auto"],
     "patch": ["--patch-size", "32", "--stride", "8", "--local-density", "shared"],

@@ -16,7 +16,7 @@ from cutpaste.errors import ConfigError
 
 VARIANTS = ("normal", "scar", "3way", "union")
 LOCAL_DENSITIES = ("auto", "per_location", "shared", "knn")
-IMAGE_SCORES = ("global", "local", "combined", "auto")
+IMAGE_SCORES = ("global", "local", "auto")
 PATCH_SCORES = ("grid_max", "map_max")
 FEATURE_SCORES = ("max", "max-median")
 # The largest colour jitter (brightness, contrast, saturation and hue alike; hue cannot go past half a turn).
@@ -106,10 +106,10 @@ class TrainConfig:
     # The image-level model's anomaly score. global: the Gaussian on the embedding (the paper's);
     # local: Gaussians over the positions of a stage's feature map (``local_stage``, pooled to a
     # ``local_grid`` square, laid out as ``local_density`` says), image score its maximum, and anomaly
-    # maps from that grid instead of GradCAM; combined: the sum of both, each standardised on
-    # out-of-fold training scores. Local scoring is an addition of ours, not the paper's protocol.
-    # auto: the detector chooses among these (and the k-NN bank's variants) on validation made from its
-    # own training images (cutpaste/scoring/selection.py), and records what it resolved to.
+    # maps from that grid instead of GradCAM. Local scoring is an addition of ours, not the paper's
+    # protocol. auto: the detector chooses among these (and the k-NN bank's variant) on validation made
+    # from its own training images (cutpaste/scoring/selection.py), and records what it resolved to. (The
+    # standardised sum of both lost on validation, docs/decisions.md, and was deleted.)
     image_score: str = _scoring("global")
     local_stage: int = _scoring(3)
     local_grid: int = _scoring(8)
@@ -188,7 +188,7 @@ class TrainConfig:
                 raise ConfigError(f"{name}: unknown {getattr(self, name)!r}; choose one of {', '.join(choices)}")
         if self.image_score not in ("global", "auto"):
             if self.patch_size:
-                raise ConfigError("image_score: local and combined apply to the image-level model (patch_size 0)")
+                raise ConfigError("image_score: local applies to the image-level model (patch_size 0)")
             if not self.backbone.startswith("resnet"):
                 raise ConfigError(f"image_score: {self.image_score!r} needs a ResNet backbone, got {self.backbone!r}")
         self._validate_feature_maps()

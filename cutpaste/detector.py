@@ -27,7 +27,6 @@ from cutpaste.scoring.feature_maps import (
     grid_image_scores,
     grid_to_maps,
     image_and_grid_features,
-    standardise,
 )
 from cutpaste.scoring.gaussian import GaussianDensity
 from cutpaste.scoring.grid_gaussians import LocalDensity
@@ -101,7 +100,7 @@ class Detector:
         """Map values shown as cold and hot: a typical normal value, and twice the way from it to the
         threshold, so that the threshold sits in the middle of the colour scale of every heatmap."""
         low = float(self.meta.get("map_low", 0.0))
-        # A combined score's threshold is in other units than its (local) map: the map's own is kept apart.
+        # Where auto chose the global score, the threshold is in other units than the map: the map's own.
         threshold = float(self.meta.get("map_threshold", self.threshold))
         return low, low + 2.0 * max(threshold - low, 1e-6)
 
@@ -121,7 +120,7 @@ class Detector:
         """``(B, 3, H, W)`` -> scores ``(B,)`` float64 and maps ``(B, S, S)`` float32 at ``image_size``.
 
         ``dense`` (the patch model's Gaussian-upsampled patch scores, score = max of the map), ``local``
-        (the image model's feature-map grid, upsampled; needs image_score local, combined or auto) or
+        (the image model's feature-map grid, upsampled; needs image_score local or auto) or
         ``gradcam`` (the image-level model); ``auto`` picks dense for a patch model, local where the
         image model has feature-map Gaussians, GradCAM otherwise.
         """
@@ -137,7 +136,7 @@ class Detector:
             if self.grid is None:
                 raise ConfigError("map mode local: this detector scores globally (train with --set image_score=local)")
             global_scores, grid = self._image_scores(images)
-            return self._combine(global_scores, grid), grid_to_maps(grid, self.config.image_size)
+            return self._image_score(global_scores, grid), grid_to_maps(grid, self.config.image_size)
         _, maps = gradcam_maps(
             self.model, self.density, images, image_size=self.config.image_size, batch_size=self.config.eval_batch_size
         )
@@ -154,12 +153,12 @@ class Detector:
         """``(B, 3, H, W)`` uint8 or float in [0, 1], any H, W -> ``(B,)`` float64 anomaly scores.
 
         The patch-level model scores an image by the maximum of its anomaly map; the image-level model
-        by its global Gaussian, its feature-map grid's maximum, or both (:attr:`scoring`)."""
+        by its global Gaussian or its feature-map grid's maximum (:attr:`scoring`)."""
         if self.is_patch_model:
             return self.anomaly_maps(images, "dense")[0]
         if self.reports_global_density:
             return self.density.score(self.embed(images))
-        return self._combine(*self._image_scores(images))
+        return self._image_score(*self._image_scores(images))
 
     def _image_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Global scores ``(B,)`` and feature-map grid scores ``(B, G, G)`` from one forward pass."""
@@ -170,14 +169,10 @@ class Detector:
         local = self.grid.score(grid_features.to(self.device)).view(-1, grid, grid).cpu()
         return self.density.score(embeddings), local
 
-    def _combine(self, global_scores: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    def _image_score(self, global_scores: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         if self.scoring.image_score == "global":  # auto chose the global score; the grid gives the maps
             return global_scores.double()
-        local = grid_image_scores(grid, self.scoring.feature_score)
-        if self.scoring.image_score == "local":
-            return local
-        norm = self.meta["score_norm"]
-        return standardise(global_scores, norm["global"]) + standardise(local, norm["local"])
+        return grid_image_scores(grid, self.scoring.feature_score)
 
     def is_anomalous(self, scores: torch.Tensor) -> torch.Tensor:
         return scores >= self.threshold

@@ -2,7 +2,7 @@
 calibrated on out-of-fold scores of those images, never on test data.
 
 Three kinds: the image model scored by the paper's Gaussian on the pooled embedding; the image model
-with feature-map scorers (``image_score`` local, combined, or auto's choice); the patch model, whose
+with feature-map scorers (``image_score`` local, or auto's choice); the patch model, whose
 grid scorer draws dense anomaly maps. Every out-of-fold score comes from
 :func:`cutpaste.scoring.folds.out_of_fold` and every scorer from the registry
 (:mod:`cutpaste.scoring.registry`).
@@ -19,7 +19,7 @@ from cutpaste.detector import Detector, _patch_features, _patch_image_scores, _p
 from cutpaste.model.network import CutPasteNet
 from cutpaste.model.patches import grid_size
 from cutpaste.scoring.choice import Scoring
-from cutpaste.scoring.feature_maps import fit_feature_scorer, grid_image_scores, image_and_grid_features, standardise
+from cutpaste.scoring.feature_maps import fit_feature_scorer, grid_image_scores, image_and_grid_features
 from cutpaste.scoring.folds import out_of_fold, out_of_fold_scores
 from cutpaste.scoring.gaussian import GaussianDensity
 from cutpaste.scoring.grid_gaussians import resolve_layout
@@ -135,7 +135,7 @@ def _fit_local_image_detector(
 ) -> Detector:
     """The image model with feature-map Gaussians: the global Gaussian as usual, the grid Gaussians on
     the same forward pass (or ``features``, that pass's output already computed), and out-of-fold scores
-    of both to standardise them (``combined``) and to calibrate the threshold of the score reported."""
+    of the score reported to calibrate its threshold (and of the grid's, for the maps' own threshold)."""
     device = next(model.parameters()).device
     embeddings, grid_features = features or image_and_grid_features(model, train_images, config)
     layout = resolve_layout(scoring.feature_density, category)
@@ -145,19 +145,9 @@ def _fit_local_image_detector(
 
     scores = out_of_fold(fit, grid_features, device=device, seed=config.seed, folds=folds)[0].float()
     local_oof = grid_image_scores(scores, scoring.feature_score)
-    global_oof = out_of_fold_scores(embeddings, seed=config.seed)
-    norm = {
-        "global": [float(global_oof.mean()), float(global_oof.std())],
-        "local": [float(local_oof.mean()), float(local_oof.std())],
-    }
-    if scoring.image_score == "global":  # chosen by image_score=auto: the feature maps serve the anomaly maps
-        calibration = global_oof
-    elif scoring.image_score == "local":
-        calibration = local_oof
-    else:
-        calibration = standardise(global_oof, norm["global"]) + standardise(local_oof, norm["local"])
-    meta, threshold = _calibrated(meta, calibration, config)
-    meta["score_norm"] = norm
+    # Chosen by image_score=auto, the global score is reported and the feature maps serve the anomaly maps.
+    reported = out_of_fold_scores(embeddings, seed=config.seed) if scoring.image_score == "global" else local_oof
+    meta, threshold = _calibrated(meta, reported, config)
     meta["map_low"] = float(scores.median())
     meta["map_threshold"] = float(torch.quantile(local_oof, threshold_quantile(config)))
     meta["local_layout"] = layout

@@ -241,7 +241,7 @@ def mixed_members(synth_root, tmp_path_factory) -> list[Detector]:
     base = preset("ci").override({"steps": 4, "checkpoint_every": 4, "log_every": 2})
     configs = [
         base.override({"patch_size": 32, "patch_stride": 16}),
-        base.override({"image_score": "combined", "local_grid": 4, "seed": 1}),
+        base.override({"image_score": "local", "local_grid": 4, "seed": 1}),
         base.override({"seed": 2}),
     ]
     return [

@@ -51,7 +51,7 @@ def test_an_image_scores_the_same_whatever_the_memory_layout_it_arrives_in():
     # with another batch stride. Convolution picks kernels by layout, so scoring first makes it one layout.
     from cutpaste.fit import fit_detector
 
-    scoring = {"image_score": "combined", "feature_density": "knn", "feature_score": "max-median", "local_grid": 4}
+    scoring = {"image_score": "local", "feature_density": "knn", "feature_score": "max-median", "local_grid": 4}
     config = preset("short").override({**scoring, "image_size": 64})
     images = torch.randint(0, 256, (12, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     detector = fit_detector(build_model(config).eval(), images, config, category="widget")

@@ -29,7 +29,7 @@ def run_matrix(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_the_matrix_runs_every_row_kind_and_merges(tmp_path):
     out = tmp_path / "quality.json"
-    rows = "pixel-stats,untrained,paper-image,patch,local,combined,auto-no-pre-jitter,short,short-untrained"
+    rows = "pixel-stats,untrained,paper-image,patch,local,auto-no-pre-jitter,short,short-untrained"
     tiny = ["--synth", "synth_disc", "--synth-size", "64", "--preset", "ci", "--steps", "3", "--size", "64"]
     cache = ["--cache", str(tmp_path / "models")]
     done = run_matrix(tmp_path, *tiny, "--rows", rows, "--set", "patch_stride=16", "--out", str(out), *cache)

@@ -97,15 +97,15 @@ def test_the_chosen_scoring_keeps_the_configured_layout_unless_the_candidate_nam
     assert scoring("local", small.override({"feature_score": "max-median"})).feature_score == "max"
 
 
-def test_combined_candidates_standardise_by_the_normal_scores():
+def test_candidates_score_from_their_own_layout():
     # Global scores (N, 1); a layout's position scores (N, positions), here two positions per image.
     normal = {"global": torch.tensor([[1.0], [3.0]]).double(), "knn": torch.tensor([[10.0, 0.0], [30.0, 2.0]]).double()}
     anomalous = {"global": torch.tensor([[5.0]]).double(), "knn": torch.tensor([[50.0, 4.0]]).double()}
-    normal["auto"], anomalous["auto"] = normal["knn"], anomalous["knn"]
-    # A standardised sum (image_score=combined) is no longer in auto's list, but the scoring is the same.
-    combined = _candidate_scores(Candidate("knn-global", "combined", "knn"), normal, anomalous)
-    g, k = torch.tensor([1.0, 3.0, 5.0]).double(), torch.tensor([10.0, 30, 50]).double()  # k: each image's max
-    torch.testing.assert_close(combined, (g - 2) / g[:2].std() + (k - 20) / k[:2].std())
+    normal["auto"], anomalous["auto"] = normal["knn"] + 1, anomalous["knn"] + 1
+    knn = _candidate_scores(Candidate("knn", "local", "knn"), normal, anomalous)
+    torch.testing.assert_close(knn, torch.tensor([10.0, 30, 50]).double())  # each image's max, knn's layout
+    local = _candidate_scores(Candidate("local", "local", "auto"), normal, anomalous)
+    torch.testing.assert_close(local, torch.tensor([11.0, 31, 51]).double())  # the configured layout's
     plain = _candidate_scores(Candidate("global", "global", "auto"), normal, anomalous)
     assert torch.equal(plain[2:], anomalous["global"][:, 0])
     # max-median: with two positions the median is the lower one (torch's median of an even count).

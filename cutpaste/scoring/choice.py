@@ -14,7 +14,7 @@ CHOSEN_BY = ("config", "validation", "lookup")
 
 @dataclass(frozen=True)
 class Scoring:
-    """image_score: global, local or combined (never auto); feature_density: the feature-map scorer's
+    """image_score: global or local (never auto); feature_density: the feature-map scorer's
     density as configured (``auto`` resolves per category at fit, recorded as ``meta["local_layout"]``);
     feature_score: how a grid becomes an image score; chosen_by: the config, validation made from the
     training images (:mod:`cutpaste.scoring.selection`), or the category lookup where images are too few."""
@@ -39,6 +39,6 @@ class Scoring:
             scoring = cls(**data)
         except TypeError:
             raise ModelBundleError(f"{source}: 'scoring' must hold {', '.join(cls.__dataclass_fields__)}") from None
-        if scoring.image_score not in ("global", "local", "combined") or scoring.chosen_by not in CHOSEN_BY:
+        if scoring.image_score not in ("global", "local") or scoring.chosen_by not in CHOSEN_BY:
             raise ModelBundleError(f"{source}: unknown scoring {data!r}")
         return scoring

@@ -72,8 +72,3 @@ def grid_image_scores(grid_scores: Tensor, how: str = "max") -> Tensor:
     if how == "max-median":
         return peak - flat.median(1).values
     raise ValueError(f"feature_score: unknown {how!r}")
-
-
-def standardise(scores: Tensor, stats: tuple[float, float]) -> Tensor:
-    mean, std = stats
-    return (scores.double() - mean) / max(std, 1e-12)

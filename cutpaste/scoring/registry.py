@@ -4,10 +4,11 @@ A scorer is fitted on the features of normal training images and scores new feat
 more anomalous: the paper's Gaussian on the pooled embedding (``gaussian``: ``(N, D) -> (N,)``),
 Gaussians over the positions of a feature grid (``per_location``, ``shared``: ``(N, L, D) -> (N, L)``)
 and a k-NN memory bank of grid features (``knn``: ``(N, L, D) -> (N, L)``). How a grid becomes one image
-score is an option (:func:`cutpaste.scoring.feature_maps.grid_image_scores`), not another scorer; a
-standardised sum of two image scores is :func:`cutpaste.scoring.feature_maps.standardise` applied to
-each. Every scorer is saved with its ``kind`` (:func:`scorer_state`) and loaded from that state alone
-(:func:`load_scorer`); out-of-fold scores of any of them come from :func:`cutpaste.scoring.folds.out_of_fold`.
+score is an option (:func:`cutpaste.scoring.feature_maps.grid_image_scores`), not another scorer. (A
+standardised sum of two scorers was measured as ``image_score=auto`` candidates and never helped on
+validation, docs/decisions.md; it was deleted rather than registered.) Every scorer is saved with its
+``kind`` (:func:`scorer_state`) and loaded from that state alone (:func:`load_scorer`); out-of-fold
+scores of any of them come from :func:`cutpaste.scoring.folds.out_of_fold`.
 """
 
 from __future__ import annotations

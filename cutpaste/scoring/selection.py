@@ -25,7 +25,7 @@ from cutpaste.anomalies.kinds import VOTING_KINDS
 from cutpaste.config import TrainConfig
 from cutpaste.model.network import CutPasteNet, as_float_images
 from cutpaste.scoring.choice import Scoring
-from cutpaste.scoring.feature_maps import fit_feature_scorer, grid_image_scores, image_and_grid_features, standardise
+from cutpaste.scoring.feature_maps import fit_feature_scorer, grid_image_scores, image_and_grid_features
 from cutpaste.scoring.folds import out_of_fold
 from cutpaste.scoring.gaussian import GaussianDensity
 from cutpaste.scoring.grid_gaussians import ALIGNED_OBJECTS, resolve_layout
@@ -191,22 +191,11 @@ def _cross_fitted_scores(
 
 
 def _candidate_scores(candidate: Candidate, normal: dict[str, Tensor], anomalous: dict[str, Tensor]) -> Tensor:
-    """Normal then anomalous image scores of one candidate, from the position scores its layout gave; a
-    combined score standardises both parts by the normal images' out-of-fold statistics, as the fitted
-    detector does."""
-    local_key = "knn" if candidate.feature_density == "knn" else "auto"
-    normal, anomalous = (
-        {"global": part["global"][:, 0], local_key: grid_image_scores(part[local_key], candidate.feature_score)}
-        for part in (normal, anomalous)
-    )
-    both = {key: torch.cat([normal[key], anomalous[key]]) for key in normal}
+    """Normal then anomalous image scores of one candidate, from the position scores its layout gave."""
     if candidate.image_score == "global":
-        return both["global"]
-    if candidate.image_score == "local":
-        return both[local_key]
-    return sum(
-        standardise(both[key], (float(normal[key].mean()), float(normal[key].std()))) for key in ("global", local_key)
-    )
+        return torch.cat([normal["global"][:, 0], anomalous["global"][:, 0]])
+    key = "knn" if candidate.feature_density == "knn" else "auto"
+    return torch.cat([grid_image_scores(part[key], candidate.feature_score) for part in (normal, anomalous)])
 
 
 def _as_uint8(images: Tensor, size: int) -> Tensor:

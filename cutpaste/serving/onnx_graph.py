@@ -39,7 +39,7 @@ from cutpaste.detector import Detector, _patch_image_scores, _pixel_maps
 from cutpaste.errors import ExportError
 from cutpaste.model.network import CutPasteNet
 from cutpaste.model.patches import grid_size
-from cutpaste.scoring.feature_maps import grid_to_maps, standardise
+from cutpaste.scoring.feature_maps import grid_to_maps
 from cutpaste.scoring.gaussian import GaussianDensity
 from cutpaste.scoring.grid_gaussians import LocalDensity
 from cutpaste.scoring.memory_bank import MemoryBank
@@ -48,7 +48,7 @@ OPSET = 18
 INPUT = "images"
 OUTPUTS = ("score", "anomaly_map")
 # Agreement with PyTorch: |onnx - torch| <= RTOL * |torch| + ATOL * max|torch| (per output, over the batch).
-# The absolute part is on the output's own scale: a map's cold pixels and a standardised score near 0
+# The absolute part is on the output's own scale: a map's cold pixels and a score near 0
 # have no meaningful relative error.
 RTOL = 1e-4
 ATOL = 1e-4
@@ -190,26 +190,22 @@ class ScoringGraph(nn.Module):
         return _patch_image_scores(scores, maps, cfg), maps
 
     def _local(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The image model with feature-map scorers: :meth:`Detector._image_scores` then ``_combine``."""
+        """The image model with feature-map scorers: :meth:`Detector._image_scores` then ``_image_score``."""
         cfg = self.config
         embedding, maps = self.model.embed_with_maps(x, cfg.feature_map_stages)
         pooled = torch.cat([F.adaptive_avg_pool2d(m.float(), cfg.local_grid) for m in maps], dim=1)
         grid = self.local(pooled.flatten(2).transpose(1, 2)).reshape(-1, cfg.local_grid, cfg.local_grid)
         global_scores = self.density(embedding.float())
-        return self._combine(global_scores, grid), grid_to_maps(grid, self.size)
+        return self._image_score(global_scores, grid), grid_to_maps(grid, self.size)
 
-    def _combine(self, global_scores: Tensor, grid: Tensor) -> Tensor:
-        scoring = self.scoring
-        if scoring.image_score == "global":
+    def _image_score(self, global_scores: Tensor, grid: Tensor) -> Tensor:
+        if self.scoring.image_score == "global":
             return global_scores
         flat = grid.flatten(1).double()
         local = flat.amax(1)
-        if scoring.feature_score == "max-median":  # torch's median of an even count is the lower middle value
+        if self.scoring.feature_score == "max-median":  # torch's median of an even count is the lower middle value
             local = local - flat.sort(1).values[:, (flat.shape[1] - 1) // 2]
-        if scoring.image_score == "local":
-            return local
-        norm = self.meta["score_norm"]
-        return standardise(global_scores, norm["global"]) + standardise(local, norm["local"])
+        return local
 
     def _gradcam(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """:func:`cutpaste.localization.gradcam.gradcam_maps` with the gradient of the squared distance written out."""

@@ -92,7 +92,7 @@ def test_trial_row_resolves_the_sampled_point():
     assert (row["ensemble_size"], row["ensemble_rule"]) == (3, "mean")
     assert (row["val_auroc"], row["iterations"], row["outcome"], row["error"]) == (0.9, 4, "finished", "")
     assert row["params"] == {"learning_rate": 0.05, "ensemble_size": 3}
-    sampled = {"image_score": "combined", "feature_density": "knn", "feature_score": "max-median", "feature_stages": 2}
+    sampled = {"image_score": "local", "feature_density": "knn", "feature_score": "max-median", "feature_stages": 2}
     scored = _trial_row(_settings(), _result("t4", 0.8, **sampled, pre_jitter=0.2), "val_auroc")
     assert {k: scored[k] for k in sampled} == sampled, "scoring is searchable"
     assert scored["pre_jitter"] == 0.2, "the whole-image jitter is searchable, and the table shows it"
