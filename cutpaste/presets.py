@@ -99,16 +99,23 @@ def preset(name: str) -> TrainConfig:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
 
 
-def load_config(path: str | Path, *, base: TrainConfig | None = None) -> TrainConfig:
-    """Reads a JSON config file: a short difference from a preset (``{"preset": "demo", ...}``)."""
+def read_json_object(path: str | Path, what: str, error: type[ConfigError] = ConfigError) -> dict[str, Any]:
+    """A user's JSON file (a config, a search space) as a dict; a missing file, bad JSON or another top
+    level is ``error`` naming ``what`` and the path."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise error(f"{what} not found: {path}") from None
     except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+        raise error(f"{what} {path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a JSON object at the top level")
+        raise error(f"{what} {path}: expected a JSON object at the top level")
+    return data
+
+
+def load_config(path: str | Path, *, base: TrainConfig | None = None) -> TrainConfig:
+    """Reads a JSON config file: a short difference from a preset (``{"preset": "demo", ...}``)."""
+    data = read_json_object(path, "config file")
     start = preset(data["preset"]) if "preset" in data else (base or preset("paper"))
     return start.override({k: v for k, v in data.items() if k != "preset"}, source=str(path))

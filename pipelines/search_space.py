@@ -15,7 +15,6 @@ ensemble settings.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 from cutpaste.config import VARIANTS, TrainConfig, field_parts
 from cutpaste.ensemble import RULES
 from cutpaste.errors import ConfigError
+from cutpaste.presets import read_json_object
 
 # Metrics every validation-mode trial reports (pipelines/train_run.py); the sweep ranks on one of them.
 METRICS = ("val_auroc", "val_aupr", "val_f1_max")
@@ -145,16 +145,7 @@ def _as_range(value: Any, log: bool) -> FloatRange:
 
 
 def load_space(path: str | Path) -> SearchSpace:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SearchSpaceError(f"search space file not found: {path}") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SearchSpaceError(f"search space file {path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise SearchSpaceError(f"search space file {path}: expected a JSON object")
-    return SearchSpace.from_dict(data, source=str(path))
+    return SearchSpace.from_dict(read_json_object(path, "search space file", SearchSpaceError), source=str(path))
 
 
 SPACES: dict[str, SearchSpace] = {

@@ -87,3 +87,18 @@ def test_the_default_spaces_are_valid():
     assert point.overrides == {"map_sigma": 4, "augment.scar_rotation": 30, "augment.area_ratio": [0.01, 0.1]}
     with pytest.raises(SearchSpaceError, match="aspect_ratio_min"):
         SearchSpace.from_dict({"aspect_ratio_min": [0.5, 1.5], "aspect_ratio_max": [2.0, 3.0]})
+
+
+def test_a_search_space_file_that_is_not_a_json_object_names_the_file(tmp_path):
+    from pipelines.search_space import load_space
+
+    path = tmp_path / "space.json"
+    for content, reason in (("{not json", "is not valid JSON"), ("[1, 2]", "expected a JSON object")):
+        path.write_text(content)
+        with pytest.raises(SearchSpaceError, match=reason):
+            load_space(path)
+    with pytest.raises(SearchSpaceError, match=r"search space file not found: .*missing\.json"):
+        load_space(tmp_path / "missing.json")
+    path.write_text(json.dumps({"learning_rate": [0.01, 0.1]}))
+    lr = load_space(path).learning_rate
+    assert (lr.low, lr.high) == (0.01, 0.1)
