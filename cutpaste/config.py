@@ -19,6 +19,7 @@ LOCAL_DENSITIES = ("auto", "per_location", "shared", "knn")
 IMAGE_SCORES = ("global", "local", "auto")
 PATCH_SCORES = ("grid_max", "map_max")
 FEATURE_SCORES = ("max", "max-median")
+MAP_SCORERS = ("auto", "local")
 # The largest colour jitter (brightness, contrast, saturation and hue alike; hue cannot go past half a turn).
 MAX_JITTER = 0.5
 # The config's three parts. training: what decides the trained weights, the training key (a resumed run
@@ -124,6 +125,12 @@ class TrainConfig:
     # position (ours): a texture's own typical patch is normal, so an image whose every patch is far
     # from the bank (unusual lighting) is not flagged for that, only for the patch that stands out.
     feature_score: str = _scoring("max")
+    # What draws the image model's anomaly maps. auto: the scorer that scores (the feature-map grid where
+    # the image score is local; GradCAM for the global Gaussian; where image_score=auto chose the global
+    # score, its best-ranked candidate with a grid). local: the feature-map scorer of ``feature_density``,
+    # fitted for the maps even where the image score is the global Gaussian (the paper's score, maps
+    # without GradCAM's backward pass). The image score is the same either way.
+    map_scorer: str = _scoring("auto")
     # Ship the untrained twin (the same scoring on the run's random initial weights) instead of the trained
     # encoder where the twin scores higher on the detector's validation (same anomalies, same digest):
     # training must earn its place per category (ours; off in the paper preset, which is the paper's).
@@ -181,16 +188,22 @@ class TrainConfig:
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate: must be > 0, got {self.learning_rate}")
         choice_fields = {"image_score": IMAGE_SCORES}
-        choice_fields |= {"feature_density": LOCAL_DENSITIES, "feature_score": FEATURE_SCORES}
+        choice_fields |= {
+            "feature_density": LOCAL_DENSITIES,
+            "feature_score": FEATURE_SCORES,
+            "map_scorer": MAP_SCORERS,
+        }
         choice_fields |= {"local_density": LOCAL_DENSITIES, "patch_score": PATCH_SCORES}
         for name, choices in choice_fields.items():
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name}: unknown {getattr(self, name)!r}; choose one of {', '.join(choices)}")
-        if self.image_score not in ("global", "auto"):
+        for name, value in (("image_score", self.image_score), ("map_scorer", self.map_scorer)):
+            if value != "local":
+                continue
             if self.patch_size:
-                raise ConfigError("image_score: local applies to the image-level model (patch_size 0)")
+                raise ConfigError(f"{name}: local applies to the image-level model (patch_size 0)")
             if not self.backbone.startswith("resnet"):
-                raise ConfigError(f"image_score: {self.image_score!r} needs a ResNet backbone, got {self.backbone!r}")
+                raise ConfigError(f"{name}: 'local' needs a ResNet backbone, got {self.backbone!r}")
         self._validate_feature_maps()
         if self.patch_size:
             if self.patch_size < 16:

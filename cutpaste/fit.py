@@ -2,7 +2,8 @@
 calibrated on out-of-fold scores of those images, never on test data.
 
 Three kinds: the image model scored by the paper's Gaussian on the pooled embedding; the image model
-with feature-map scorers (``image_score`` local, or auto's choice); the patch model, whose
+with feature-map scorers (``image_score`` local, auto's choice, or ``map_scorer=local`` for the maps of a
+global score); the patch model, whose
 grid scorer draws dense anomaly maps. Every out-of-fold score comes from
 :func:`cutpaste.scoring.folds.out_of_fold` and every scorer from the registry
 (:mod:`cutpaste.scoring.registry`).
@@ -46,7 +47,8 @@ def fit_detector(
     if config.patch_size:
         return _fit_patch_detector(model, train_images, config, category=category, meta=meta)
     scoring, meta, features = _resolve_scoring(model, train_images, config, category, meta)
-    if scoring.image_score != "global" or features is not None:  # a chosen global score keeps feature maps
+    # A global score keeps feature-map scorers for the maps where auto chose it, or the config asks for them.
+    if scoring.image_score != "global" or features is not None or config.map_scorer == "local":
         return _fit_local_image_detector(
             model, train_images, config, scoring, category=category, meta=meta, features=features
         )

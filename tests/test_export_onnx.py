@@ -18,7 +18,6 @@ onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from cutpaste import fit as fit_module  # noqa: E402
 from cutpaste.cli import main  # noqa: E402
 from cutpaste.data.images import load_images  # noqa: E402
 from cutpaste.data.layout import list_samples  # noqa: E402
@@ -30,7 +29,6 @@ from cutpaste.fit import fit_detector  # noqa: E402
 from cutpaste.integrity import sha256_file  # noqa: E402
 from cutpaste.model.network import build_model  # noqa: E402
 from cutpaste.presets import preset  # noqa: E402
-from cutpaste.scoring.choice import Scoring  # noqa: E402
 from cutpaste.serving.export import ExportResult, export_model  # noqa: E402
 from cutpaste.serving.onnx_graph import RTOL, build_onnx, check_against_torch, max_difference, probe_images  # noqa: E402
 from cutpaste.train.loop import train_model  # noqa: E402
@@ -45,7 +43,7 @@ SCORERS: dict[str, dict] = {
     "local-shared-two-stages": {"image_score": "local", "feature_density": "shared", "feature_stages": 2},
     "knn": {"image_score": "local", "feature_density": "knn"},
     "knn-relative": {"image_score": "local", "feature_density": "knn", "feature_score": "max-median"},
-    "global-with-knn-maps": {"image_score": "global", "feature_density": "knn"},
+    "global-with-knn-maps": {"image_score": "global", "feature_density": "knn", "map_scorer": "local"},
     "patch-knn": {"patch_size": 32, "patch_stride": 8, "local_density": "knn"},
     "patch-per_location-map_max": {
         "patch_size": 32,
@@ -84,10 +82,6 @@ def _fit(trained: Trained, changes: dict) -> Detector:
     model = build_model(config)  # the embedding is the network's: the trained weights in a model built for it
     model.load_state_dict(trained.model.state_dict())
     model.eval()
-    if changes.get("image_score") == "global" and "feature_density" in changes:
-        # What image_score=auto leaves when the global score wins: feature-map scorers kept for the maps.
-        scoring = Scoring.of_config(config)
-        return fit_module._fit_local_image_detector(model, trained.train, config, scoring, category=CATEGORY, meta={})
     return fit_detector(model, trained.train, config, category=CATEGORY)
 
 

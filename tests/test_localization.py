@@ -216,3 +216,29 @@ def test_a_position_that_never_changes_still_gets_a_proper_gaussian():
     probe[0, 0, 0] += 0.5
     scores = local.score(torch.cat([features[:1], probe]))
     assert torch.isfinite(scores).all() and scores[1, 0] > scores[0, 0]
+
+
+def test_the_config_can_ask_for_feature_map_maps_beside_the_global_score(tmp_path):
+    """``map_scorer=local``: the paper's global score, maps from the feature-map scorer (no GradCAM); the
+    score is exactly the plain global detector's, and the saved bundle keeps both."""
+    from cutpaste.fit import fit_detector
+    from cutpaste.model.network import build_model
+
+    base = preset("ci").override({"image_size": 64, "local_grid": 4, "feature_density": "knn"})
+    images = torch.randint(0, 256, (12, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    model = build_model(base).eval()
+    plain = fit_detector(model, images, base, category="widget")
+    mapped = fit_detector(model, images, base.override({"map_scorer": "local"}), category="widget")
+    assert plain.grid is None and mapped.grid is not None and mapped.scoring.image_score == "global"
+    torch.testing.assert_close(mapped.score(images[:4]), plain.score(images[:4]), rtol=0, atol=0)
+    assert mapped.threshold == plain.threshold
+    with pytest.raises(ConfigError, match="scores globally"):
+        plain.anomaly_maps(images[:2], "local")
+    scores, maps = Detector.load(mapped.save(tmp_path / "m")).anomaly_maps(images[:2])  # auto: the grid's
+    torch.testing.assert_close(scores, plain.score(images[:2]), rtol=0, atol=0)
+    torch.testing.assert_close(maps, mapped.anomaly_maps(images[:2], "local")[1])
+    assert not torch.allclose(maps, plain.anomaly_maps(images[:2])[1]), "not GradCAM's maps"
+    with pytest.raises(ConfigError, match="map_scorer: local applies to the image-level model"):
+        base.override({"map_scorer": "local", "patch_size": 32})
+    with pytest.raises(ConfigError, match="map_scorer: unknown 'gradcam'"):
+        base.override({"map_scorer": "gradcam"})
