@@ -100,7 +100,8 @@ class Detector:
         """Map values shown as cold and hot: a typical normal value, and twice the way from it to the
         threshold, so that the threshold sits in the middle of the colour scale of every heatmap."""
         low = float(self.meta.get("map_low", 0.0))
-        # Where auto chose the global score, the threshold is in other units than the map: the map's own.
+        # Where the global score is reported (auto's choice, or map_scorer=local), the threshold is in other
+        # units than the map: the map's own.
         threshold = float(self.meta.get("map_threshold", self.threshold))
         return low, low + 2.0 * max(threshold - low, 1e-6)
 
@@ -134,7 +135,7 @@ class Detector:
             raise ConfigError(f"map mode {mode}: needs the image-level model; this bundle holds a patch model")
         if mode == "local" or (mode == "auto" and self.grid is not None):
             if self.grid is None:
-                raise ConfigError("map mode local: this detector scores globally (train with --set image_score=local)")
+                raise ConfigError("map mode local: this detector scores globally (train with --set map_scorer=local)")
             global_scores, grid = self._image_scores(images)
             return self._image_score(global_scores, grid), grid_to_maps(grid, self.config.image_size)
         _, maps = gradcam_maps(
@@ -170,7 +171,7 @@ class Detector:
         return self.density.score(embeddings), local
 
     def _image_score(self, global_scores: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        if self.scoring.image_score == "global":  # auto chose the global score; the grid gives the maps
+        if self.scoring.image_score == "global":  # auto chose it, or map_scorer=local: the grid gives the maps
             return global_scores.double()
         return grid_image_scores(grid, self.scoring.feature_score)
 
