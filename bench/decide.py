@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from decision_rule import MIN_SEEDS, decide
+from decision_rule import MIN_SEEDS, decide, list_verdict
 from quality import _CACHE, _trained, load_images_tensor, training_key
 
 from cutpaste.atomic import atomic_write_text
@@ -79,7 +79,8 @@ DECISIONS = (
     ("feature_stages=2", "preset", "one-stage", "layer1 stacked onto layer2's feature map vs layer2 alone"),
     ("local_stage=2", "preset", "stage3", "feature maps from layer1+2 vs layer2+3"),
 )
-# Each of auto's candidates against the list without it: "adopt" keeps it in the list, "keep" removes it.
+# Each of auto's candidates against the list without it, under the list rule (decision_rule.list_verdict):
+# "adopt" keeps it in the list, "keep" removes it.
 CANDIDATE_DECISIONS = tuple(
     (
         f"auto list: {c.name}",
@@ -203,6 +204,8 @@ def decisions(runs: list[dict[str, Any]], preset_name: str, categories: list[str
                 d = decide(option, baseline, val, test)
             except ValueError:
                 continue
+            if name.startswith("auto list: "):
+                d.verdict = list_verdict(d.verdict, d.val_delta)
             row = {"preset": preset_name, "decision": name, "what": what, "metric": metrics[0], "scope": "all"}
             out.append({**row, **d.to_dict()})
             if name == "training":

@@ -9,6 +9,11 @@ every development category,
    baseline's validation AUROC over seeds).
 
 Test AUROC deltas are carried beside the decision for the record and never read by it.
+
+A candidate of ``image_score=auto``'s list is the exception (:func:`list_verdict`): the candidates stand
+in for each other, so leaving one out moves validation by less than its noise although the list as a
+whole won. A candidate stays in the list when leaving it out lowered mean validation over the same seeds
+and categories, and leaves it otherwise.
 """
 
 from __future__ import annotations
@@ -92,6 +97,14 @@ def decide(
         test_delta=_test_delta(option, baseline, test) if test else None,
         verdict=verdict,
     )
+
+
+def list_verdict(verdict: str, val_delta: float) -> str:
+    """The verdict of "candidate in auto's list vs the list without it": "adopt" (it stays) when leaving
+    it out lowered mean validation, else "keep" (the list without it); too few seeds stay undecided."""
+    if verdict.startswith("undecided"):
+        return verdict
+    return "adopt" if val_delta > 0 else "keep"
 
 
 def _test_delta(option: str, baseline: str, test: dict[str, dict[int, dict[str, float]]]) -> float | None:

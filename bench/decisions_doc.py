@@ -33,7 +33,9 @@ So a candidate leaves the list when leaving it out did not lower mean validation
 the row is a copy of the preset's and the gain is exactly zero; or chose it to a loss), and the others
 stay; leaving out several at once is not measured. The `patch:` decisions are about the patch
 model (32 px patches at 128 px, stride 8, on top of the preset) and read pixel AUROC on the validation
-anomalies' masks (normals and the voting kinds), since a patch model is there to localize.
+anomalies' masks (normals and the voting kinds), since a patch model is there to localize. A preset
+carries the verdict made on a retired version of it (`short-v1` for `short`) until it has its own with
+enough seeds; tests/test_decide.py checks that every preset holds each verdict in force.
 
 **Validation.** Seed s holds out fold s mod 5 of `train/good` (the encoder never sees it), and makes two
 anomalies of each kind from each held-out image with one fixed seed. Only {voting} vote: they share no
@@ -110,12 +112,29 @@ def _kind_rows(runs: list[dict[str, Any]], preset: str) -> list[str]:
 
 
 DECIDED_PRESETS = ("demo", "short")
+FINAL = ("adopt", "keep")
 # Presets as they were when decided, under the name their runs and decisions are kept by: the verdicts
 # changed the preset, so its current name measures something else.
 RETIRED = {
     "short-v1": "`short` as it was decided (layer1+2 feature maps, no whole-image jitter, the bank centred "
     "per image, seven auto candidates; 00af0bb). Its verdicts made today's `short`.",
 }
+
+
+def in_force(decisions: list[dict[str, Any]], preset: str, name: str) -> dict[str, Any] | None:
+    """The decision ``name`` the preset stands on: its own verdict, else (not measured on today's preset,
+    or too few seeds yet) the one made on a retired version of it (``short-v1`` for ``short``), whose
+    verdict the preset carries until its own is made; else its own undecided one, or None."""
+
+    def found(p: str) -> list[dict[str, Any]]:
+        return [d for d in decisions if d["preset"] == p and d["decision"] == name and d["scope"] == "all"]
+
+    own = found(preset)
+    if own and own[0]["verdict"] in FINAL:
+        return own[0]
+    older = [d for p in sorted(RETIRED, reverse=True) if p.startswith(f"{preset}-") for d in found(p)]
+    older = [d for d in older if d["verdict"] in FINAL]
+    return older[0] if older else (own[0] if own else None)
 
 
 def _coverage(decisions: list[dict[str, Any]]) -> list[str]:
@@ -126,8 +145,13 @@ def _coverage(decisions: list[dict[str, Any]]) -> list[str]:
     for preset in DECIDED_PRESETS:
         names = [d[0] for d in (*DECISIONS, jitter_decision(preset), *CANDIDATE_DECISIONS, *PATCH_DECISIONS)]
         for name in names:
-            found = [d for d in decisions if d["preset"] == preset and d["decision"] == name and d["scope"] == "all"]
-            status = found[0]["verdict"] if found else "not measured yet"
+            d = in_force(decisions, preset, name)
+            status = "not measured yet" if d is None else d["verdict"]
+            if d is not None and d["preset"] != preset:
+                status = f"{d['verdict']} (decided on `{d['preset']}`, carried over)"
+                own = [x for x in decisions if (x["preset"], x["decision"], x["scope"]) == (preset, name, "all")]
+                if own:
+                    status = f"{own[0]['verdict']}; until then {status}"
             lines.append(f"| {preset} | {name} | {status} |")
     return lines
 

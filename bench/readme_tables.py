@@ -167,7 +167,9 @@ def decisions_table() -> list[str]:
         if d["scope"] != "all":
             continue
         if d["decision"].startswith("auto list: "):
-            kept = "undecided" if d["verdict"].startswith("undecided") else "stayed" if d["val_delta"] > 0 else "left"
+            kept = (
+                "undecided" if d["verdict"].startswith("undecided") else "stayed" if d["verdict"] == "adopt" else "left"
+            )
             listed.setdefault(d["preset"], {}).setdefault(kept, []).append(d["decision"].removeprefix("auto list: "))
             continue
         seeds = min(d["seeds"].values())

@@ -126,3 +126,43 @@ def test_decisions_no_longer_made_are_kept_as_recorded(decide, tmp_path):
     made = [{"preset": "demo", "decision": "training", "scope": "all", "verdict": "adopt", "commit": "b"}]
     assert decide._frozen(path, made) == old[:2]
     assert decide._frozen(tmp_path / "none.json", made) == []
+
+
+# What each decision's option is in a config: "adopt" means the preset holds it, "keep" that it does not.
+HOLDS = {
+    "image_score=auto": lambda c: c.image_score == "auto",
+    "feature_stages=2": lambda c: c.feature_stages == 2,
+    "local_stage=2": lambda c: c.local_stage == 2,
+    "pre_jitter=0": lambda c: c.augment.pre_jitter == 0,
+    "feature_centring": lambda c: getattr(c, "feature_centring", False),  # deleted after losing
+    "patch: local_density=per_location": lambda c: c.local_density == "per_location",
+    "patch: local_density=knn": lambda c: c.local_density == "knn",
+    "patch: map_sigma=0": lambda c: c.map_sigma == 0,
+}
+
+
+def test_the_presets_hold_every_verdict_in_force(decide):
+    """docs/decisions.md and the presets agree: each decided option is in its preset exactly when adopted
+    (a verdict made on a retired version of a preset counts until today's preset has its own); auto's list
+    holds the candidates that stayed; where training did not beat its twin the twin guard is on."""
+    from decisions_doc import DECIDED_PRESETS, in_force
+
+    from cutpaste.presets import preset
+
+    decisions = json.loads((ROOT / "bench" / "results" / "decisions.json").read_text())["decisions"]
+    listed = {c.name for c in decide.scorer_selection.CANDIDATES}
+    checked = 0
+    for name in sorted({d["decision"] for d in decisions}):
+        for preset_name in DECIDED_PRESETS:
+            d = in_force(decisions, preset_name, name)
+            if d is None or d["verdict"] not in ("adopt", "keep"):
+                continue
+            config, adopted = preset(preset_name), d["verdict"] == "adopt"
+            if name == "training":
+                assert adopted or config.untrained_fallback, (preset_name, name)
+            elif name.startswith("auto list: "):
+                assert (name.removeprefix("auto list: ") in listed) == adopted, (preset_name, name, d["preset"])
+            else:
+                assert HOLDS[name](config) == adopted, (preset_name, name, d["preset"])
+            checked += 1
+    assert checked >= 10

@@ -60,3 +60,15 @@ def test_test_auroc_is_carried_and_never_read(rule):
     a, b = rule.decide("option", "baseline", val, good), rule.decide("option", "baseline", val, bad)
     assert (a.test_delta, b.test_delta) == (1.0, -1.0)
     assert a.verdict == b.verdict == "adopt"
+
+
+def test_a_candidate_stays_in_autos_list_when_leaving_it_out_lowered_mean_validation(rule):
+    """Chosen on one category of two, leaving it out loses there and changes nothing on the other: the
+    interval reaches zero (the standard rule would keep the list without it) but the mean fell, so it stays;
+    a candidate whose removal changed nothing (or helped) leaves."""
+    d = rule.decide("option", "baseline", _val({"a": [0.02, 0.03, 0.01], "b": [0.0, 0.0, 0.0]}, BASE))
+    assert d.verdict == "keep" and d.val_low == 0
+    assert rule.list_verdict(d.verdict, d.val_delta) == "adopt"
+    assert rule.list_verdict("keep", 0.0) == "keep" and rule.list_verdict("adopt", -0.001) == "keep"
+    undecided = "undecided: 2 paired seeds (need 3 on every category)"
+    assert rule.list_verdict(undecided, 0.5) == undecided
