@@ -54,7 +54,8 @@ class AugmentConfig:
     scar_rotation: float = 45.0
     patch_jitter: float = 0.1
     # Pre-augmentation of the whole image before any CutPaste view is made. Every view of a step shares
-    # it, so its colour jitter teaches the encoder to ignore colour; the short preset sets it to 0.
+    # it, so its colour jitter teaches the encoder to ignore colour; every preset keeps the paper's 0.1
+    # (dropping it lost at demo's budget on 3 seeds x 4 real categories: docs/decisions.md).
     pre_translate: float = 8.0
     pre_jitter: float = 0.1
 
