@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from decisions_doc import row_mean
+from decisions_doc import RETIRED, row_mean
 
 from cutpaste.atomic import atomic_write_text
 from cutpaste.evaluation.paper import PAPER_IMAGE_AUROC, PAPER_PIXEL_AUROC
@@ -153,8 +153,8 @@ def scale_table() -> list[str]:
 
 
 def decisions_table() -> list[str]:
-    """Each decision of each preset: validation delta with its interval, and the verdict; auto's
-    candidate list as one line per preset (which candidates stay)."""
+    """Each decision of each preset in use (a retired preset's stay in docs/decisions.md): validation
+    delta with its interval, and the verdict; auto's candidate list as one line per preset."""
     if not (RESULTS / "decisions.json").is_file():
         return ["(no decisions recorded yet: run `bench/decide.py`)"]
     data = _load("decisions.json")
@@ -163,8 +163,8 @@ def decisions_table() -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     listed: dict[str, dict[str, list[str]]] = {}
-    for d in data["decisions"]:
-        if d["scope"] != "all":
+    for d in sorted(data["decisions"], key=lambda d: d["preset"]):  # stable: each preset in its own order
+        if d["scope"] != "all" or d["preset"] in RETIRED:
             continue
         if d["decision"].startswith("auto list: "):
             kept = (
