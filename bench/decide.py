@@ -105,7 +105,21 @@ PATCH_DECISIONS = (
         "a k-NN memory bank of patch features vs the paper's shared Gaussian",
     ),
     ("patch: map_sigma=0", "patch-sigma0", "patch", "smoothing by a quarter patch vs the paper's sigma 4 px at 256 px"),
+    # Where both alternatives beat the shared Gaussian, the simpler one (no memory bank) stays unless the
+    # bank beats it too: read by patch_density.
+    ("patch: knn over per_location", "patch-knn", "patch-per-location", "the k-NN bank vs one Gaussian per position"),
 )
+
+
+def patch_density(verdicts: dict[str, str]) -> str:
+    """The patch model's ``local_density`` the patch decisions' verdicts (name -> verdict) choose."""
+    knn = verdicts.get("patch: local_density=knn") == "adopt"
+    per_location = verdicts.get("patch: local_density=per_location") == "adopt"
+    if knn and (not per_location or verdicts.get("patch: knn over per_location") == "adopt"):
+        return "knn"
+    return "per_location" if per_location else "shared"
+
+
 PIXEL_METRICS = ("val_pixel_auroc", "pixel_auroc")
 PIXEL_ROWS = (
     "preset",

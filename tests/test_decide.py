@@ -135,8 +135,6 @@ HOLDS = {
     "local_stage=2": lambda c: c.local_stage == 2,
     "pre_jitter=0": lambda c: c.augment.pre_jitter == 0,
     "feature_centring": lambda c: getattr(c, "feature_centring", False),  # deleted after losing
-    "patch: local_density=per_location": lambda c: c.local_density == "per_location",
-    "patch: local_density=knn": lambda c: c.local_density == "knn",
     "patch: map_sigma=0": lambda c: c.map_sigma == 0,
 }
 
@@ -160,9 +158,26 @@ def test_the_presets_hold_every_verdict_in_force(decide):
             config, adopted = preset(preset_name), d["verdict"] == "adopt"
             if name == "training":
                 assert adopted or config.untrained_fallback, (preset_name, name)
+            elif name.startswith("patch: ") and name != "patch: map_sigma=0":
+                checked -= 1  # the density's decisions are read together below
             elif name.startswith("auto list: "):
                 assert (name.removeprefix("auto list: ") in listed) == adopted, (preset_name, name, d["preset"])
             else:
                 assert HOLDS[name](config) == adopted, (preset_name, name, d["preset"])
             checked += 1
+    for preset_name in DECIDED_PRESETS:
+        verdicts = {}
+        for name in {d["decision"] for d in decisions if d["decision"].startswith("patch: ")}:
+            d = in_force(decisions, preset_name, name)
+            verdicts[name] = "" if d is None else d["verdict"]
+        assert preset(preset_name).local_density == decide.patch_density(verdicts), preset_name
     assert checked >= 10
+
+
+def test_the_patch_density_is_the_simpler_alternative_unless_the_bank_beats_it_too(decide):
+    adopt = {"patch: local_density=per_location": "adopt", "patch: local_density=knn": "adopt"}
+    assert decide.patch_density({}) == "shared"
+    assert decide.patch_density({"patch: local_density=knn": "undecided: 1 paired seeds"}) == "shared"
+    assert decide.patch_density(adopt) == "per_location"
+    assert decide.patch_density({**adopt, "patch: knn over per_location": "adopt"}) == "knn"
+    assert decide.patch_density({"patch: local_density=knn": "adopt"}) == "knn"
