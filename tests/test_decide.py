@@ -137,13 +137,15 @@ HOLDS = {
     "feature_centring": lambda c: getattr(c, "feature_centring", False),  # deleted after losing
     "patch: map_sigma=0": lambda c: c.map_sigma == 0,
 }
+# The patch density's decisions, read together (decide.patch_density).
+DENSITY = ("patch: local_density=per_location", "patch: local_density=knn", "patch: knn over per_location")
 
 
 def test_the_presets_hold_every_verdict_in_force(decide):
     """docs/decisions.md and the presets agree: each decided option is in its preset exactly when adopted
     (a verdict made on a retired version of a preset counts until today's preset has its own); auto's list
     holds the candidates that stayed; where training did not beat its twin the twin guard is on."""
-    from decisions_doc import DECIDED_PRESETS, in_force
+    from decisions_doc import DECIDED_PRESETS, FINAL, in_force
 
     from cutpaste.presets import preset
 
@@ -153,13 +155,11 @@ def test_the_presets_hold_every_verdict_in_force(decide):
     for name in sorted({d["decision"] for d in decisions}):
         for preset_name in DECIDED_PRESETS:
             d = in_force(decisions, preset_name, name)
-            if d is None or d["verdict"] not in ("adopt", "keep"):
-                continue
+            if d is None or d["verdict"] not in FINAL or name in DENSITY:
+                continue  # the density's decisions are read together below
             config, adopted = preset(preset_name), d["verdict"] == "adopt"
             if name == "training":
                 assert adopted or config.untrained_fallback, (preset_name, name)
-            elif name.startswith("patch: ") and name != "patch: map_sigma=0":
-                checked -= 1  # the density's decisions are read together below
             elif name.startswith("auto list: "):
                 assert (name.removeprefix("auto list: ") in listed) == adopted, (preset_name, name, d["preset"])
             else:
@@ -167,7 +167,7 @@ def test_the_presets_hold_every_verdict_in_force(decide):
             checked += 1
     for preset_name in DECIDED_PRESETS:
         verdicts = {}
-        for name in {d["decision"] for d in decisions if d["decision"].startswith("patch: ")}:
+        for name in DENSITY:
             d = in_force(decisions, preset_name, name)
             verdicts[name] = "" if d is None else d["verdict"]
         assert preset(preset_name).local_density == decide.patch_density(verdicts), preset_name
