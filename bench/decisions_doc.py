@@ -26,7 +26,11 @@ more than its own seed-to-seed spread (the baseline's standard deviation over se
 simpler choice, or the incumbent where both are ours, stays. Test AUROC is computed after the
 validation and shown beside each decision; it never changes one. For `training`, "keep" means the
 trained encoder did not beat its untrained twin: the twin guard (`untrained_fallback`) then decides per
-run which one ships. For `auto list: X` (candidate X in `image_score=auto`'s list against the list
+run which one ships. `recipe: X` trains the preset with one change to its recipe (`bench/decide.py`
+RECIPES: fewer steps, a lower learning rate, other views) against the preset's; `training at X` is that
+encoder against the untrained twin, per category too: the recipe is revisited until training beats its
+twin on every category. A preset that adopts a recipe is retired and measured again (its runs measured
+the old recipe). For `auto list: X` (candidate X in `image_score=auto`'s list against the list
 without it) the rule cannot work one candidate at a time: the candidates stand in for each other, so
 leaving out any one of them moves validation by less than its noise although the list as a whole won.
 So a candidate leaves the list when leaving it out did not lower mean validation (auto never chose it:
@@ -96,6 +100,25 @@ def _training_rows(decisions: list[dict[str, Any]], runs: list[dict[str, Any]], 
             f"{mean('untrained', 'pixel_auroc')} | **{d['verdict']}** |"
         )
     return lines
+
+
+def _recipe_rows(decisions: list[dict[str, Any]], runs: list[dict[str, Any]], preset: str) -> list[str]:
+    """Each training recipe measured (bench/decide.py RECIPES) against the untrained twin, per category."""
+    lines = [
+        "| recipe | category | seeds | recipe val | untrained val | delta [95 % interval] | recipe test | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for d in decisions:
+        if d["preset"] != preset or not d["decision"].startswith("training at ") or d["scope"] == "all":
+            continue
+        c, recipe = d["scope"], d["option"]
+        lines.append(
+            f"| {recipe} | {c} | {d['seeds'][c]} | {row_mean(runs, preset, c, recipe, 'val_auroc')} | "
+            f"{row_mean(runs, preset, c, 'untrained', 'val_auroc')} | {d['val_delta']:+.3f} "
+            f"[{d['val_low']:+.3f}, {d['val_high']:+.3f}] | {row_mean(runs, preset, c, recipe, 'image_auroc')} | "
+            f"**{d['verdict']}** |"
+        )
+    return lines if len(lines) > 2 else []
 
 
 def _kind_rows(runs: list[dict[str, Any]], preset: str) -> list[str]:
@@ -170,6 +193,9 @@ def render(data: dict[str, Any]) -> str:
         parts += [*_decision_rows(decisions, preset), ""]
         parts += [f"### Trained against untrained, per category (`{preset}`)", ""]
         parts += [*_training_rows(decisions, runs, preset), ""]
+        if recipes := _recipe_rows(decisions, runs, preset):
+            parts += [f"### Training recipes against the untrained twin, per category (`{preset}`)", ""]
+            parts += [*recipes, ""]
         parts += [f"### Validation AUROC per anomaly kind (`{preset}`, mean over seeds)", ""]
         parts += [*_kind_rows(runs, preset), ""]
     return "\n".join(parts)

@@ -113,6 +113,32 @@ def test_patch_decisions_read_pixel_auroc_and_image_decisions_image_auroc(decide
     assert "patch: local_density=knn" not in made  # no patch-knn rows: no decision, never a made-up one
 
 
+def test_a_recipe_is_decided_against_the_preset_and_per_category_against_the_twin(decide):
+    """A recipe measured on one category of two: undecided overall (every category needs its seeds), but
+    decided against the twin on the category that has it; the preset's training decision is untouched."""
+    runs = []
+    for category in ("a", "b"):
+        for seed in range(3):
+            common = {"preset": "short", "category": category, "seed": seed, "image_auroc": 0.5}
+            wobble = 0.01 * seed
+            runs += [
+                {**common, "row": "preset", "val_auroc": 0.80 + wobble},
+                {**common, "row": "untrained", "val_auroc": 0.81 + wobble},
+            ]
+            if category == "a":
+                runs.append({**common, "row": "half-steps", "val_auroc": 0.85 + wobble})
+    made = {(d["decision"], d["scope"]): d for d in decide.decisions(runs, "short", ["a", "b"])}
+    assert made[("recipe: half-steps", "all")]["verdict"].startswith("undecided")
+    assert made[("training at half-steps", "all")]["verdict"].startswith("undecided")
+    at_a = made[("training at half-steps", "a")]
+    assert at_a["verdict"] == "adopt" and at_a["val_delta"] == pytest.approx(0.04)
+    assert ("training at half-steps", "b") not in made
+    assert made[("training", "a")]["verdict"] == "keep"
+    config = decide.row_config("half-steps", "short", 1)
+    assert (config.steps, config.seed) == (decide.preset("short").steps // 2, 1)
+    assert decide.row_config("cutpaste-only", "short", 0).variant == "normal"
+
+
 def test_decisions_no_longer_made_are_kept_as_recorded(decide, tmp_path):
     """A retired preset's decisions and a deleted option's stay in the file with their commit; a decision
     made again replaces its record."""
@@ -160,6 +186,12 @@ def test_the_presets_hold_every_verdict_in_force(decide):
             config, adopted = preset(preset_name), d["verdict"] == "adopt"
             if name == "training":
                 assert adopted or config.untrained_fallback, (preset_name, name)
+            elif name.startswith("training at "):
+                continue  # a recipe against the twin: what the preset holds is its recipe decision
+            elif name.startswith("recipe: "):
+                # Adopting a recipe changes the preset and retires its runs (they measured the old recipe):
+                # only a retired version's verdict can be an adoption.
+                assert not adopted or d["preset"] != preset_name, (preset_name, name, "retire the preset's runs")
             elif name.startswith("auto list: "):
                 assert (name.removeprefix("auto list: ") in listed) == adopted, (preset_name, name, d["preset"])
             else:
