@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from decision_rule import MIN_SEEDS, decide, list_verdict
+from decisions_doc import DECIDED_PRESETS, render
 from quality import _CACHE, _trained, load_images_tensor, training_key
 
 from cutpaste.atomic import atomic_write_text
@@ -49,15 +50,21 @@ from cutpaste.scoring import selection as scorer_selection
 from cutpaste.scoring.baselines import pixel_statistics_scores, untrained_detector
 
 PATCH: dict[str, Any] = {"patch_size": 32, "image_size": 128, "patch_stride": 8}
+# Choices between one of ours and the paper's (or the default's) value: (decision, row, config key, ours,
+# the other, what it decides). The row holds the value the preset does not, so each decision compares the
+# preset with the alternative whichever side the preset took (demo stacks layer1 onto layer2, short keeps
+# layer3 alone: the same row name measures each against its other choice).
+BINARY = (
+    ("feature_stages=2", "other-stages", "feature_stages", 2, 1, "the stage below stacked onto the map vs one stage"),
+    ("local_stage=2", "other-local-stage", "local_stage", 2, 3, "feature maps ending at layer2 vs at layer3"),
+    ("pre_jitter=0", "other-jitter", "augment.pre_jitter", 0.0, 0.1, "no whole-image colour jitter vs the paper's 0.1"),
+)
 # Each row: config changes from the preset, and whether it trains (False: random weights, same scoring).
-OTHER_JITTER = {"demo": 0.0, "short": 0.1}
 ROWS: dict[str, tuple[dict[str, Any], bool]] = {
     "preset": ({}, True),
     "untrained": ({}, False),
     "global": ({"image_score": "global"}, True),
-    "one-stage": ({"feature_stages": 1}, True),
-    "stage3": ({"local_stage": 3}, True),
-    "other-jitter": ({}, True),  # the pre-jitter the preset does not use (OTHER_JITTER)
+    **{row: ({}, True) for _, row, *_ in BINARY},  # the value the preset does not hold (binary_change)
     # image_score=auto with one candidate left out of its list (scoring only). Asked for as the one row
     # "without-chosen": per (category, seed) only the candidate the preset row chose is left out and scored;
     # leaving out any other changes no image score (the same one still ranks first), so those rows are
@@ -85,8 +92,6 @@ WITHOUT_CHOSEN = "without-chosen"
 DECISIONS = (
     ("training", "preset", "untrained", "the trained encoder against the same scoring on random weights"),
     ("image_score=auto", "preset", "global", "the detector chooses its image score vs the paper's global Gaussian"),
-    ("feature_stages=2", "preset", "one-stage", "layer1 stacked onto layer2's feature map vs layer2 alone"),
-    ("local_stage=2", "preset", "stage3", "feature maps from layer1+2 vs layer2+3"),
 )
 # Each of auto's candidates against the list without it, under the list rule (decision_rule.list_verdict):
 # "adopt" keeps it in the list, "keep" removes it.
@@ -156,18 +161,32 @@ PIXEL_ROWS = (
 
 def row_config(name: str, preset_name: str, seed: int) -> TrainConfig:
     changes, _ = ROWS[name]
-    if name == "other-jitter":
-        changes = {"augment.pre_jitter": OTHER_JITTER[preset_name]}
+    if binary := next((b for b in BINARY if b[1] == name), None):
+        changes = binary_change(binary, preset(preset_name))
     elif name in RECIPES:
         changes = RECIPES[name][0](preset(preset_name))
     return preset(preset_name).override({"seed": seed, **changes})
 
 
-def jitter_decision(preset_name: str) -> tuple[str, str, str, str]:
-    """pre_jitter=0 is ours, 0.1 the paper's: the option is whichever row trains without it."""
-    if preset(preset_name).augment.pre_jitter == 0:
-        return ("pre_jitter=0", "preset", "other-jitter", "no whole-image colour jitter vs the paper's 0.1")
-    return ("pre_jitter=0", "other-jitter", "preset", "no whole-image colour jitter vs the paper's 0.1")
+def _holds_ours(binary: tuple[str, str, str, Any, Any, str], config: TrainConfig) -> bool:
+    _, _, key, ours, _, _ = binary
+    section, _, field = key.rpartition(".")
+    return getattr(getattr(config, section) if section else config, field) == ours
+
+
+def binary_change(binary: tuple[str, str, str, Any, Any, str], config: TrainConfig) -> dict[str, Any]:
+    """The change to ``config`` that gives its row the value the preset does not hold."""
+    _, _, key, ours, other, _ = binary
+    return {key: other if _holds_ours(binary, config) else ours}
+
+
+def binary_decisions(preset_name: str) -> tuple[tuple[str, str, str, str], ...]:
+    """Each of :data:`BINARY` as (name, option, baseline, what): the option is whichever row holds ours."""
+    config, out = preset(preset_name), []
+    for b in BINARY:
+        name, row, *_, what = b
+        out.append((name, "preset", row, what) if _holds_ours(b, config) else (name, row, "preset", what))
+    return tuple(out)
 
 
 @contextlib.contextmanager
@@ -238,7 +257,7 @@ def pixel_stats_row(data: Path, category: str, fold: int, size: int) -> dict[str
 def decisions(runs: list[dict[str, Any]], preset_name: str, categories: list[str]) -> list[dict[str, Any]]:
     """Every decision of the preset with rows to decide it, and the training decisions per category too
     (on the categories that have both rows)."""
-    image = (*DECISIONS, jitter_decision(preset_name), *CANDIDATE_DECISIONS, *RECIPE_DECISIONS)
+    image = (*DECISIONS, *binary_decisions(preset_name), *CANDIDATE_DECISIONS, *RECIPE_DECISIONS)
     out = []
     for metrics, listed in ((("val_auroc", "image_auroc"), image), (PIXEL_METRICS, PATCH_DECISIONS)):
         val, test = _by_row(runs, preset_name, categories, *metrics)
@@ -288,12 +307,11 @@ def write(path: Path, runs: list[dict[str, Any]], categories: list[str]) -> None
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root
     ).stdout.strip()
     made = []
-    for preset_name in sorted({r["preset"] for r in runs} & set(OTHER_JITTER)):
+    for preset_name in sorted({r["preset"] for r in runs} & set(DECIDED_PRESETS)):
         for d in decisions(runs, preset_name, categories):
             made.append({**d, "commit": commit})
     made += _frozen(path, made)
     atomic_write_text(json.dumps({"min_seeds": MIN_SEEDS, "runs": runs, "decisions": made}, indent=1), path)
-    from decisions_doc import render
 
     docs = root / "docs" / "decisions.md"
     docs.parent.mkdir(exist_ok=True)
@@ -377,7 +395,7 @@ def recorded_rows(runs: list[dict[str, Any]], preset_name: str, category: str, s
 def main() -> None:
     warnings.simplefilter("ignore", MissingMaskWarning)  # ELPV has image labels only: no pixel metrics
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", required=True, choices=sorted(OTHER_JITTER))
+    parser.add_argument("--preset", required=True, choices=DECIDED_PRESETS)
     parser.add_argument("--data", required=True, help="folder holding the categories' roots")
     parser.add_argument("--categories", required=True, help="comma-separated ROOT/CATEGORY under --data")
     parser.add_argument("--seeds", default="0,1,2")

@@ -144,37 +144,36 @@ RETIRED = {
 }
 
 
+def _made(decisions: list[dict[str, Any]], preset: str, name: str) -> dict[str, Any] | None:
+    """The preset's own overall decision ``name``, or None."""
+    return next((d for d in decisions if (d["preset"], d["decision"], d["scope"]) == (preset, name, "all")), None)
+
+
 def in_force(decisions: list[dict[str, Any]], preset: str, name: str) -> dict[str, Any] | None:
     """The decision ``name`` the preset stands on: its own verdict, else (not measured on today's preset,
     or too few seeds yet) the one made on a retired version of it (``short-v1`` for ``short``), whose
     verdict the preset carries until its own is made; else its own undecided one, or None."""
-
-    def found(p: str) -> list[dict[str, Any]]:
-        return [d for d in decisions if d["preset"] == p and d["decision"] == name and d["scope"] == "all"]
-
-    own = found(preset)
-    if own and own[0]["verdict"] in FINAL:
-        return own[0]
-    older = [d for p in sorted(RETIRED, reverse=True) if p.startswith(f"{preset}-") for d in found(p)]
-    older = [d for d in older if d["verdict"] in FINAL]
-    return older[0] if older else (own[0] if own else None)
+    own = _made(decisions, preset, name)
+    if own is not None and own["verdict"] in FINAL:
+        return own
+    older = (_made(decisions, p, name) for p in sorted(RETIRED, reverse=True) if p.startswith(f"{preset}-"))
+    return next((d for d in older if d is not None and d["verdict"] in FINAL), own)
 
 
 def _coverage(decisions: list[dict[str, Any]]) -> list[str]:
     """Every decision each preset needs, and whether it has one yet."""
-    from decide import CANDIDATE_DECISIONS, DECISIONS, PATCH_DECISIONS, jitter_decision
+    from decide import CANDIDATE_DECISIONS, DECISIONS, PATCH_DECISIONS, binary_decisions
 
     lines = ["| preset | decision | status |", "|---|---|---|"]
     for preset in DECIDED_PRESETS:
-        names = [d[0] for d in (*DECISIONS, jitter_decision(preset), *CANDIDATE_DECISIONS, *PATCH_DECISIONS)]
+        names = [d[0] for d in (*DECISIONS, *binary_decisions(preset), *CANDIDATE_DECISIONS, *PATCH_DECISIONS)]
         for name in names:
             d = in_force(decisions, preset, name)
             status = "not measured yet" if d is None else d["verdict"]
             if d is not None and d["preset"] != preset:
                 status = f"{d['verdict']} (decided on `{d['preset']}`, carried over)"
-                own = [x for x in decisions if (x["preset"], x["decision"], x["scope"]) == (preset, name, "all")]
-                if own:
-                    status = f"{own[0]['verdict']}; until then {status}"
+                if (own := _made(decisions, preset, name)) is not None:
+                    status = f"{own['verdict']}; until then {status}"
             lines.append(f"| {preset} | {name} | {status} |")
     return lines
 

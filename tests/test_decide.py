@@ -213,3 +213,18 @@ def test_the_patch_density_is_the_simpler_alternative_unless_the_bank_beats_it_t
     assert decide.patch_density(adopt) == "per_location"
     assert decide.patch_density({**adopt, "patch: knn over per_location": "adopt"}) == "knn"
     assert decide.patch_density({"patch: local_density=knn": "adopt"}) == "knn"
+
+
+def test_a_binary_choice_compares_the_preset_with_the_value_it_does_not_hold(decide):
+    """demo stacks layer1 onto layer2 and short keeps layer3 alone: the same rows measure each preset
+    against its other choice, and the option is always the row that holds ours."""
+    short = {name: (option, baseline) for name, option, baseline, _ in decide.binary_decisions("short")}
+    demo = {name: (option, baseline) for name, option, baseline, _ in decide.binary_decisions("demo")}
+    assert short["feature_stages=2"] == ("other-stages", "preset") and demo["feature_stages=2"] == (
+        "preset",
+        "other-stages",
+    )
+    assert short["pre_jitter=0"] == ("other-jitter", "preset") and demo["pre_jitter=0"] == ("other-jitter", "preset")
+    assert [decide.row_config("other-stages", p, 0).feature_stages for p in ("short", "demo")] == [2, 1]
+    assert [decide.row_config("other-local-stage", p, 0).local_stage for p in ("short", "demo")] == [2, 3]
+    assert decide.row_config("other-jitter", "short", 3).augment.pre_jitter == 0.0
