@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from decisions_doc import RETIRED, row_mean
+from decisions_doc import FINAL, RETIRED, row_mean
 
 from cutpaste.atomic import atomic_write_text
 from cutpaste.evaluation.paper import PAPER_IMAGE_AUROC, PAPER_PIXEL_AUROC
@@ -153,8 +153,9 @@ def scale_table() -> list[str]:
 
 
 def decisions_table() -> list[str]:
-    """Each decision of each preset in use (a retired preset's stay in docs/decisions.md): validation
-    delta with its interval, and the verdict; auto's candidate list as one line per preset."""
+    """Each decision made of each preset in use (a retired preset's, those still short of seeds and the
+    recipes' per-category comparisons stay in docs/decisions.md): validation delta with its interval, and
+    the verdict; auto's candidate list as one line per preset."""
     if not (RESULTS / "decisions.json").is_file():
         return ["(no decisions recorded yet: run `bench/decide.py`)"]
     data = _load("decisions.json")
@@ -164,13 +165,15 @@ def decisions_table() -> list[str]:
     ]
     listed: dict[str, dict[str, list[str]]] = {}
     for d in sorted(data["decisions"], key=lambda d: d["preset"]):  # stable: each preset in its own order
-        if d["scope"] != "all" or d["preset"] in RETIRED:
+        if d["scope"] != "all" or d["preset"] in RETIRED or d["decision"].startswith("training at "):
             continue
         if d["decision"].startswith("auto list: "):
             kept = (
                 "undecided" if d["verdict"].startswith("undecided") else "stayed" if d["verdict"] == "adopt" else "left"
             )
             listed.setdefault(d["preset"], {}).setdefault(kept, []).append(d["decision"].removeprefix("auto list: "))
+            continue
+        if d["verdict"] not in FINAL:
             continue
         seeds = min(d["seeds"].values())
         test = "-" if d["test_delta"] is None else f"{d['test_delta']:+.3f}"
@@ -186,7 +189,7 @@ def decisions_table() -> list[str]:
 
 
 def training_table() -> list[str]:
-    """Trained against untrained and the paper, per preset and category: means over seeds."""
+    """Trained against untrained and the paper, per preset in use and category: means over seeds."""
     if not (RESULTS / "decisions.json").is_file():
         return ["(no runs recorded yet: run `bench/decide.py`)"]
     runs = _load("decisions.json")["runs"]
@@ -195,7 +198,7 @@ def training_table() -> list[str]:
         "untrained | pixel statistics | paper image / pixel |",
         "|---|---|---|---|---|---|---|",
     ]
-    for preset, category in sorted({(r["preset"], r["category"]) for r in runs}):
+    for preset, category in sorted({(r["preset"], r["category"]) for r in runs if r["preset"] not in RETIRED}):
 
         def mean(row: str, key: str, p: str = preset, c: str = category) -> str:
             return row_mean(runs, p, c, row, key)
