@@ -53,6 +53,10 @@ PRESETS: dict[str, TrainConfig] = {
         steps=600,
         batch_size=32,
         image_score="auto",
+        # The patch model: one Gaussian per grid position (+0.067 [+0.024, +0.108] pixel AUROC on
+        # validation over the paper's shared one; the k-NN bank won less and lost to it); the paper's
+        # smoothing stays (no smoothing: +0.000 [-0.005, +0.005]).
+        local_density="per_location",
         checkpoint_every=100,
         log_every=25,
     ),
