@@ -10,6 +10,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from decide_rows import CANDIDATE_DECISIONS, DECISIONS, PATCH_DECISIONS, binary_decisions
+
 from cutpaste.anomalies.kinds import ANOMALY_KINDS, VOTING_KINDS
 from cutpaste.atomic import atomic_write_text
 
@@ -27,7 +29,7 @@ seeds). Otherwise the simpler choice, or the incumbent where both are ours, stay
 computed after the validation and shown beside each decision; it never changes one. For `training`,
 "keep" means the trained encoder did not beat its untrained twin: the twin guard (`untrained_fallback`)
 then decides per run which one ships. `recipe: X` trains the preset with one change to its recipe
-(`bench/decide.py` RECIPES: fewer steps, a lower learning rate, other views) against the preset's;
+(`bench/decide_rows.py` RECIPES: fewer steps, a lower learning rate, other views) against the preset's;
 `training at X` is that encoder against the untrained twin, per category too: the recipe is revisited
 until training beats its twin on every category. A preset that adopts a recipe is retired and measured
 again (its runs measured the old recipe). `twin: combined` is the other way of never shipping worse than
@@ -105,7 +107,7 @@ def _training_rows(decisions: list[dict[str, Any]], runs: list[dict[str, Any]], 
 
 
 def _recipe_rows(decisions: list[dict[str, Any]], runs: list[dict[str, Any]], preset: str) -> list[str]:
-    """Each training recipe measured (bench/decide.py RECIPES), and the trained detector combined with its
+    """Each training recipe measured (bench/decide_rows.py RECIPES), and the trained detector combined with its
     twin, against the untrained twin, per category."""
     lines = [
         "| recipe | category | seeds | recipe val | untrained val | delta [95 % interval] | recipe test | verdict |",
@@ -165,8 +167,6 @@ def in_force(decisions: list[dict[str, Any]], preset: str, name: str) -> dict[st
 
 def _coverage(decisions: list[dict[str, Any]]) -> list[str]:
     """Every decision each preset needs, and whether it has one yet."""
-    from decide import CANDIDATE_DECISIONS, DECISIONS, PATCH_DECISIONS, binary_decisions
-
     lines = ["| preset | decision | status |", "|---|---|---|"]
     for preset in DECIDED_PRESETS:
         names = [d[0] for d in (*DECISIONS, *binary_decisions(preset), *CANDIDATE_DECISIONS, *PATCH_DECISIONS)]

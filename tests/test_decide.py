@@ -1,5 +1,6 @@
-"""bench/decide.py: its command line refuses bad input before any training, and the rows of auto's
-candidate list are scored only where leaving the candidate out can change a score."""
+"""bench/decide.py and its rows (bench/decide_rows.py): the command line refuses bad input before any
+training, the rows of auto's candidate list are scored only where leaving the candidate out can change a
+score, and the decisions read the rows they name."""
 
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def decide():
     return load_bench_module("decide")
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return load_bench_module("decide_rows")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -73,7 +79,7 @@ def test_without_chosen_counts_as_recorded_only_when_every_candidate_row_is(deci
     assert decide.WITHOUT_CHOSEN not in decide.recorded_rows(runs[1:], "short", "c", 0)
 
 
-def test_a_candidate_never_chosen_is_removed_from_the_list(decide):
+def test_a_candidate_never_chosen_is_removed_from_the_list(rows):
     """Three seeds on two categories where ``local`` is always chosen and wins over the list without it:
     ``local`` stays; ``global`` was never chosen, its rows are copies, its gain is zero: the list drops it."""
     runs = []
@@ -84,12 +90,12 @@ def test_a_candidate_never_chosen_is_removed_from_the_list(decide):
             runs += [{**base, "row": "without-global", "same_as": "preset"}]
     for r in runs:
         r["image_auroc"] = 0.5
-    made = {d["decision"]: d for d in decide.decisions(runs, "short", ["a", "b"]) if d["scope"] == "all"}
+    made = {d["decision"]: d for d in rows.decisions(runs, "short", ["a", "b"]) if d["scope"] == "all"}
     assert made["auto list: local"]["verdict"] == "adopt"
     assert made["auto list: global"]["verdict"] == "keep" and made["auto list: global"]["val_delta"] == 0
 
 
-def test_patch_decisions_read_pixel_auroc_and_image_decisions_image_auroc(decide):
+def test_patch_decisions_read_pixel_auroc_and_image_decisions_image_auroc(rows):
     """A patch row better at localizing (pixel validation) but worse at image level is adopted for the
     patch model; the image-level decisions never read pixel numbers."""
     runs = []
@@ -103,7 +109,7 @@ def test_patch_decisions_read_pixel_auroc_and_image_decisions_image_auroc(decide
                 {**common, "row": "preset", "val_auroc": 0.7 + wobble, "val_pixel_auroc": 0.99},
                 {**common, "row": "global", "val_auroc": 0.8 + wobble},
             ]
-    made = {d["decision"]: d for d in decide.decisions(runs, "short", ["a", "b"]) if d["scope"] == "all"}
+    made = {d["decision"]: d for d in rows.decisions(runs, "short", ["a", "b"]) if d["scope"] == "all"}
     per_location = made["patch: local_density=per_location"]
     assert per_location["verdict"] == "adopt" and per_location["metric"] == "val_pixel_auroc"
     assert per_location["val_delta"] == pytest.approx(0.10)
@@ -113,7 +119,7 @@ def test_patch_decisions_read_pixel_auroc_and_image_decisions_image_auroc(decide
     assert "patch: local_density=knn" not in made  # no patch-knn rows: no decision, never a made-up one
 
 
-def test_a_recipe_is_decided_against_the_preset_and_per_category_against_the_twin(decide):
+def test_a_recipe_is_decided_against_the_preset_and_per_category_against_the_twin(rows):
     """A recipe measured on one category of two: undecided overall (every category needs its seeds), but
     decided against the twin on the category that has it; the preset's training decision is untouched."""
     runs = []
@@ -127,16 +133,16 @@ def test_a_recipe_is_decided_against_the_preset_and_per_category_against_the_twi
             ]
             if category == "a":
                 runs.append({**common, "row": "half-steps", "val_auroc": 0.85 + wobble})
-    made = {(d["decision"], d["scope"]): d for d in decide.decisions(runs, "short", ["a", "b"])}
+    made = {(d["decision"], d["scope"]): d for d in rows.decisions(runs, "short", ["a", "b"])}
     assert made[("recipe: half-steps", "all")]["verdict"].startswith("undecided")
     assert made[("training at half-steps", "all")]["verdict"].startswith("undecided")
     at_a = made[("training at half-steps", "a")]
     assert at_a["verdict"] == "adopt" and at_a["val_delta"] == pytest.approx(0.04)
     assert ("training at half-steps", "b") not in made
     assert made[("training", "a")]["verdict"] == "keep"
-    config = decide.row_config("half-steps", "short", 1)
-    assert (config.steps, config.seed) == (decide.preset("short").steps // 2, 1)
-    assert decide.row_config("cutpaste-only", "short", 0).variant == "normal"
+    config = rows.row_config("half-steps", "short", 1)
+    assert (config.steps, config.seed) == (rows.preset("short").steps // 2, 1)
+    assert rows.row_config("cutpaste-only", "short", 0).variant == "normal"
 
 
 def test_decisions_no_longer_made_are_kept_as_recorded(decide, tmp_path):
@@ -165,11 +171,11 @@ HOLDS = {
     # Not in the product: an adoption fails here until the detector can ship the pair.
     "twin: combined": lambda c: getattr(c, "twin_combined", False),
 }
-# The patch density's decisions, read together (decide.patch_density).
+# The patch density's decisions, read together (decide_rows.patch_density).
 DENSITY = ("patch: local_density=per_location", "patch: local_density=knn", "patch: knn over per_location")
 
 
-def test_the_presets_hold_every_verdict_in_force(decide):
+def test_the_presets_hold_every_verdict_in_force(decide, rows):
     """docs/decisions.md and the presets agree: each decided option is in its preset exactly when adopted
     (a verdict made on a retired version of a preset counts until today's preset has its own); auto's list
     holds the candidates that stayed; where training did not beat its twin the twin guard is on."""
@@ -204,32 +210,32 @@ def test_the_presets_hold_every_verdict_in_force(decide):
         for name in DENSITY:
             d = in_force(decisions, preset_name, name)
             verdicts[name] = "" if d is None else d["verdict"]
-        assert preset(preset_name).local_density == decide.patch_density(verdicts), preset_name
+        assert preset(preset_name).local_density == rows.patch_density(verdicts), preset_name
     assert checked >= 10
 
 
-def test_the_patch_density_is_the_simpler_alternative_unless_the_bank_beats_it_too(decide):
+def test_the_patch_density_is_the_simpler_alternative_unless_the_bank_beats_it_too(rows):
     adopt = {"patch: local_density=per_location": "adopt", "patch: local_density=knn": "adopt"}
-    assert decide.patch_density({}) == "shared"
-    assert decide.patch_density({"patch: local_density=knn": "undecided: 1 paired seeds"}) == "shared"
-    assert decide.patch_density(adopt) == "per_location"
-    assert decide.patch_density({**adopt, "patch: knn over per_location": "adopt"}) == "knn"
-    assert decide.patch_density({"patch: local_density=knn": "adopt"}) == "knn"
+    assert rows.patch_density({}) == "shared"
+    assert rows.patch_density({"patch: local_density=knn": "undecided: 1 paired seeds"}) == "shared"
+    assert rows.patch_density(adopt) == "per_location"
+    assert rows.patch_density({**adopt, "patch: knn over per_location": "adopt"}) == "knn"
+    assert rows.patch_density({"patch: local_density=knn": "adopt"}) == "knn"
 
 
-def test_a_binary_choice_compares_the_preset_with_the_value_it_does_not_hold(decide):
+def test_a_binary_choice_compares_the_preset_with_the_value_it_does_not_hold(rows):
     """demo stacks layer1 onto layer2 and short keeps layer3 alone: the same rows measure each preset
     against its other choice, and the option is always the row that holds ours."""
-    short = {name: (option, baseline) for name, option, baseline, _ in decide.binary_decisions("short")}
-    demo = {name: (option, baseline) for name, option, baseline, _ in decide.binary_decisions("demo")}
+    short = {name: (option, baseline) for name, option, baseline, _ in rows.binary_decisions("short")}
+    demo = {name: (option, baseline) for name, option, baseline, _ in rows.binary_decisions("demo")}
     assert short["feature_stages=2"] == ("other-stages", "preset") and demo["feature_stages=2"] == (
         "preset",
         "other-stages",
     )
     assert short["pre_jitter=0"] == ("other-jitter", "preset") and demo["pre_jitter=0"] == ("other-jitter", "preset")
-    assert [decide.row_config("other-stages", p, 0).feature_stages for p in ("short", "demo")] == [2, 1]
-    assert [decide.row_config("other-local-stage", p, 0).local_stage for p in ("short", "demo")] == [2, 3]
-    assert decide.row_config("other-jitter", "short", 3).augment.pre_jitter == 0.0
+    assert [rows.row_config("other-stages", p, 0).feature_stages for p in ("short", "demo")] == [2, 1]
+    assert [rows.row_config("other-local-stage", p, 0).local_stage for p in ("short", "demo")] == [2, 3]
+    assert rows.row_config("other-jitter", "short", 3).augment.pre_jitter == 0.0
 
 
 def test_the_combined_row_scores_the_trained_detector_and_its_twin_as_one(decide, tmp_path, monkeypatch):
@@ -249,3 +255,11 @@ def test_the_combined_row_scores_the_trained_detector_and_its_twin_as_one(decide
     assert [bool(m.meta.get("untrained")) for m in members] == [False, True]
     assert {m.config.seed for m in members} == {3}
     assert out["validation_digest"] and "val_auroc" in out
+
+
+def test_the_decisions_document_is_the_rendering_of_the_results_file():
+    """docs/decisions.md is generated from bench/results/decisions.json: an edit to either alone fails."""
+    from decisions_doc import render
+
+    results = json.loads((ROOT / "bench" / "results" / "decisions.json").read_text())
+    assert render(results) == (ROOT / "docs" / "decisions.md").read_text()
