@@ -45,6 +45,7 @@ ROWS: dict[str, tuple[dict[str, Any], bool]] = {
 # runs measured the old recipe) and is scored as the preset is. Not in --rows' default (one training each).
 RECIPES: dict[str, tuple[Callable[[TrainConfig], dict[str, Any]], str]] = {
     "half-steps": (lambda c: {"steps": c.steps // 2}, "half the steps (less drift from the random features)"),
+    "double-steps": (lambda c: {"steps": c.steps * 2}, "twice the steps (beyond the preset's time budget)"),
     "third-lr": (lambda c: {"learning_rate": c.learning_rate / 3}, "a third of the learning rate"),
     "cutpaste-only": (lambda c: {"variant": "normal"}, "the CutPaste view alone (2-way, no scar)"),
 }

@@ -29,7 +29,7 @@ seeds). Otherwise the simpler choice, or the incumbent where both are ours, stay
 computed after the validation and shown beside each decision; it never changes one. For `training`,
 "keep" means the trained encoder did not beat its untrained twin: the twin guard (`untrained_fallback`)
 then decides per run which one ships. `recipe: X` trains the preset with one change to its recipe
-(`bench/decide_rows.py` RECIPES: fewer steps, a lower learning rate, other views) against the preset's;
+(`bench/decide_rows.py` RECIPES: other step counts, a lower learning rate, other views) against the preset's;
 `training at X` is that encoder against the untrained twin, per category too: the recipe is revisited
 until training beats its twin on every category. A preset that adopts a recipe is retired and measured
 again (its runs measured the old recipe). `twin: combined` is the other way of never shipping worse than

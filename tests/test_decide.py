@@ -142,6 +142,7 @@ def test_a_recipe_is_decided_against_the_preset_and_per_category_against_the_twi
     assert made[("training", "a")]["verdict"] == "keep"
     config = rows.row_config("half-steps", "short", 1)
     assert (config.steps, config.seed) == (rows.preset("short").steps // 2, 1)
+    assert rows.row_config("double-steps", "short", 0).steps == rows.preset("short").steps * 2
     assert rows.row_config("cutpaste-only", "short", 0).variant == "normal"
 
 
