@@ -83,45 +83,28 @@ def _decision_rows(decisions: list[dict[str, Any]], preset: str) -> list[str]:
     return lines
 
 
-def _training_rows(decisions: list[dict[str, Any]], runs: list[dict[str, Any]], preset: str) -> list[str]:
+def _twin_rows(decisions: list[dict[str, Any]], runs: list[dict[str, Any]], preset: str, recipes: bool) -> list[str]:
+    """The per-category decisions against the untrained twin: the preset's training (``recipes`` False), or
+    each recipe measured (bench/decide_rows.py RECIPES) and the detector combined with its twin."""
     lines = [
-        "| category | seeds | trained val | untrained val | delta [95 % interval] | trained test | untrained test | "
-        "trained pixel | untrained pixel | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| trained with | category | seeds | trained val | untrained val | delta [95 % interval] | trained test | "
+        "untrained test | trained pixel | untrained pixel | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for d in decisions:
-        if d["preset"] != preset or d["decision"] != "training" or d["scope"] == "all":
+        wanted = d["decision"].startswith("training at ") if recipes else d["decision"] == "training"
+        if d["preset"] != preset or d["scope"] == "all" or not wanted:
             continue
-        c = d["scope"]
+        c, option = d["scope"], d["option"]
 
         def mean(row: str, key: str, c: str = c) -> str:
             return row_mean(runs, preset, c, row, key)
 
         lines.append(
-            f"| {c} | {d['seeds'][c]} | {mean('preset', 'val_auroc')} | {mean('untrained', 'val_auroc')} | "
-            f"{d['val_delta']:+.3f} [{d['val_low']:+.3f}, {d['val_high']:+.3f}] | {mean('preset', 'image_auroc')} | "
-            f"{mean('untrained', 'image_auroc')} | {mean('preset', 'pixel_auroc')} | "
+            f"| {option} | {c} | {d['seeds'][c]} | {mean(option, 'val_auroc')} | {mean('untrained', 'val_auroc')} | "
+            f"{d['val_delta']:+.3f} [{d['val_low']:+.3f}, {d['val_high']:+.3f}] | {mean(option, 'image_auroc')} | "
+            f"{mean('untrained', 'image_auroc')} | {mean(option, 'pixel_auroc')} | "
             f"{mean('untrained', 'pixel_auroc')} | **{d['verdict']}** |"
-        )
-    return lines
-
-
-def _recipe_rows(decisions: list[dict[str, Any]], runs: list[dict[str, Any]], preset: str) -> list[str]:
-    """Each training recipe measured (bench/decide_rows.py RECIPES), and the trained detector combined with its
-    twin, against the untrained twin, per category."""
-    lines = [
-        "| recipe | category | seeds | recipe val | untrained val | delta [95 % interval] | recipe test | verdict |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for d in decisions:
-        if d["preset"] != preset or not d["decision"].startswith("training at ") or d["scope"] == "all":
-            continue
-        c, recipe = d["scope"], d["option"]
-        lines.append(
-            f"| {recipe} | {c} | {d['seeds'][c]} | {row_mean(runs, preset, c, recipe, 'val_auroc')} | "
-            f"{row_mean(runs, preset, c, 'untrained', 'val_auroc')} | {d['val_delta']:+.3f} "
-            f"[{d['val_low']:+.3f}, {d['val_high']:+.3f}] | {row_mean(runs, preset, c, recipe, 'image_auroc')} | "
-            f"**{d['verdict']}** |"
         )
     return lines if len(lines) > 2 else []
 
@@ -194,8 +177,8 @@ def render(data: dict[str, Any]) -> str:
             parts += [RETIRED[preset], ""]
         parts += [*_decision_rows(decisions, preset), ""]
         parts += [f"### Trained against untrained, per category (`{preset}`)", ""]
-        parts += [*_training_rows(decisions, runs, preset), ""]
-        if recipes := _recipe_rows(decisions, runs, preset):
+        parts += [*_twin_rows(decisions, runs, preset, recipes=False), ""]
+        if recipes := _twin_rows(decisions, runs, preset, recipes=True):
             title = f"Recipes and the combined detector against the untrained twin, per category (`{preset}`)"
             parts += [f"### {title}", ""]
             parts += [*recipes, ""]
