@@ -171,7 +171,7 @@ def decisions(runs: list[dict[str, Any]], preset_name: str, categories: list[str
             except ValueError:
                 continue
             if name.startswith("auto list: "):
-                d.verdict = list_verdict(d.verdict, d.val_delta)
+                d.verdict = list_verdict(d)
             row = {"preset": preset_name, "decision": name, "what": what, "metric": metrics[0], "scope": "all"}
             out.append({**row, **d.to_dict()})
             if baseline == "untrained":

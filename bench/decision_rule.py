@@ -8,6 +8,9 @@ every development category,
 2. no category loses on average by more than its own seed-to-seed spread (the standard deviation of the
    baseline's validation AUROC over seeds).
 
+A category that already has ``MIN_SEEDS`` seeds and loses by more than its spread settles the question
+before the others are measured: condition 2 can no longer hold, so the simpler choice stays ("keep").
+
 Test AUROC deltas are carried beside the decision for the record and never read by it.
 
 A candidate of ``image_score=auto``'s list is the exception (:func:`list_verdict`): the candidates stand
@@ -38,6 +41,7 @@ class Decision:
     spread: dict[str, float]  # the baseline's seed-to-seed standard deviation per category
     test_delta: float | None
     verdict: str  # "adopt", "keep", or "undecided: ..." (too few seeds)
+    missing: list[str]  # categories of the preset's runs with no paired seed of the two rows
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,9 +83,12 @@ def decide(
     mean = statistics.fmean(v for d in deltas.values() for v in d)
     seeds = {c: len(d) for c, d in deltas.items()}
     missing = sorted(c for c in val if c not in deltas)
-    if min(seeds.values()) < MIN_SEEDS or missing:
+    settled = [c for c in per_category if seeds[c] >= MIN_SEEDS]
+    if any(per_category[c] < -spread[c] for c in settled):
+        verdict = "keep"  # condition 2 fails whatever the unmeasured categories do
+    elif min(seeds.values()) < MIN_SEEDS or missing:
         verdict = f"undecided: {min(seeds.values())} paired seeds (need {MIN_SEEDS} on every category)"
-    elif low > 0 and all(per_category[c] >= -spread[c] for c in per_category):
+    elif low > 0:
         verdict = "adopt"
     else:
         verdict = "keep"
@@ -96,15 +103,17 @@ def decide(
         spread=spread,
         test_delta=_test_delta(option, baseline, test) if test else None,
         verdict=verdict,
+        missing=missing,
     )
 
 
-def list_verdict(verdict: str, val_delta: float) -> str:
+def list_verdict(d: Decision) -> str:
     """The verdict of "candidate in auto's list vs the list without it": "adopt" (it stays) when leaving
-    it out lowered mean validation, else "keep" (the list without it); too few seeds stay undecided."""
-    if verdict.startswith("undecided"):
-        return verdict
-    return "adopt" if val_delta > 0 else "keep"
+    it out lowered mean validation, else "keep" (the list without it); too few seeds, or a category not
+    measured (the mean must cover them all), stay undecided."""
+    if d.missing or min(d.seeds.values()) < MIN_SEEDS:
+        return f"undecided: {min(d.seeds.values())} paired seeds (need {MIN_SEEDS} on every category)"
+    return "adopt" if d.val_delta > 0 else "keep"
 
 
 def _test_delta(option: str, baseline: str, test: dict[str, dict[int, dict[str, float]]]) -> float | None:

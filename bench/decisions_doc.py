@@ -25,7 +25,9 @@ edit by hand.
 {min_seeds} seeds on every real development category, its mean validation gain has a 95 %
 paired-bootstrap interval above zero (categories resampled, then seeds within each) and no category
 loses on average by more than its own seed-to-seed spread (the baseline's standard deviation over
-seeds). Otherwise the simpler choice, or the incumbent where both are ours, stays. Test AUROC is
+seeds). Otherwise the simpler choice, or the incumbent where both are ours, stays; it stays at once
+when one category with {min_seeds} seeds loses by more than its spread, before the others are measured
+(no result elsewhere can make the option a default). Test AUROC is
 computed after the validation and shown beside each decision; it never changes one. For `training`,
 "keep" means the trained encoder did not beat its untrained twin: the twin guard (`untrained_fallback`)
 then decides per run which one ships. `recipe: X` trains the preset with one change to its recipe

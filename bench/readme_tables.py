@@ -154,8 +154,8 @@ def scale_table() -> list[str]:
 
 def decisions_table() -> list[str]:
     """Each decision made of each preset in use (a retired preset's, those still short of seeds and the
-    recipes' per-category comparisons stay in docs/decisions.md): validation delta with its interval, and
-    the verdict; auto's candidate list as one line per preset."""
+    training recipes tried, against the preset and the twin, stay in docs/decisions.md): validation delta
+    with its interval, and the verdict; auto's candidate list as one line per preset."""
     if not (RESULTS / "decisions.json").is_file():
         return ["(no decisions recorded yet: run `bench/decide.py`)"]
     data = _load("decisions.json")
@@ -165,7 +165,7 @@ def decisions_table() -> list[str]:
     ]
     listed: dict[str, dict[str, list[str]]] = {}
     for d in sorted(data["decisions"], key=lambda d: d["preset"]):  # stable: each preset in its own order
-        if d["scope"] != "all" or d["preset"] in RETIRED or d["decision"].startswith("training at "):
+        if d["scope"] != "all" or d["preset"] in RETIRED or d["decision"].startswith(("training at ", "recipe: ")):
             continue
         if d["decision"].startswith("auto list: "):
             kept = (

@@ -68,7 +68,24 @@ def test_a_candidate_stays_in_autos_list_when_leaving_it_out_lowered_mean_valida
     a candidate whose removal changed nothing (or helped) leaves."""
     d = rule.decide("option", "baseline", _val({"a": [0.02, 0.03, 0.01], "b": [0.0, 0.0, 0.0]}, BASE))
     assert d.verdict == "keep" and d.val_low == 0
-    assert rule.list_verdict(d.verdict, d.val_delta) == "adopt"
-    assert rule.list_verdict("keep", 0.0) == "keep" and rule.list_verdict("adopt", -0.001) == "keep"
-    undecided = "undecided: 2 paired seeds (need 3 on every category)"
-    assert rule.list_verdict(undecided, 0.5) == undecided
+    assert rule.list_verdict(d) == "adopt"
+    unchanged = rule.decide("option", "baseline", _val({"a": [0.0] * 3, "b": [0.0] * 3}, BASE))
+    helped = rule.decide("option", "baseline", _val({"a": [-0.001] * 3, "b": [0.0] * 3}, BASE))
+    assert rule.list_verdict(unchanged) == rule.list_verdict(helped) == "keep"
+    short = rule.decide("option", "baseline", _val({"a": [0.05, 0.05], "b": [0.05, 0.05]}, BASE))
+    assert rule.list_verdict(short) == "undecided: 2 paired seeds (need 3 on every category)"
+
+
+def test_one_settled_category_that_loses_beyond_its_spread_keeps_the_baseline_before_the_others(rule):
+    """a has its 3 seeds and loses by more than its spread: no result on b can satisfy the rule, so the
+    verdict is keep although b is not measured; a loss within the spread leaves it undecided. A list
+    candidate needs every category measured (the mean must cover them all)."""
+    val = _val({"a": [-0.05, -0.04, -0.06]}, BASE)
+    val["b"] = {s: {"baseline": v} for s, v in enumerate(BASE["b"])}
+    d = rule.decide("option", "baseline", val)
+    assert d.missing == ["b"] and d.spread["a"] == pytest.approx(0.02)
+    assert d.verdict == "keep"
+    assert rule.list_verdict(d).startswith("undecided")
+    within = _val({"a": [-0.01, -0.01, -0.01]}, BASE)
+    within["b"] = val["b"]
+    assert rule.decide("option", "baseline", within).verdict.startswith("undecided")

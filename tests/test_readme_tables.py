@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -43,3 +44,22 @@ def test_the_readme_is_short_and_links_only_to_files_that_exist():
     assert len(text.splitlines()) <= README_LINES
     for target in re.findall(r"\]\(([^)#:]+)\)", text):
         assert (ROOT / target).exists(), f"README links to {target}, which does not exist"
+
+
+def test_the_decisions_table_lists_the_settled_defaults_of_the_presets_in_use(tmp_path, monkeypatch):
+    """A retired preset's verdicts, per-category verdicts, undecided ones and the recipes tried stay in
+    docs/decisions.md; each settled default of a preset in use is one README row."""
+    tables = _tables()
+    base = {"seeds": {"a": 3}, "val_delta": 0.05, "val_low": 0.01, "val_high": 0.09, "test_delta": None}
+    made = [
+        ("short", "training", "all", "adopt"),
+        ("short", "training", "a", "keep"),
+        ("short", "training at half-steps", "all", "keep"),
+        ("short", "recipe: half-steps", "all", "keep"),
+        ("short", "pre_jitter=0", "all", "undecided: 2 paired seeds (need 3 on every category)"),
+        ("short-v1", "image_score=auto", "all", "adopt"),
+    ]
+    decisions = [{**base, "preset": p, "decision": n, "scope": s, "verdict": v} for p, n, s, v in made]
+    (tmp_path / "decisions.json").write_text(json.dumps({"decisions": decisions, "runs": []}))
+    monkeypatch.setattr(tables, "RESULTS", tmp_path)
+    assert tables.decisions_table()[2:] == ["| short | training | 3 | +0.050 [+0.010, +0.090] | - | adopt |"]
