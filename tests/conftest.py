@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,21 @@ def load_bench_module(name: str):
     if bench not in sys.path:
         sys.path.append(bench)
     return importlib.import_module(name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ray_sessions_in_a_folder_the_suite_removes():
+    """Ray started in-process (ray.init) keeps its session logs under $RAY_TMPDIR/ray, /tmp/ray by default,
+    and never removes them: the suite gives it a folder of its own and removes it at the end."""
+    folder = tempfile.mkdtemp(prefix="cutpaste-ray-")
+    before = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = folder
+    yield
+    if before is None:
+        os.environ.pop("RAY_TMPDIR", None)
+    else:
+        os.environ["RAY_TMPDIR"] = before
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
