@@ -46,6 +46,10 @@ ROWS: dict[str, tuple[dict[str, Any], bool]] = {
 RECIPES: dict[str, tuple[Callable[[TrainConfig], dict[str, Any]], str]] = {
     "half-steps": (lambda c: {"steps": c.steps // 2}, "half the steps (less drift from the random features)"),
     "double-steps": (lambda c: {"steps": c.steps * 2}, "twice the steps (beyond the preset's time budget)"),
+    "double-steps-half-batch": (
+        lambda c: {"steps": c.steps * 2, "batch_size": c.batch_size // 2},
+        "twice the steps at half the batch (the preset's images and time budget)",
+    ),
     "third-lr": (lambda c: {"learning_rate": c.learning_rate / 3}, "a third of the learning rate"),
     "cutpaste-only": (lambda c: {"variant": "normal"}, "the CutPaste view alone (2-way, no scar)"),
 }

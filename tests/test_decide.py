@@ -143,6 +143,8 @@ def test_a_recipe_is_decided_against_the_preset_and_per_category_against_the_twi
     config = rows.row_config("half-steps", "short", 1)
     assert (config.steps, config.seed) == (rows.preset("short").steps // 2, 1)
     assert rows.row_config("double-steps", "short", 0).steps == rows.preset("short").steps * 2
+    same_images = rows.row_config("double-steps-half-batch", "short", 0)
+    assert same_images.steps * same_images.batch_size == rows.preset("short").steps * rows.preset("short").batch_size
     assert rows.row_config("cutpaste-only", "short", 0).variant == "normal"
 
 
