@@ -87,7 +87,7 @@ def decide(
     if any(per_category[c] < -spread[c] for c in settled):
         verdict = "keep"  # condition 2 fails whatever the unmeasured categories do
     elif min(seeds.values()) < MIN_SEEDS or missing:
-        verdict = f"undecided: {min(seeds.values())} paired seeds (need {MIN_SEEDS} on every category)"
+        verdict = _undecided(seeds)
     elif low > 0:
         verdict = "adopt"
     else:
@@ -107,12 +107,16 @@ def decide(
     )
 
 
+def _undecided(seeds: dict[str, int]) -> str:
+    return f"undecided: {min(seeds.values())} paired seeds (need {MIN_SEEDS} on every category)"
+
+
 def list_verdict(d: Decision) -> str:
     """The verdict of "candidate in auto's list vs the list without it": "adopt" (it stays) when leaving
     it out lowered mean validation, else "keep" (the list without it); too few seeds, or a category not
     measured (the mean must cover them all), stay undecided."""
     if d.missing or min(d.seeds.values()) < MIN_SEEDS:
-        return f"undecided: {min(d.seeds.values())} paired seeds (need {MIN_SEEDS} on every category)"
+        return _undecided(d.seeds)
     return "adopt" if d.val_delta > 0 else "keep"
 
 

@@ -27,16 +27,16 @@ paired-bootstrap interval above zero (categories resampled, then seeds within ea
 loses on average by more than its own seed-to-seed spread (the baseline's standard deviation over
 seeds). Otherwise the simpler choice, or the incumbent where both are ours, stays; it stays at once
 when one category with {min_seeds} seeds loses by more than its spread, before the others are measured
-(no result elsewhere can make the option a default). Test AUROC is
-computed after the validation and shown beside each decision; it never changes one. For `training`,
-"keep" means the trained encoder did not beat its untrained twin: the twin guard (`untrained_fallback`)
-then decides per run which one ships. `recipe: X` trains the preset with one change to its recipe
-(`bench/decide_rows.py` RECIPES: other step counts, a lower learning rate, other views) against the preset's;
-`training at X` is that encoder against the untrained twin, per category too: the recipe is revisited
-until training beats its twin on every category. A preset that adopts a recipe is retired and measured
-again (its runs measured the old recipe). `twin: combined` is the other way of never shipping worse than
-the twin: the trained detector and its twin as one, each score standardised by its out-of-fold training
-scores, averaged. For `auto list: X` (candidate X in `image_score=auto`'s list against the list without
+(no result elsewhere can make the option a default). Test AUROC is computed after the validation and
+shown beside each decision; it never changes one. For `training`, "keep" means the trained encoder did
+not beat its untrained twin: the twin guard (`untrained_fallback`) then decides per run which one ships.
+`recipe: X` trains the preset with one change to its recipe (`bench/decide_rows.py` RECIPES: other step
+counts, a lower learning rate, other views) against the preset's; `training at X` is that encoder
+against the untrained twin, per category too: the recipe is revisited until training beats its twin on
+every category. A preset that adopts a recipe is retired and measured again (its runs measured the old
+recipe). `twin: combined` is the other way of never shipping worse than the twin: the trained detector
+and its twin as one, each score standardised by its out-of-fold training scores, averaged.
+For `auto list: X` (candidate X in `image_score=auto`'s list against the list without
 it) the rule cannot work one candidate at a time: the candidates stand in for each other, so leaving out
 any one of them moves validation by less than its noise although the list as a whole won. So a candidate
 leaves the list when leaving it out did not lower mean validation (auto never chose it: the row is a
