@@ -6,4 +6,8 @@ bash "$root/scripts/bootstrap.sh"
 cd "$root"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-exec .venv/bin/python -m pytest "$@"
+# What the suite's processes leave in the temp folder (MLflow's sqlite init locks, torch's pymp-* folders,
+# pytest's basetemp) goes into one folder of this run, removed when it ends, pass or fail.
+scratch="$(mktemp -d /tmp/ct.XXXXXX)"
+trap 'rm -rf "$scratch"' EXIT
+TMPDIR="$scratch" .venv/bin/python -m pytest "$@"

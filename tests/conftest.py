@@ -54,7 +54,7 @@ def load_bench_module(name: str):
 def _ray_sessions_in_a_folder_the_suite_removes():
     """Ray started in-process (ray.init) keeps its session logs under $RAY_TMPDIR/ray, /tmp/ray by default,
     and never removes them: the suite gives it a folder of its own and removes it at the end."""
-    folder = tempfile.mkdtemp(prefix="cutpaste-ray-")
+    folder = tempfile.mkdtemp(prefix="cr-")  # short: Ray's socket paths must fit in 107 characters
     before = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = folder
     yield
