@@ -12,6 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# MLflow's telemetry client, created where mlflow is first imported (at collection, before pytest marks the
+# process as a test), sets and unsets _MLFLOW_TELEMETRY_SESSION_ID in os.environ; a request iterating the
+# environment at that moment failed with KeyError (seen once in CI, in tests/infra/test_mlflow_local.py).
+# Off for the suite and the servers it starts; nothing here may call out anyway.
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+
 
 def write_tiny_category(root: Path, category: str = "widget", *, size: int = 48, train: int = 6, seed: int = 0) -> Path:
     """A minimal category: random smooth images, one defect type with masks. For layout/IO tests."""
