@@ -56,9 +56,11 @@ from cutpaste.evaluation.validation import (
 )
 from cutpaste.fit import fit_detector
 from cutpaste.model.network import build_model
+from cutpaste.model.precision import use_amp
 from cutpaste.presets import preset
 from cutpaste.scoring import selection as scorer_selection
 from cutpaste.scoring.baselines import pixel_statistics_scores, untrained_detector
+from cutpaste.train.loop import resolve_device
 
 
 @contextlib.contextmanager
@@ -88,6 +90,7 @@ def _score_row(name: str, config: TrainConfig, data: Path, category: str, fold: 
     started = time.perf_counter()
     if ROWS[name][1]:
         (state, out["train_s"], _), _ = _trained(training_key(config, f"{category}/fold{fold}"), config, train_images)
+        out["train_precision"] = training_precision(config)
         model = build_model(config)
         model.load_state_dict(state)
         detector = fit_detector(model.eval(), train_images, config, category=category)
@@ -111,6 +114,26 @@ def _score_row(name: str, config: TrainConfig, data: Path, category: str, fold: 
         out["pixel_auroc"], out["aupro"] = evaluation.pixel.pixel_auroc, evaluation.pixel.aupro
     out["score_s"] = time.perf_counter() - started
     return out
+
+
+def training_precision(config: TrainConfig) -> str:
+    """How ``config`` trains on this machine ("cpu/fp32", "cpu/bf16", "cuda/bf16"; bf16 only where
+    cutpaste.model.precision finds it native): bf16 moves AUROC by as much as some decisions' gains, so
+    rows trained otherwise are not paired."""
+    device = resolve_device("auto")
+    return f"{device.type}/{'bf16' if use_amp(device, config.amp) else 'fp32'}"
+
+
+def unpairable(recorded: dict[str, dict[str, Any]], rows: list[str], here: str) -> dict[str, str]:
+    """The recorded trained rows that new training rows could not be paired with (row: how it trained,
+    "unrecorded" for runs from before the precision was kept); empty when no row asked for trains."""
+    if not any(ROWS.get(name, (None, False))[1] for name in rows if name not in recorded):
+        return {}
+    return {
+        name: r.get("train_precision", "unrecorded")
+        for name, r in recorded.items()
+        if "train_s" in r and r.get("train_precision") != here
+    }
 
 
 def pixel_stats_row(data: Path, category: str, fold: int, size: int) -> dict[str, Any]:
@@ -267,6 +290,14 @@ def main() -> None:
             if all(row in recorded for row in rows):
                 print(f"{args.preset} {category:>11} seed {seed}: every row recorded (--redo scores again)")
                 continue
+            here = training_precision(preset(args.preset))
+            if other := unpairable(recorded, rows, here):
+                trained = ", ".join(f"{name} ({how})" for name, how in sorted(other.items()))
+                raise SystemExit(
+                    f"--preset {args.preset} {category} seed {seed}: this machine trains in {here}; the recorded "
+                    f"rows {trained} did not, and rows trained in another precision are not paired "
+                    "(--redo trains and scores every row here, or run where they were trained)"
+                )
             fresh = run_category(args.preset, Path(args.data) / Path(spec).parent, category, seed, rows, recorded)
             runs = merge_runs(out, fresh)
             write(out, runs, sorted({r["category"] for r in runs}))

@@ -51,6 +51,32 @@ def test_bad_input_is_refused_naming_the_flag(tmp_path, args, names):
     assert not out.exists()
 
 
+def test_new_training_is_not_paired_with_rows_trained_in_another_precision(tmp_path):
+    """A row trained here in fp32 against a preset row trained in bf16 (or before the precision was kept)
+    would measure the precision as much as the option: refused before any training, the file untouched."""
+    (tmp_path / "mvtec_ad" / "bottle" / "train").mkdir(parents=True)
+    out = tmp_path / "decisions.json"
+    recorded = {"preset": "short", "category": "bottle", "seed": 0, "row": "preset", "train_s": 700.0}
+    out.write_text(json.dumps({"min_seeds": 3, "runs": [recorded], "decisions": []}))
+    before = out.read_text()
+    args = ["--preset", "short", "--data", str(tmp_path), "--categories", "mvtec_ad/bottle", "--seeds", "0"]
+    result = _run(*args, "--rows", "preset,other-jitter", "--out", str(out))
+    assert result.returncode == 1, result.stderr
+    assert "preset (unrecorded)" in result.stderr and "--redo" in result.stderr
+    assert out.read_text() == before
+
+
+def test_rows_pair_only_with_training_done_in_the_same_precision(decide):
+    recorded = {
+        "preset": {"row": "preset", "train_s": 1.0, "train_precision": "cpu/bf16"},
+        "untrained": {"row": "untrained"},
+    }
+    assert decide.unpairable(recorded, ["other-jitter"], "cpu/bf16") == {}
+    assert decide.unpairable(recorded, ["other-jitter"], "cpu/fp32") == {"preset": "cpu/bf16"}
+    assert decide.unpairable(recorded, ["pixel-stats", "untrained"], "cpu/fp32") == {}  # nothing trains anew
+    assert decide.training_precision(decide.preset("ci")) in ("cpu/fp32", "cuda/fp32")  # ci asks for no amp
+
+
 def _preset_row(choice: str) -> dict:
     return {"preset": "short", "category": "c", "seed": 0, "row": "preset", "auto_choice": choice, "val_auroc": 0.8}
 
