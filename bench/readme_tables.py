@@ -22,6 +22,7 @@ from decisions_doc import FINAL, RETIRED, row_mean
 
 from cutpaste.atomic import atomic_write_text
 from cutpaste.evaluation.paper import PAPER_IMAGE_AUROC, PAPER_PIXEL_AUROC
+from cutpaste.presets import preset as preset_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -36,6 +37,8 @@ def _load(name: str) -> dict[str, Any]:
 def results_table() -> list[str]:
     """Speed measurements, each with its command and file."""
     a, t, w = _load("augment.json"), _load("train_step.json"), _load("workers.json")
+    x = _load("train_step_avx2.json")
+    steps = preset_config(x["preset"]).steps
     o, loc = _load("orchestration.json"), _load("localize_cpu.json")
     rows = [
         (
@@ -51,6 +54,13 @@ def results_table() -> list[str]:
             f"model step {t['fp32_bare_img_s']:.1f} / {t['amp_bare_img_s']:.1f} img/s",
             f"bench/train_step.py --preset {t['preset']}",
             "train_step.json",
+        ),
+        (
+            f"the same loop on a {x['threads']}-core AVX2-only CPU (no native bf16: fp32 in both)",
+            f"{x['fp32_pipeline_img_s']:.1f} img/s (`{x['preset']}`'s {steps} steps: "
+            f"{steps * x['batch'] / x['fp32_pipeline_img_s'] / 60:.0f} min)",
+            f"bench/train_step.py --preset {x['preset']} --auroc-steps 0 --out bench/results/train_step_avx2.json",
+            "train_step_avx2.json",
         ),
         (
             f"one run on 1 worker against 2 data-parallel gloo workers, `{w['preset']}`, {w['steps']} steps",

@@ -40,7 +40,8 @@ PRESETS: dict[str, TrainConfig] = {
         checkpoint_every=50,
         log_every=10,
     ),
-    # The best detector this project trains in at most 10 minutes per category on a 2-core CPU. Decided on
+    # The best detector this project trains in about 10 minutes per category on a 2-core CPU with native
+    # bf16 (an hour in fp32 on an AVX2-only one: bench/results/train_step_avx2.json). Decided on
     # 3 seeds x 4 real categories (docs/decisions.md; the preset as first decided is `short-v1`): layer1
     # stacked onto layer2 (+0.001) and layer2's map instead of layer3's (+0.003) did not win there, so the
     # defaults (layer3 alone) stay; dropping the whole-image jitter was adopted on one seed and lost at
